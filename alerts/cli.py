@@ -1,0 +1,196 @@
+"""The ``alerts`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from alerts.config import ConfigError, get_settings
+
+app = typer.Typer(help="Trial alerts: email alerts for clinical-trial changes.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+events_app = typer.Typer(help="Events received and rejected.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(events_app, name="events")
+console = Console()
+
+
+def _runtime() -> Any:
+    from alerts.logs import configure_logging
+    from alerts.runtime import get_runtime
+
+    try:
+        runtime = get_runtime()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    configure_logging(runtime.settings)
+    return runtime
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create or migrate the database schema (ALERTS_DATABASE_URL)."""
+    from alerts.db import upgrade
+
+    settings = _runtime().settings
+    upgrade(settings.database_url, revision)
+    console.print(f"database at revision {revision}")
+
+
+@app.command()
+def publish(
+    files: Annotated[list[Path], typer.Argument(help="JSON files: one event object or a list of them")],
+    sync: Annotated[bool, typer.Option(help="process here instead of queueing for a worker")] = False,
+) -> None:
+    """Publish trial events (validated here; invalid ones are recorded with their reason)."""
+    from alerts.pipeline import Rejected, ingest, validate
+    from alerts.tasks.enqueue import CeleryEnqueue
+
+    runtime = _runtime()
+    enqueue = CeleryEnqueue()
+    failures = 0
+    for path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]{path}: cannot read JSON: {exc}[/red]")
+            failures += 1
+            continue
+        for index, payload in enumerate(data if isinstance(data, list) else [data]):
+            where = f"{path}[{index}]" if isinstance(data, list) else str(path)
+            if sync:
+                outcome = ingest(runtime, payload, enqueue, source="cli")
+            else:
+                outcome = validate(runtime, payload, source="cli")
+                if not isinstance(outcome, Rejected):
+                    enqueue.trial_event(payload)
+            if isinstance(outcome, Rejected):
+                failures += 1
+                reasons = "; ".join(f"{e['field']}: {e['message']}" for e in outcome.errors)
+                console.print(f"[red]{where}: rejected (#{outcome.rejection_id}): {reasons}[/red]")
+            elif sync:
+                console.print(f"{where}: {outcome.status}, {outcome.recipients} recipient(s) (event {outcome.event_id})")
+            else:
+                console.print(f"{where}: queued {payload['type']} for {outcome.nct_id}")
+    raise typer.Exit(1 if failures else 0)
+
+
+@events_app.command("rejected")
+def events_rejected(
+    limit: int = 50, as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False
+) -> None:
+    """Events refused as invalid, newest first, with the reason."""
+    from alerts.db import transaction
+    from alerts.models import RejectedEvent
+
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        rows = session.scalars(select(RejectedEvent).order_by(RejectedEvent.id.desc()).limit(limit)).all()
+        items = [
+            {"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source, "type": r.event_type,
+             "event_id": r.producer_event_id, "errors": r.errors, "payload": r.payload_excerpt[:200]}
+            for r in rows
+        ]
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return
+    table = Table(title=f"Rejected events (newest {len(items)})")
+    for column in ("id", "received", "source", "type", "event id", "why"):
+        table.add_column(column)
+    for item in items:
+        why = "\n".join(f"{e['field']}: {e['message']}" for e in item["errors"])
+        table.add_row(str(item["id"]), item["received_at"][:19], item["source"], item["type"] or "-",
+                      item["event_id"] or "-", why)
+    console.print(table)
+
+
+@events_app.command("list")
+def events_list(limit: int = 30) -> None:
+    """Events received, newest first: what each did."""
+    from alerts.db import transaction
+    from alerts.models import Event
+
+    runtime = _runtime()
+    table = Table(title="Events")
+    for column in ("id", "received", "type", "trial", "status", "recipients", "note"):
+        table.add_column(column)
+    with transaction(runtime.engine) as session:
+        for e in session.scalars(select(Event).order_by(Event.id.desc()).limit(limit)):
+            table.add_row(str(e.id), e.received_at.isoformat()[:19], e.type, e.nct_id, e.status, str(e.recipients),
+                          e.reason or ", ".join(c["label"] for c in e.changes))
+    console.print(table)
+
+
+@app.command()
+def subscribe(
+    email: str,
+    trial: Annotated[str | None, typer.Option(help="NCT ID to follow")] = None,
+    condition: Annotated[str | None, typer.Option(help="condition to follow")] = None,
+) -> None:
+    """Sign someone up (pending) and queue the confirmation email, as the web form does."""
+    from alerts import subscriptions
+    from alerts.addresses import InvalidAddress
+    from alerts.db import transaction
+    from alerts.tasks.enqueue import CeleryEnqueue
+
+    if bool(trial) == bool(condition):
+        console.print("[red]give exactly one of --trial or --condition[/red]")
+        raise typer.Exit(2)
+    runtime = _runtime()
+    try:
+        target = subscriptions.trial_target(trial) if trial else subscriptions.condition_target(condition or "")
+        with transaction(runtime.engine) as session:
+            signup = subscriptions.sign_up(session, email, target, runtime.signer, runtime.hasher)
+    except (InvalidAddress, subscriptions.InvalidTarget) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if signup.needs_confirmation:
+        CeleryEnqueue().send_confirmation(signup.subscription_id)
+        console.print(f"subscription {signup.subscription_id}: pending, confirmation email queued")
+    else:
+        console.print(f"subscription {signup.subscription_id}: already active")
+
+
+@app.command()
+def worker(
+    concurrency: int = 2,
+    queues: str = "events,deliveries,maintenance",
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker (same as ``celery -A alerts.tasks.app worker``)."""
+    argv = [sys.executable, "-m", "celery", "-A", "alerts.tasks.app", "worker", "--queues", queues,
+            "--concurrency", str(concurrency), "--loglevel", loglevel]
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with the worker
+
+
+@app.command()
+def demo(
+    outbox: Annotated[Path | None, typer.Option(help="where the emails are written")] = None,
+    workspace: Annotated[Path, typer.Option(help="demo database and broker folder (wiped)")] = Path("var/demo"),
+) -> None:
+    """Run the whole product on embedded defaults: worker, subscribers, events, emails in a folder."""
+    from alerts.demo.run import run_demo
+
+    try:
+        run_demo(workspace.resolve(), outbox.resolve() if outbox else None)
+    except TimeoutError as exc:
+        console.print(f"[red]demo failed: {exc}; see {workspace / 'worker.log'}[/red]")
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    try:
+        get_settings()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+    app()

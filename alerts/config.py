@@ -1,0 +1,108 @@
+"""Settings, read from the environment with the ``ALERTS_`` prefix.
+
+Defaults are the embedded ones (SQLite file, Celery's filesystem broker, emails as files) so that
+``make demo`` needs no server. Production refuses to start with a placeholder secret.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "dev-insecure-change-me"  # noqa: S105 - a known placeholder, refused outside dev
+VAR_DIR = Path("var")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALERTS_", env_file=".env", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    database_url: str = f"sqlite:///{VAR_DIR / 'alerts.db'}"
+    # "filesystem://" is Celery's embedded broker: messages are files under broker_dir.
+    broker_url: str = "filesystem://"
+    broker_dir: Path = VAR_DIR / "broker"
+    result_backend: str | None = None
+    # Redis for rate limits; None means in-process memory (fine for a single dev process).
+    redis_url: str | None = None
+
+    email_backend: Literal["file", "memory", "sendgrid", "smtp"] = "file"
+    outbox_dir: Path = VAR_DIR / "outbox"
+    base_url: str = "http://localhost:8000"
+    secret_key: str = PLACEHOLDER_SECRET
+    from_email: str = "alerts@example.org"
+    from_name: str = "Trial alerts"
+    site_name: str = "Trial alerts"
+    ingest_token: str | None = None
+    ops_token: str | None = None
+
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    confirm_max_age_s: int = Field(default=7 * 24 * 3600, gt=0)
+    send_lease_s: int = Field(default=600, gt=0)
+
+    sendgrid_api_key: str | None = None
+    sendgrid_host: str = "https://api.sendgrid.com"
+    sendgrid_timeout_s: float = Field(default=10.0, gt=0)
+    sendgrid_webhook_public_key: str | None = None
+    sendgrid_webhook_max_age_s: int = Field(default=600, ge=0)
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        if value.startswith("postgresql://"):
+            # psycopg 3 is the driver we ship; plain postgresql:// would pick psycopg2.
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Settings:
+        if self.env != "dev" and self.secret_key == PLACEHOLDER_SECRET:
+            raise ValueError("ALERTS_SECRET_KEY is still the placeholder; set a long random value")
+        if len(self.secret_key) < 16:
+            raise ValueError("ALERTS_SECRET_KEY must be at least 16 characters")
+        if self.email_backend == "sendgrid" and not self.sendgrid_api_key:
+            raise ValueError("ALERTS_EMAIL_BACKEND=sendgrid needs ALERTS_SENDGRID_API_KEY")
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's error into one readable line per bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = f"ALERTS_{where.upper()}" if err["loc"] else where
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,178 @@
+"""The demo: a real Celery worker on the embedded broker, two subscribers, two events, emails on disk.
+
+Everything lives in a fresh workspace (default ``var/demo``) so the demo can run again and again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from alerts import subscriptions
+from alerts.config import Settings, load_settings
+from alerts.db import transaction, upgrade
+from alerts.models import Delivery, DeliveryStatus, Event, Subscription
+from alerts.pipeline import ingest
+from alerts.runtime import Runtime, set_runtime
+from alerts.tasks.enqueue import CeleryEnqueue
+from alerts.tokens import Purpose
+
+TRIAL_FOLLOWER = "maria.example@example.org"
+CONDITION_FOLLOWER = "sam.example@example.net"
+CONDITION = "Acute-On-Chronic Liver Failure"
+
+
+def demo_records() -> dict[str, Any]:
+    text = resources.files("alerts.demo").joinpath("NCT06740149.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def demo_settings(workspace: Path, outbox: Path) -> Settings:
+    return load_settings(
+        database_url=f"sqlite:///{workspace / 'alerts.db'}",
+        broker_url="filesystem://",
+        broker_dir=workspace / "broker",
+        email_backend="file",
+        outbox_dir=outbox,
+    )
+
+
+def _wait(what: str, check: Callable[[], bool], timeout_s: float, say: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.2)
+    say(f"  ok: {what}")
+
+
+def _read(path: Path) -> EmailMessage:
+    with path.open("rb") as handle:
+        message = BytesParser(policy=policy.default).parse(handle)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _confirm_token(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    for word in body.get_content().split():
+        if "/confirm/" in word:
+            return word.rsplit("/", 1)[1]
+    raise ValueError("no confirmation link in the email")
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = os.environ | {
+        "ALERTS_DATABASE_URL": settings.database_url,
+        "ALERTS_BROKER_URL": settings.broker_url,
+        "ALERTS_BROKER_DIR": str(settings.broker_dir),
+        "ALERTS_EMAIL_BACKEND": settings.email_backend,
+        "ALERTS_OUTBOX_DIR": str(settings.outbox_dir),
+    }
+    command = [sys.executable, "-m", "celery", "-A", "alerts.tasks.app", "worker", "--queues",
+               "events,deliveries,maintenance", "--concurrency", "2", "--loglevel", "INFO", "--without-heartbeat",
+               "--without-gossip", "--without-mingle"]
+    log = log_path.open("wb")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+
+
+def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = print) -> list[Path]:
+    started = time.monotonic()
+    outbox = outbox or workspace / "outbox"
+    for path in (workspace, outbox):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    settings = demo_settings(workspace, outbox)
+    # The Celery app reads its broker from the environment when first imported; point it at the demo's.
+    os.environ.update({"ALERTS_BROKER_URL": settings.broker_url, "ALERTS_BROKER_DIR": str(settings.broker_dir)})
+    say(f"workspace: {workspace}  (SQLite database, filesystem broker)")
+    upgrade(settings.database_url)
+    say("  ok: database migrated")
+    runtime = Runtime(settings)
+    set_runtime(runtime)
+    worker = start_worker(settings, workspace / "worker.log")
+    say(f"  ok: Celery worker started (pid {worker.pid}, log {workspace / 'worker.log'})")
+    enqueue = CeleryEnqueue()
+    try:
+        with transaction(runtime.engine) as session:
+            first = subscriptions.sign_up(session, TRIAL_FOLLOWER, subscriptions.trial_target("NCT06740149"),
+                                          runtime.signer, runtime.hasher)
+            second = subscriptions.sign_up(session, CONDITION_FOLLOWER, subscriptions.condition_target(CONDITION),
+                                           runtime.signer, runtime.hasher)
+        for signup in (first, second):
+            enqueue.send_confirmation(signup.subscription_id)
+        say("subscribed two people (pending until they confirm):")
+        say(f"  {TRIAL_FOLLOWER} -> study NCT06740149;  {CONDITION_FOLLOWER} -> {CONDITION}")
+        _wait("2 confirmation emails written", lambda: len(list(outbox.glob("*.eml"))) >= 2, 60, say)
+        for path in sorted(outbox.glob("*.eml")):
+            token = _confirm_token(_read(path))
+            subscription_id = runtime.signer.verify(Purpose.CONFIRM, token, settings.confirm_max_age_s)
+            with transaction(runtime.engine) as session:
+                subscriptions.confirm(session, subscription_id)
+        with transaction(runtime.engine) as session:
+            active = session.scalar(select(func.count()).select_from(Subscription).where(Subscription.status == "active"))
+        say(f"  ok: both confirmed through the link in their email ({active} active subscriptions)")
+
+        records = demo_records()
+        now = datetime.now(UTC).isoformat()
+        events = [
+            {"type": "trial.new_for_condition", "event_id": "demo-new-NCT06740149", "condition": CONDITION,
+             "occurred_at": "2026-06-27T12:00:00Z", "trial": records["registered"]},
+            {"type": "trial.changed", "event_id": "demo-changed-NCT06740149", "occurred_at": now,
+             "trial": records["updated"], "previous": records["registered"]},
+        ]
+        for event in events:
+            enqueue.trial_event(event)
+            say(f"published {event['type']} for NCT06740149 to the 'events' queue")
+
+        def alerts_sent() -> bool:
+            with transaction(runtime.engine) as session:
+                fanned = session.scalar(select(func.count()).select_from(Event)) or 0
+                sent = session.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.SENT.value)
+                ) or 0
+            return fanned >= 2 and sent >= 2
+
+        _wait("2 alert emails written by the worker", alerts_sent, 90, say)
+        # Same events again: idempotent, nothing new is sent.
+        for event in events:
+            result = ingest(runtime, event, enqueue, source="demo")
+            say(f"  re-published {event['type']}: {getattr(result, 'status', result)} (nothing sent twice)")
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        set_runtime(None)
+
+    files = sorted(outbox.glob("*.eml"))
+    say("")
+    say(f"{len(files)} emails in {outbox}:")
+    for path in files:
+        message = _read(path)
+        say(f"\n--- {path}")
+        for header in ("To", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post", "Message-ID"):
+            if message[header]:
+                say(f"{header}: {message[header]}")
+        body = message.get_body(("plain",))
+        text = body.get_content() if body is not None else ""
+        say("\n".join(text.strip().splitlines()[2:16]))
+    say(f"\ndone in {time.monotonic() - started:.1f}s")
+    return files

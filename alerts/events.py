@@ -1,0 +1,186 @@
+"""The public event contract: JSON Schemas (shipped in ``alerts/schemas``) and parsing into typed events.
+
+Every problem is reported as ``FieldError(field, message)`` so an operator can see which field was wrong
+and why; see docs/events.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+TRIAL_CHANGED: Final = "trial.changed"
+NEW_TRIAL_FOR_CONDITION: Final = "trial.new_for_condition"
+EVENT_TYPES: Final = (TRIAL_CHANGED, NEW_TRIAL_FOR_CONDITION)
+# A full v2 record with results is a few hundred KB; anything near this is hostile or broken.
+MAX_EVENT_BYTES: Final = 4_000_000
+_SCHEMA_BASE = "https://trial-alerts.example.org/schemas/"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class InvalidEvent(Exception):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    type: str
+    idempotency_key: str
+    event_id: str | None
+    occurred_at: datetime
+    trial: Mapping[str, Any]
+    previous: Mapping[str, Any] | None = None
+    condition: str | None = None
+
+    @property
+    def nct_id(self) -> str:
+        return str(self.trial["protocolSection"]["identificationModule"]["nctId"])
+
+
+def schema_text(name: str) -> str:
+    return resources.files("alerts.schemas").joinpath(f"{name}.json").read_text(encoding="utf-8")
+
+
+@cache
+def _validators() -> dict[str, Draft202012Validator]:
+    docs = {n: json.loads(schema_text(n)) for n in ("trial-record", *EVENT_TYPES)}
+    registry: Registry[Any] = Registry().with_resources(
+        (_SCHEMA_BASE + f"{name}.json", Resource.from_contents(doc)) for name, doc in docs.items()
+    )
+    return {t: Draft202012Validator(docs[t], registry=registry) for t in EVENT_TYPES}
+
+
+def _field_of(error: ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [r for r in error.validator_value if r not in error.instance]
+        if missing:
+            return f"{path}.{missing[0]}" if path else str(missing[0])
+    return path or "(event)"
+
+
+def _message_of(error: ValidationError) -> str:
+    if error.validator == "required":
+        return "is required"
+    if error.validator == "pattern" and _field_of(error).endswith("nctId"):
+        return "must look like NCT followed by 8 digits"
+    if error.validator == "maxLength":
+        return f"is longer than {error.validator_value} characters"
+    message = error.message
+    return message if len(message) <= 200 else message[:197] + "..."
+
+
+def _parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("needs a UTC offset, e.g. 2026-11-25T10:00:00Z")
+    return parsed.astimezone(UTC)
+
+
+def _strings_clean(value: Any, path: str, out: list[FieldError]) -> None:
+    """NUL and other control characters in any string are refused (PostgreSQL cannot even store NUL)."""
+    if len(out) >= 5:
+        return
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            out.append(FieldError(path or "(event)", "contains control characters"))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _strings_clean(item, f"{path}.{key}" if path else str(key), out)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _strings_clean(item, f"{path}.{index}", out)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
+    """Validate ``payload`` and return the typed event, or raise InvalidEvent naming every bad field."""
+    if not isinstance(payload, dict):
+        raise InvalidEvent([FieldError("(event)", f"must be a JSON object, got {type(payload).__name__}")])
+    try:
+        size = len(canonical_json(payload).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent([FieldError("(event)", f"is not JSON-serializable: {exc}")]) from None
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent([FieldError("(event)", f"is {size} bytes; the limit is {MAX_EVENT_BYTES}")])
+    event_type = payload.get("type")
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent([FieldError("type", f"must be one of {', '.join(EVENT_TYPES)}")])
+    if expected_type is not None and event_type != expected_type:
+        raise InvalidEvent([FieldError("type", f"is {event_type!r} but was sent to the {expected_type} task")])
+
+    errors = sorted(_validators()[event_type].iter_errors(payload), key=lambda e: list(e.absolute_path))
+    found = [FieldError(_field_of(e), _message_of(e)) for e in errors[:10]]
+    _strings_clean(payload, "", found)
+    occurred_at: datetime | None = None
+    if isinstance(payload.get("occurred_at"), str):
+        try:
+            occurred_at = _parse_time(payload["occurred_at"])
+        except ValueError as exc:
+            found.append(FieldError("occurred_at", f"is not an ISO 8601 date-time: {exc}"))
+    if found:
+        raise InvalidEvent(found)
+    assert occurred_at is not None
+
+    event_id = payload.get("event_id")
+    if event_id:
+        key = f"{event_type}:id:{event_id}"
+    else:
+        # Without a producer id, identical payloads are the same event (a producer retry).
+        key = f"{event_type}:sha256:{hashlib.sha256(canonical_json(payload).encode()).hexdigest()}"
+    previous = payload.get("previous")
+    if previous is not None:
+        prev_id = previous["protocolSection"]["identificationModule"]["nctId"]
+        this_id = payload["trial"]["protocolSection"]["identificationModule"]["nctId"]
+        if prev_id != this_id:
+            raise InvalidEvent(
+                [
+                    FieldError(
+                        "previous.protocolSection.identificationModule.nctId",
+                        f"is {prev_id} but trial is {this_id}",
+                    )
+                ]
+            )
+    return TrialEvent(
+        type=event_type,
+        idempotency_key=key,
+        event_id=event_id,
+        occurred_at=occurred_at,
+        trial=payload["trial"],
+        previous=previous,
+        condition=payload.get("condition"),
+    )
+
+
+def excerpt(payload: Any, limit: int = 2000) -> str:
+    """What operators see of a rejected payload: enough to recognise it, bounded in size."""
+    try:
+        text = canonical_json(payload)
+    except (TypeError, ValueError):
+        text = repr(payload)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

@@ -1,0 +1,113 @@
+"""Accepting an event: deduplicate, diff, store the trial version, create deliveries — one transaction.
+
+Everything here happens in the caller's transaction, so an event is either fully applied (event row,
+snapshot, deliveries) or not at all. Sending is queued by the caller after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alerts import ctgov, emails
+from alerts.conditions import condition_keys
+from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
+from alerts.matching import create_deliveries
+from alerts.models import Event, EventStatus, SubscriptionKind, Trial
+from alerts.rendering import Renderer
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event_id: int
+    status: str  # fanned_out | no_op | duplicate
+    recipients: int
+    reason: str | None = None
+
+
+def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent) -> None:
+    """Remember the newest version seen; an event older than the stored one never overwrites it."""
+    record = dict(event.trial)
+    if snapshot is None:
+        session.add(
+            Trial(
+                nct_id=event.nct_id,
+                title=ctgov.title(record),
+                record=record,
+                fingerprint=ctgov.fingerprint(record),
+                version_at=event.occurred_at,
+            )
+        )
+    elif snapshot.version_at <= event.occurred_at:
+        snapshot.record = record
+        snapshot.title = ctgov.title(record)
+        snapshot.fingerprint = ctgov.fingerprint(record)
+        snapshot.version_at = event.occurred_at
+
+
+def _changed(event: TrialEvent, snapshot: Trial | None) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The version to diff against, or why there is nothing to compare."""
+    if event.previous is not None:
+        return event.previous, None
+    if snapshot is None:
+        return None, f"first version of {event.nct_id} seen; stored as the baseline for later changes"
+    if snapshot.version_at > event.occurred_at:
+        return None, "older than the version already stored; nothing newer to report"
+    return snapshot.record, None
+
+
+def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any]) -> Accepted:
+    existing = session.scalar(select(Event).where(Event.idempotency_key == event.idempotency_key))
+    if existing is not None:
+        return Accepted(existing.id, "duplicate", 0, "already received")
+
+    snapshot = session.get(Trial, event.nct_id, with_for_update=True)
+    row = Event(
+        idempotency_key=event.idempotency_key,
+        type=event.type,
+        nct_id=event.nct_id,
+        condition=event.condition,
+        occurred_at=event.occurred_at,
+        status=EventStatus.NO_OP,
+        changes=[],
+        recipients=0,
+    )
+    template: str
+    context: dict[str, Any]
+    if event.type == TRIAL_CHANGED:
+        old, reason = _changed(event, snapshot)
+        changes = ctgov.diff(old, event.trial) if old is not None else []
+        if old is not None and not changes:
+            reason = "no material change (only noise such as derivedSection order or update dates)"
+        row.changes = emails.changes_as_dicts(changes)
+        kind, targets = SubscriptionKind.TRIAL, [event.nct_id]
+        dedupe = f"changed:{event.nct_id}:{ctgov.fingerprint(old) if old else ''}:{ctgov.fingerprint(event.trial)}"
+        template, context = (
+            emails.TRIAL_CHANGED,
+            emails.trial_changed(event.trial, changes) if changes else {},
+        )
+    else:
+        assert event.type == NEW_TRIAL_FOR_CONDITION and event.condition is not None
+        reason = None
+        kind = SubscriptionKind.CONDITION
+        targets = condition_keys([event.condition, *ctgov.conditions(event.trial)])
+        # Keyed on the trial alone: one event per condition still reaches each subscriber once.
+        dedupe = f"new:{event.nct_id}"
+        template, context = emails.NEW_TRIAL, emails.new_trial(event.trial, event.condition)
+
+    _store_version(session, snapshot, event)
+    session.add(row)
+    session.flush()
+    if reason is None:
+        row.status = EventStatus.FANNED_OUT
+        row.recipients = create_deliveries(session, row.id, kind, targets, dedupe)
+        if row.recipients:
+            # Rendered (and CSS-inlined) once for every recipient; skipped when nobody is listening.
+            row.content = renderer.render(template, {**site, **context}).as_dict()
+    else:
+        row.reason = reason
+    return Accepted(row.id, row.status, row.recipients, row.reason)

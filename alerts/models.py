@@ -1,0 +1,209 @@
+"""Database tables (SQLAlchemy 2, typed). Schema changes go through Alembic (``alerts/migrations``)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both engines (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime; use alerts.models.utcnow()")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class SubscriptionKind(enum.StrEnum):
+    TRIAL = "trial"
+    CONDITION = "condition"
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class EventStatus(enum.StrEnum):
+    FANNED_OUT = "fanned_out"  # deliveries created (possibly zero recipients)
+    NO_OP = "no_op"  # valid, but nothing material to tell anyone
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    SKIPPED = "skipped"  # subscription ended or address erased before sending
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # Keyed hash of the address: lets logs and suppressions refer to a person without the address.
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Signed once at creation: the manage link never changes, so sending never signs it again.
+    manage_token: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "kind", "target", name="uq_subscriptions_subscriber_target"),
+        # Matching reads active subscriptions by target, in subscriber order.
+        Index("ix_subscriptions_match", "kind", "target", "status", "subscriber_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    # An NCT ID for kind=trial, a normalized condition key (alerts.conditions.condition_key) otherwise.
+    target: Mapped[str] = mapped_column(String(300))
+    # What the subscriber chose, as shown to them ("Acute-On-Chronic Liver Failure").
+    label: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default=SubscriptionStatus.PENDING)
+    unsubscribe_token: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
+
+
+class Trial(Base):
+    """The last version of a study record the service has seen (what `trial.changed` diffs against)."""
+
+    __tablename__ = "trials"
+
+    nct_id: Mapped[str] = mapped_column(String(11), primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    record: Mapped[dict[str, Any]] = mapped_column(Json)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # occurred_at of the event that stored this version: an older event never overwrites a newer one.
+    version_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    nct_id: Mapped[str] = mapped_column(String(11), index=True)
+    condition: Mapped[str | None] = mapped_column(String(300))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Plain-language changes (trial.changed) as a list of dicts; shown in emails and to operators.
+    changes: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
+    # The shared rendering (subject, text, html with per-recipient placeholders), made once per event.
+    content: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RejectedEvent(Base):
+    __tablename__ = "rejected_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    source: Mapped[str] = mapped_column(String(20))
+    event_type: Mapped[str | None] = mapped_column(String(100))
+    producer_event_id: Mapped[str | None] = mapped_column(String(200))
+    # [{"field": "trial.protocolSection.identificationModule.nctId", "message": "..."}]
+    errors: Mapped[list[dict[str, str]]] = mapped_column(Json)
+    payload_excerpt: Mapped[str] = mapped_column(Text, default="")
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        # One email per subscriber per piece of news, whichever event(s) carried it.
+        UniqueConstraint("dedupe_key", "subscriber_id", name="uq_deliveries_dedupe_subscriber"),
+        Index("ix_deliveries_event_id_id", "event_id", "id"),
+        Index("ix_deliveries_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    # SET NULL: erasure removes the person, the history row stays without any address.
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    subscription_id: Mapped[int | None] = mapped_column(ForeignKey("subscriptions.id", ondelete="SET NULL"), index=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Suppression(Base):
+    """Addresses we must never email again (hard bounce, spam report), kept as a keyed hash only."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

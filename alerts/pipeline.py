@@ -1,0 +1,181 @@
+"""The event pipeline as plain functions: ingest an event, send a batch, send a confirmation.
+
+Celery tasks, the CLI and the HTTP API all call these; queueing is passed in as ``Enqueue`` so this
+module never imports Celery, and work is queued only after the transaction that created it commits.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from alerts import emails
+from alerts.db import transaction
+from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event
+from alerts.intake import Accepted, accept
+from alerts.matching import batch_ranges
+from alerts.models import RejectedEvent, Subscription, SubscriptionStatus, Suppression
+from alerts.rendering import Content
+from alerts.runtime import Runtime
+from alerts.sending import SendReport, send_range
+from alerts.subscriptions import describe
+from alerts.tokens import Purpose
+from alerts.transports.base import Batch, Outcome, Recipient
+
+log = structlog.get_logger("alerts.pipeline")
+
+
+class Enqueue(Protocol):
+    def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None: ...
+
+    def send_confirmation(self, subscription_id: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rejected:
+    rejection_id: int
+    errors: list[dict[str, str]]
+
+
+def reject(runtime: Runtime, payload: Any, errors: list[dict[str, str]], source: str) -> Rejected:
+    event_type = payload.get("type") if isinstance(payload, dict) else None
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    with transaction(runtime.engine) as session:
+        row = RejectedEvent(
+            source=source,
+            event_type=str(event_type)[:100] if event_type is not None else None,
+            producer_event_id=str(event_id)[:200] if event_id is not None else None,
+            errors=errors,
+            payload_excerpt=excerpt(payload),
+        )
+        session.add(row)
+        session.flush()
+        rejection_id = row.id
+    log.warning("event.rejected", rejection_id=rejection_id, source=source, errors=errors)
+    return Rejected(rejection_id, errors)
+
+
+def validate(runtime: Runtime, payload: Any, source: str, expected_type: str | None = None) -> TrialEvent | Rejected:
+    try:
+        return parse_event(payload, expected_type)
+    except InvalidEvent as exc:
+        return reject(runtime, payload, [e.as_dict() for e in exc.errors], source)
+
+
+def _accept(runtime: Runtime, event: TrialEvent) -> Accepted:
+    # Two producers racing with the same event: the unique idempotency key lets one win; the loser
+    # retries and finds it. Same for two first versions of one trial racing to insert its snapshot.
+    for attempt in range(3):
+        try:
+            with transaction(runtime.engine) as session:
+                return accept(session, event, runtime.renderer, runtime.site)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def dispatch(runtime: Runtime, event_id: int, enqueue: Enqueue) -> int:
+    """Queue one send task per batch of the event's deliveries. Returns the number of batches."""
+    count = 0
+    with transaction(runtime.engine) as session:
+        for after_id, upto_id in batch_ranges(session, event_id, runtime.settings.batch_size):
+            enqueue.send_batch(event_id, after_id, upto_id)
+            count += 1
+    return count
+
+
+def ingest(
+    runtime: Runtime, payload: Any, enqueue: Enqueue, source: str, expected_type: str | None = None
+) -> Accepted | Rejected:
+    event = validate(runtime, payload, source, expected_type)
+    if isinstance(event, Rejected):
+        return event
+    outcome = _accept(runtime, event)
+    log.info(
+        "event.accepted",
+        event_id=outcome.event_id,
+        nct_id=event.nct_id,
+        type=event.type,
+        status=outcome.status,
+        recipients=outcome.recipients,
+        reason=outcome.reason,
+    )
+    if outcome.status == "fanned_out" and outcome.recipients:
+        dispatch(runtime, outcome.event_id, enqueue)
+    return outcome
+
+
+def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> SendReport:
+    report = send_range(
+        runtime.engine,
+        runtime.transport,
+        runtime.links,
+        runtime.sender,
+        event_id,
+        after_id,
+        upto_id,
+        runtime.settings.send_lease_s,
+    )
+    log.info(
+        "batch.sent",
+        event_id=event_id,
+        after_id=after_id,
+        upto_id=upto_id,
+        claimed=report.claimed,
+        sent=report.sent,
+        failed=report.failed,
+        retry=report.retry,
+        skipped=report.skipped,
+        suppressed=report.suppressed,
+    )
+    return report
+
+
+def backoff_seconds(retries: int, retry_after_s: float | None = None, cap: float = 300.0) -> float:
+    """Exponential backoff with jitter, never sooner than the provider asked."""
+    ceiling = min(cap, 2.0 ** (retries + 1))
+    delay = random.uniform(ceiling / 2, ceiling)
+    return max(delay, retry_after_s or 0.0)
+
+
+def send_confirmation(runtime: Runtime, subscription_id: int) -> str:
+    """Render and send the double opt-in email for a pending subscription. Returns what happened."""
+    with transaction(runtime.engine) as session:
+        subscription = session.get(Subscription, subscription_id)
+        if subscription is None or subscription.status != SubscriptionStatus.PENDING:
+            return "not pending"
+        subscriber = subscription.subscriber
+        what = describe(session, subscription)
+        email, email_hash = subscriber.email, subscriber.email_hash
+        if session.scalar(select(Suppression.id).where(Suppression.email_hash == email_hash)):
+            return "suppressed"
+    days = max(1, runtime.settings.confirm_max_age_s // 86400)
+    content: Content = runtime.renderer.render(
+        emails.CONFIRM, {**runtime.site, **emails.confirm_subscription(what, days)}
+    )
+    token = runtime.signer.sign(Purpose.CONFIRM, subscription_id)
+    recipient = Recipient(
+        delivery_id=subscription_id,
+        email=email,
+        values={"confirm_url": runtime.links.confirm(token), "unsubscribe_url": "", "manage_url": ""},
+        message_id=runtime.links.message_id(f"confirm-{subscription_id}", time.time_ns()),
+    )
+    batch = Batch(
+        content=content,
+        recipients=[recipient],
+        from_email=runtime.sender[0],
+        from_name=runtime.sender[1],
+        category="confirm",
+    )
+    result = runtime.transport.send(batch)[0]
+    log.info("confirmation.sent", subscription_id=subscription_id, outcome=result.outcome.value)
+    if result.outcome is Outcome.RETRY:
+        raise RuntimeError(f"confirmation email not accepted: {result.error}")
+    return result.outcome.value

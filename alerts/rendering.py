@@ -1,0 +1,91 @@
+"""Email rendering: Jinja2 templates, CSS inlined by premailer once per shared rendering.
+
+A rendering is shared by every recipient of an event. Per-recipient values (the unsubscribe and manage
+links) are left as placeholders such as ``%%unsubscribe_url%%`` and filled in at send time by plain string
+replacement (or by the provider's substitutions), so premailer never runs per recipient.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import premailer
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+PLACEHOLDERS = ("unsubscribe_url", "manage_url", "confirm_url")
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*$")
+
+
+def placeholder(name: str) -> str:
+    return f"%%{name}%%"
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    text: str
+    html: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"subject": self.subject, "text": self.text, "html": self.html}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Content:
+        return cls(subject=str(data["subject"]), text=str(data["text"]), html=str(data["html"]))
+
+
+class Renderer:
+    def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
+        email_dir = templates_dir / "email"
+        self._html = Environment(
+            loader=FileSystemLoader(email_dir),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        # Plain-text parts must not be HTML-escaped ("Crohn's & colitis" stays readable).
+        self._text = Environment(
+            loader=FileSystemLoader(email_dir),
+            autoescape=False,  # noqa: S701 - text/plain output, never parsed as HTML
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Content:
+        """Render the email ``name`` once; per-recipient fields stay as placeholders."""
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
+        subject = self._text.get_template(f"{name}/subject.txt").render(ctx)
+        # A header value must be one line: newlines in a title must never become header injection.
+        subject = " ".join(subject.split())
+        text = self._text.get_template(f"{name}/body.txt").render(ctx)
+        raw_html = self._html.get_template(f"{name}/body.html").render(ctx | {"subject": subject})
+        inlined = premailer.Premailer(
+            raw_html,
+            remove_classes=False,
+            keep_style_tags=True,  # media queries for small screens cannot be inlined
+            strip_important=False,
+            cssutils_logging_level="CRITICAL",
+            allow_network=False,
+            disable_validation=True,
+        ).transform()
+        return Content(subject=subject, text=text, html=inlined)
+
+
+def personalize(content: Content, values: Mapping[str, str]) -> Content:
+    """Fill the per-recipient placeholders. Values are URLs made of URL-safe characters only."""
+    text, body_html = content.text, content.html
+    for name, value in values.items():
+        if not _SAFE_VALUE.match(value):
+            raise ValueError(f"per-recipient value {name!r} has characters unsafe in HTML")
+        text = text.replace(placeholder(name), value)
+        body_html = body_html.replace(placeholder(name), html.escape(value, quote=True))
+    return Content(subject=content.subject, text=text, html=body_html)

@@ -1,0 +1,246 @@
+"""Sending one batch of deliveries: claim the rows, hand one shared rendering to the transport, record.
+
+The claim (queued -> sending, with a lease) commits before the transport is called, so two workers never
+send the same rows; if a worker dies mid-send, the lease runs out and maintenance re-queues the rows.
+Results are recorded right after the transport returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from alerts.db import transaction
+from alerts.models import (
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    utcnow,
+)
+from alerts.rendering import Content
+from alerts.transports.base import Batch, Outcome, Recipient, Result, Transport
+
+
+@dataclass(frozen=True)
+class Links:
+    base_url: str
+    domain: str
+
+    def unsubscribe(self, token: str) -> str:
+        return f"{self.base_url}/unsubscribe/{token}"
+
+    def manage(self, token: str) -> str:
+        return f"{self.base_url}/manage/{token}"
+
+    def confirm(self, token: str) -> str:
+        return f"{self.base_url}/confirm/{token}"
+
+    def message_id(self, kind: str, object_id: int) -> str:
+        # Stable per delivery: a retried send carries the same Message-ID, so mail systems can dedupe.
+        return f"<{kind}-{object_id}@{self.domain}>"
+
+
+@dataclass
+class SendReport:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retry: int = 0
+    skipped: int = 0
+    suppressed: int = 0
+    retry_ids: list[int] = field(default_factory=list)
+    retry_after_s: float | None = None
+
+
+def alert_headers() -> dict[str, str]:
+    # RFC 8058 one-click unsubscribe; the URL is per recipient.
+    return {
+        "List-Unsubscribe": "<%%unsubscribe_url%%>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def _claim(session: Session, event_id: int, after_id: int, upto_id: int, lease_s: int) -> list[int]:
+    now = utcnow()
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.event_id == event_id,
+            Delivery.id > after_id,
+            Delivery.id <= upto_id,
+            Delivery.status == DeliveryStatus.QUEUED.value,
+        )
+        .values(
+            status=DeliveryStatus.SENDING.value,
+            lease_until=now + timedelta(seconds=lease_s),
+            attempts=Delivery.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(int(i) for i in result.scalars())
+
+
+def _recipients(session: Session, ids: Sequence[int]) -> list[Any]:
+    query = (
+        select(
+            Delivery.id,
+            Subscriber.email,
+            Subscriber.manage_token,
+            Subscription.unsubscribe_token,
+            Subscription.status,
+            Suppression.id.label("suppression_id"),
+        )
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id, isouter=True)
+        .join(Subscription, Subscription.id == Delivery.subscription_id, isouter=True)
+        .join(Suppression, Suppression.email_hash == Subscriber.email_hash, isouter=True)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    )
+    return list(session.execute(query))
+
+
+def _mark(session: Session, ids: Sequence[int], status: DeliveryStatus, error: str | None = None) -> None:
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(status=status.value, error=error, lease_until=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def record_results(session: Session, results: Sequence[Result], report: SendReport) -> None:
+    now = utcnow()
+    sent = [
+        {
+            "id": r.delivery_id,
+            "status": DeliveryStatus.SENT.value,
+            "provider_message_id": r.provider_message_id,
+            "sent_at": now,
+            "lease_until": None,
+            "error": None,
+            "updated_at": now,
+        }
+        for r in results
+        if r.outcome is Outcome.SENT
+    ]
+    failed = [
+        {
+            "id": r.delivery_id,
+            "status": DeliveryStatus.FAILED.value,
+            "error": (r.error or "failed")[:2000],
+            "lease_until": None,
+            "updated_at": now,
+        }
+        for r in results
+        if r.outcome is Outcome.FAILED
+    ]
+    retry = [
+        {
+            "id": r.delivery_id,
+            "status": DeliveryStatus.QUEUED.value,
+            "error": (r.error or "retry")[:2000],
+            "lease_until": None,
+            "updated_at": now,
+        }
+        for r in results
+        if r.outcome is Outcome.RETRY
+    ]
+    for rows in (sent, failed, retry):
+        if rows:
+            # Bulk UPDATE by primary key: one statement per outcome, not one per recipient.
+            session.execute(update(Delivery), rows)
+    report.sent += len(sent)
+    report.failed += len(failed)
+    report.retry += len(retry)
+    report.retry_ids.extend(r.delivery_id for r in results if r.outcome is Outcome.RETRY)
+    waits = [r.retry_after_s for r in results if r.retry_after_s is not None]
+    if waits:
+        report.retry_after_s = max(waits)
+
+
+def give_up(engine: Engine, ids: Sequence[int], error: str) -> None:
+    """Retries exhausted: the rows become 'failed' (operators can re-queue them), not 'queued' forever."""
+    with transaction(engine) as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(list(ids)), Delivery.status == DeliveryStatus.QUEUED.value)
+            .values(status=DeliveryStatus.FAILED.value, error=error, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def send_range(
+    engine: Engine,
+    transport: Transport,
+    links: Links,
+    sender: tuple[str, str],
+    event_id: int,
+    after_id: int,
+    upto_id: int,
+    lease_s: int,
+) -> SendReport:
+    """Send the queued deliveries of ``event_id`` with after_id < id <= upto_id."""
+    report = SendReport()
+    with transaction(engine) as session:
+        ids = _claim(session, event_id, after_id, upto_id, lease_s)
+        if not ids:
+            return report
+        content_data = session.scalar(select(Event.content).where(Event.id == event_id))
+        rows = _recipients(session, ids)
+        report.claimed = len(ids)
+        skipped = [r.id for r in rows if r.email is None or r.status != SubscriptionStatus.ACTIVE.value]
+        suppressed = [r.id for r in rows if r.email is not None and r.suppression_id is not None]
+        _mark(session, skipped, DeliveryStatus.SKIPPED, "subscription ended before sending")
+        _mark(
+            session,
+            [i for i in suppressed if i not in set(skipped)],
+            DeliveryStatus.SUPPRESSED,
+            "address is suppressed",
+        )
+    report.skipped = len(skipped)
+    report.suppressed = len(set(suppressed) - set(skipped))
+    excluded = set(skipped) | set(suppressed)
+    recipients = [
+        Recipient(
+            delivery_id=r.id,
+            email=r.email,
+            values={
+                "unsubscribe_url": links.unsubscribe(r.unsubscribe_token),
+                "manage_url": links.manage(r.manage_token),
+            },
+            message_id=links.message_id("delivery", r.id),
+        )
+        for r in rows
+        if r.id not in excluded
+    ]
+    if not recipients:
+        return report
+    if content_data is None:
+        raise RuntimeError(f"event {event_id} has deliveries but no rendered content")
+    batch = Batch(
+        content=Content.from_dict(content_data),
+        recipients=recipients,
+        from_email=sender[0],
+        from_name=sender[1],
+        headers=alert_headers(),
+    )
+    try:
+        results = transport.send(batch)
+    except Exception as exc:
+        # Unknown failure of the whole batch: put the rows back so a retry (or maintenance) sends them.
+        results = [Result(r.delivery_id, Outcome.RETRY, error=f"{type(exc).__name__}: {exc}"[:500]) for r in recipients]
+    with transaction(engine) as session:
+        record_results(session, results, report)
+    return report

@@ -1,0 +1,79 @@
+"""The Celery application. Tasks live in sibling modules and stay thin: they call alerts.pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from alerts.config import Settings, get_settings
+
+EVENTS_QUEUE = "events"
+DELIVERIES_QUEUE = "deliveries"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith("filesystem"):
+        folder = settings.broker_dir / "messages"
+        processed = settings.broker_dir / "processed"
+        folder.mkdir(parents=True, exist_ok=True)
+        processed.mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(processed),
+            "store_processed": False,
+        }
+    # Redis: a message not acked within this time is redelivered. Tasks take seconds; an hour is safe
+    # against double delivery of slow tasks and still recovers a message from a worker that vanished.
+    return {"visibility_timeout": 3600}
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("alerts")
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=DELIVERIES_QUEUE,
+        task_queues=[Queue(EVENTS_QUEUE), Queue(DELIVERIES_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        task_routes={
+            "alerts.events.*": {"queue": EVENTS_QUEUE},
+            "alerts.delivery.*": {"queue": DELIVERIES_QUEUE},
+            "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE},
+            "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+        },
+        # Acknowledge after the task ran, and give the message back if the worker process died: a killed
+        # worker never loses an event or a batch. Our tasks are idempotent, so a re-run is harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: a prefetched message would wait behind a slow batch.
+        worker_prefetch_multiplier=1,
+        # Emit task events so Flower works out of the box.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        enable_utc=True,
+        imports=["alerts.tasks.events", "alerts.tasks.delivery", "alerts.tasks.subscriptions"],
+    )
+    if settings.result_backend:
+        app.conf.result_backend = settings.result_backend
+    return app
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked child must not reuse its parent's database connections.
+    from alerts.runtime import set_runtime
+
+    set_runtime(None)

@@ -1,0 +1,63 @@
+"""The transport interface: send one batch (shared content, many recipients), report per recipient."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from alerts.rendering import Content
+
+# SendGrid's personalizations limit; every transport takes batches of at most this many recipients.
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Recipient:
+    delivery_id: int
+    email: str
+    # Placeholder name -> value, e.g. {"unsubscribe_url": "https://.../unsubscribe/<token>"}.
+    values: Mapping[str, str]
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    content: Content
+    recipients: Sequence[Recipient]
+    from_email: str
+    from_name: str
+    # Header templates; placeholders like %%unsubscribe_url%% are filled per recipient.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    category: str = "alert"
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"  # accepted by the next hop; never send again
+    FAILED = "failed"  # permanent: do not retry
+    RETRY = "retry"  # transient: try again later
+
+
+@dataclass(frozen=True)
+class Result:
+    delivery_id: int
+    outcome: Outcome
+    provider_message_id: str | None = None
+    error: str | None = None
+    # For RETRY: how long the provider asked us to wait (Retry-After), if it said.
+    retry_after_s: float | None = None
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, batch: Batch) -> list[Result]:
+        """Send every recipient of ``batch`` and say what happened to each one."""
+        ...
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    for name, value in values.items():
+        template = template.replace(f"%%{name}%%", value)
+    return template
