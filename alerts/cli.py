@@ -52,6 +52,7 @@ def publish(
     sync: Annotated[bool, typer.Option(help="process here instead of queueing for a worker")] = False,
 ) -> None:
     """Publish trial events (validated here; invalid ones are recorded with their reason)."""
+    from alerts.events import TrialEvent
     from alerts.pipeline import Rejected, ingest, validate
     from alerts.tasks.enqueue import CeleryEnqueue
 
@@ -67,20 +68,18 @@ def publish(
             continue
         for index, payload in enumerate(data if isinstance(data, list) else [data]):
             where = f"{path}[{index}]" if isinstance(data, list) else str(path)
-            if sync:
-                outcome = ingest(runtime, payload, enqueue, source="cli")
-            else:
-                outcome = validate(runtime, payload, source="cli")
-                if not isinstance(outcome, Rejected):
-                    enqueue.trial_event(payload)
+            outcome = ingest(runtime, payload, enqueue, source="cli") if sync else validate(runtime, payload, "cli")
             if isinstance(outcome, Rejected):
                 failures += 1
                 reasons = "; ".join(f"{e['field']}: {e['message']}" for e in outcome.errors)
                 console.print(f"[red]{where}: rejected (#{outcome.rejection_id}): {reasons}[/red]")
-            elif sync:
-                console.print(f"{where}: {outcome.status}, {outcome.recipients} recipient(s) (event {outcome.event_id})")
+            elif isinstance(outcome, TrialEvent):
+                enqueue.trial_event(payload)
+                console.print(f"{where}: queued {outcome.type} for {outcome.nct_id}")
             else:
-                console.print(f"{where}: queued {payload['type']} for {outcome.nct_id}")
+                console.print(
+                    f"{where}: {outcome.status}, {outcome.recipients} recipient(s) (event {outcome.event_id})"
+                )
     raise typer.Exit(1 if failures else 0)
 
 
@@ -95,9 +94,16 @@ def events_rejected(
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         rows = session.scalars(select(RejectedEvent).order_by(RejectedEvent.id.desc()).limit(limit)).all()
-        items = [
-            {"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source, "type": r.event_type,
-             "event_id": r.producer_event_id, "errors": r.errors, "payload": r.payload_excerpt[:200]}
+        items: list[dict[str, Any]] = [
+            {
+                "id": r.id,
+                "received_at": r.received_at.isoformat(),
+                "source": r.source,
+                "type": r.event_type,
+                "event_id": r.producer_event_id,
+                "errors": r.errors,
+                "payload": r.payload_excerpt[:200],
+            }
             for r in rows
         ]
     if as_json:
@@ -108,8 +114,9 @@ def events_rejected(
         table.add_column(column)
     for item in items:
         why = "\n".join(f"{e['field']}: {e['message']}" for e in item["errors"])
-        table.add_row(str(item["id"]), item["received_at"][:19], item["source"], item["type"] or "-",
-                      item["event_id"] or "-", why)
+        table.add_row(
+            str(item["id"]), item["received_at"][:19], item["source"], item["type"] or "-", item["event_id"] or "-", why
+        )
     console.print(table)
 
 
@@ -125,8 +132,15 @@ def events_list(limit: int = 30) -> None:
         table.add_column(column)
     with transaction(runtime.engine) as session:
         for e in session.scalars(select(Event).order_by(Event.id.desc()).limit(limit)):
-            table.add_row(str(e.id), e.received_at.isoformat()[:19], e.type, e.nct_id, e.status, str(e.recipients),
-                          e.reason or ", ".join(c["label"] for c in e.changes))
+            table.add_row(
+                str(e.id),
+                e.received_at.isoformat()[:19],
+                e.type,
+                e.nct_id,
+                e.status,
+                str(e.recipients),
+                e.reason or ", ".join(c["label"] for c in e.changes),
+            )
     console.print(table)
 
 
@@ -167,8 +181,20 @@ def worker(
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker (same as ``celery -A alerts.tasks.app worker``)."""
-    argv = [sys.executable, "-m", "celery", "-A", "alerts.tasks.app", "worker", "--queues", queues,
-            "--concurrency", str(concurrency), "--loglevel", loglevel]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "alerts.tasks.app",
+        "worker",
+        "--queues",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+    ]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with the worker
 
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # "filesystem://" is Celery's embedded broker: messages are files under broker_dir.
     broker_url: str = "filesystem://"
     broker_dir: Path = VAR_DIR / "broker"
+    # Prefix for every broker key in Redis, so several deployments (or test runs) can share one Redis.
+    broker_prefix: str | None = None
     result_backend: str | None = None
     # Redis for rate limits; None means in-process memory (fine for a single dev process).
     redis_url: str | None = None

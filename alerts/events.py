@@ -75,7 +75,8 @@ def _validators() -> dict[str, Draft202012Validator]:
 def _field_of(error: ValidationError) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [r for r in error.validator_value if r not in error.instance]
+        required: list[str] = list(error.validator_value) if isinstance(error.validator_value, list) else []
+        missing = [r for r in required if r not in error.instance]
         if missing:
             return f"{path}.{missing[0]}" if path else str(missing[0])
     return path or "(event)"

@@ -12,7 +12,7 @@ from alerts.conditions import condition_key, condition_keys
         ("Sjögren's Syndrome", "sjogren s syndrome"),
         ("Diabetes Mellitus, Type 2", "diabetes mellitus type 2"),
         ("Degenerative Disc Disease(DDD)", "degenerative disc disease ddd"),
-        ("ＣＯＶＩＤ－１９", "covid 19"),
+        ("\uff23\uff2f\uff36\uff29\uff24\uff0d\uff11\uff19", "covid 19"),  # full-width
         ("Type2 Diabetes", "type2 diabetes"),
         ("  ---  ", ""),
     ],

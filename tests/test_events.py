@@ -7,7 +7,6 @@ from tests.conftest import all_studies, study
 from tests.factories import changed_event, new_trial_event
 
 
-
 def minimal() -> dict[str, Any]:
     return {"protocolSection": {"identificationModule": {"nctId": "NCT01234567", "briefTitle": "A study"}}}
 
@@ -34,22 +33,40 @@ def test_only_nct_id_and_brief_title_are_required() -> None:
 @pytest.mark.parametrize(
     ("mutate", "field", "message"),
     [
-        (lambda e: e["trial"]["protocolSection"]["identificationModule"].update(nctId="NCT123"),
-         "trial.protocolSection.identificationModule.nctId", "NCT followed by 8 digits"),
-        (lambda e: e["trial"]["protocolSection"]["identificationModule"].pop("briefTitle"),
-         "trial.protocolSection.identificationModule.briefTitle", "is required"),
-        (lambda e: e["trial"]["protocolSection"].pop("identificationModule"),
-         "trial.protocolSection.identificationModule", "is required"),
+        (
+            lambda e: e["trial"]["protocolSection"]["identificationModule"].update(nctId="NCT123"),
+            "trial.protocolSection.identificationModule.nctId",
+            "NCT followed by 8 digits",
+        ),
+        (
+            lambda e: e["trial"]["protocolSection"]["identificationModule"].pop("briefTitle"),
+            "trial.protocolSection.identificationModule.briefTitle",
+            "is required",
+        ),
+        (
+            lambda e: e["trial"]["protocolSection"].pop("identificationModule"),
+            "trial.protocolSection.identificationModule",
+            "is required",
+        ),
         (lambda e: e.pop("trial"), "trial", "is required"),
         (lambda e: e.update(occurred_at="yesterday"), "occurred_at", "ISO 8601"),
         (lambda e: e.update(occurred_at="2026-11-20T10:00:00"), "occurred_at", "UTC offset"),
         (lambda e: e.update(trial="NCT01234567"), "trial", "not of type 'object'"),
-        (lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="   "),
-         "trial.protocolSection.identificationModule.briefTitle", "does not match"),
-        (lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="x" * 1001),
-         "trial.protocolSection.identificationModule.briefTitle", "longer than 1000"),
-        (lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="a\x00b"),
-         "trial.protocolSection.identificationModule.briefTitle", "control characters"),
+        (
+            lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="   "),
+            "trial.protocolSection.identificationModule.briefTitle",
+            "does not match",
+        ),
+        (
+            lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="x" * 1001),
+            "trial.protocolSection.identificationModule.briefTitle",
+            "longer than 1000",
+        ),
+        (
+            lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="a\x00b"),
+            "trial.protocolSection.identificationModule.briefTitle",
+            "control characters",
+        ),
         (lambda e: e.update(event_id=""), "event_id", "does not match"),
     ],
 )
@@ -64,8 +81,12 @@ def test_invalid_events_name_the_field_and_the_reason(mutate: Any, field: str, m
 def test_type_and_shape_errors() -> None:
     assert "must be a JSON object" in errors_of([1, 2])["(event)"]
     assert "must be one of" in errors_of({"type": "trial.deleted"})["type"]
-    assert "is required" in errors_of({"type": "trial.new_for_condition", "occurred_at": "2026-01-01T00:00:00Z",
-                                       "trial": minimal()})["condition"]
+    assert (
+        "is required"
+        in errors_of({"type": "trial.new_for_condition", "occurred_at": "2026-01-01T00:00:00Z", "trial": minimal()})[
+            "condition"
+        ]
+    )
 
 
 def test_oversized_events_are_refused_before_schema_work() -> None:
@@ -81,7 +102,7 @@ def test_previous_must_be_the_same_trial() -> None:
 
 
 def test_wrong_task_for_the_type() -> None:
-    with pytest.raises(InvalidEvent, match="sent to the trial.changed task"):
+    with pytest.raises(InvalidEvent, match=r"sent to the trial\.changed task"):
         parse_event(new_trial_event(minimal(), "Asthma"), expected_type="trial.changed")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,8 +122,9 @@ def test_pending_and_unsubscribed_get_nothing(runtime: Runtime, inline: InlineEn
     from alerts import subscriptions
 
     with transaction(runtime.engine) as session:
-        subscriptions.sign_up(session, "pending@example.org", subscriptions.trial_target("NCT04015791"),
-                              runtime.signer, runtime.hasher)
+        subscriptions.sign_up(
+            session, "pending@example.org", subscriptions.trial_target("NCT04015791"), runtime.signer, runtime.hasher
+        )
     gone = follow(runtime, "gone@example.org", trial="NCT04015791")
     with transaction(runtime.engine) as session:
         subscriptions.unsubscribe(session, gone)
@@ -214,10 +214,21 @@ def test_fan_out_streams_in_batches(runtime: Runtime, inline: InlineEnqueue, mem
     from alerts.models import Subscriber, Subscription
 
     # 2,345 followers, bulk-loaded (signing through sign_up would only slow the test down).
-    rows = [{"id": i, "email": f"s{i}@example.org", "email_hash": f"{i:064d}", "manage_token": f"m{i}"}
-            for i in range(1, 2346)]
-    subs = [{"subscriber_id": i, "kind": "condition", "target": "herniated disc", "label": "Herniated Disc",
-             "status": "active", "unsubscribe_token": f"u{i}"} for i in range(1, 2346)]
+    rows = [
+        {"id": i, "email": f"s{i}@example.org", "email_hash": f"{i:064d}", "manage_token": f"m{i}"}
+        for i in range(1, 2346)
+    ]
+    subs = [
+        {
+            "subscriber_id": i,
+            "kind": "condition",
+            "target": "herniated disc",
+            "label": "Herniated Disc",
+            "status": "active",
+            "unsubscribe_token": f"u{i}",
+        }
+        for i in range(1, 2346)
+    ]
     with transaction(runtime.engine) as session:
         session.execute(insert(Subscriber), rows)
         session.execute(insert(Subscription), subs)

@@ -23,15 +23,21 @@ def test_a_token_cannot_be_used_for_another_purpose(other: Purpose) -> None:
 
 def test_tampered_and_foreign_tokens_are_invalid() -> None:
     token = SIGNER.sign(Purpose.UNSUBSCRIBE, 5)
-    for bad in [token[:-1] + ("A" if token[-1] != "A" else "B"), "", "garbage", "a.b.c", token + "x",
-                Signer("z" * 32).sign(Purpose.UNSUBSCRIBE, 5)]:
+    for bad in [
+        token[:-1] + ("A" if token[-1] != "A" else "B"),
+        "",
+        "garbage",
+        "a.b.c",
+        token + "x",
+        Signer("z" * 32).sign(Purpose.UNSUBSCRIBE, 5),
+    ]:
         with pytest.raises(TokenError):
             SIGNER.verify(Purpose.UNSUBSCRIBE, bad)
 
 
 def test_confirm_tokens_expire_and_say_which_subscription() -> None:
     token = SIGNER.sign(Purpose.CONFIRM, 9)
-    time.sleep(1.1)
+    time.sleep(2.1)
     with pytest.raises(TokenError) as info:
         SIGNER.verify(Purpose.CONFIRM, token, max_age_s=1)
     assert info.value.reason == "expired"

@@ -25,9 +25,11 @@ from sqlalchemy import func, select
 from alerts import subscriptions
 from alerts.config import Settings, load_settings
 from alerts.db import transaction, upgrade
+from alerts.logs import configure_logging
 from alerts.models import Delivery, DeliveryStatus, Event, Subscription
 from alerts.pipeline import ingest
 from alerts.runtime import Runtime, set_runtime
+from alerts.tasks.app import create_app
 from alerts.tasks.enqueue import CeleryEnqueue
 from alerts.tokens import Purpose
 
@@ -49,6 +51,8 @@ def demo_settings(workspace: Path, outbox: Path) -> Settings:
         broker_dir=workspace / "broker",
         email_backend="file",
         outbox_dir=outbox,
+        log_format="text",
+        log_level="WARNING",
     )
 
 
@@ -73,7 +77,7 @@ def _confirm_token(message: EmailMessage) -> str:
     assert body is not None
     for word in body.get_content().split():
         if "/confirm/" in word:
-            return word.rsplit("/", 1)[1]
+            return str(word.rsplit("/", 1)[1])
     raise ValueError("no confirmation link in the email")
 
 
@@ -85,9 +89,23 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         "ALERTS_EMAIL_BACKEND": settings.email_backend,
         "ALERTS_OUTBOX_DIR": str(settings.outbox_dir),
     }
-    command = [sys.executable, "-m", "celery", "-A", "alerts.tasks.app", "worker", "--queues",
-               "events,deliveries,maintenance", "--concurrency", "2", "--loglevel", "INFO", "--without-heartbeat",
-               "--without-gossip", "--without-mingle"]
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "alerts.tasks.app",
+        "worker",
+        "--queues",
+        "events,deliveries,maintenance",
+        "--concurrency",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     log = log_path.open("wb")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
 
@@ -99,22 +117,23 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
     settings = demo_settings(workspace, outbox)
-    # The Celery app reads its broker from the environment when first imported; point it at the demo's.
-    os.environ.update({"ALERTS_BROKER_URL": settings.broker_url, "ALERTS_BROKER_DIR": str(settings.broker_dir)})
     say(f"workspace: {workspace}  (SQLite database, filesystem broker)")
+    configure_logging(settings)
     upgrade(settings.database_url)
     say("  ok: database migrated")
     runtime = Runtime(settings)
     set_runtime(runtime)
     worker = start_worker(settings, workspace / "worker.log")
     say(f"  ok: Celery worker started (pid {worker.pid}, log {workspace / 'worker.log'})")
-    enqueue = CeleryEnqueue()
+    enqueue = CeleryEnqueue(create_app(settings))
     try:
         with transaction(runtime.engine) as session:
-            first = subscriptions.sign_up(session, TRIAL_FOLLOWER, subscriptions.trial_target("NCT06740149"),
-                                          runtime.signer, runtime.hasher)
-            second = subscriptions.sign_up(session, CONDITION_FOLLOWER, subscriptions.condition_target(CONDITION),
-                                           runtime.signer, runtime.hasher)
+            first = subscriptions.sign_up(
+                session, TRIAL_FOLLOWER, subscriptions.trial_target("NCT06740149"), runtime.signer, runtime.hasher
+            )
+            second = subscriptions.sign_up(
+                session, CONDITION_FOLLOWER, subscriptions.condition_target(CONDITION), runtime.signer, runtime.hasher
+            )
         for signup in (first, second):
             enqueue.send_confirmation(signup.subscription_id)
         say("subscribed two people (pending until they confirm):")
@@ -126,16 +145,28 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
             with transaction(runtime.engine) as session:
                 subscriptions.confirm(session, subscription_id)
         with transaction(runtime.engine) as session:
-            active = session.scalar(select(func.count()).select_from(Subscription).where(Subscription.status == "active"))
+            active = session.scalar(
+                select(func.count()).select_from(Subscription).where(Subscription.status == "active")
+            )
         say(f"  ok: both confirmed through the link in their email ({active} active subscriptions)")
 
         records = demo_records()
         now = datetime.now(UTC).isoformat()
         events = [
-            {"type": "trial.new_for_condition", "event_id": "demo-new-NCT06740149", "condition": CONDITION,
-             "occurred_at": "2026-06-27T12:00:00Z", "trial": records["registered"]},
-            {"type": "trial.changed", "event_id": "demo-changed-NCT06740149", "occurred_at": now,
-             "trial": records["updated"], "previous": records["registered"]},
+            {
+                "type": "trial.new_for_condition",
+                "event_id": "demo-new-NCT06740149",
+                "condition": CONDITION,
+                "occurred_at": "2026-06-27T12:00:00Z",
+                "trial": records["registered"],
+            },
+            {
+                "type": "trial.changed",
+                "event_id": "demo-changed-NCT06740149",
+                "occurred_at": now,
+                "trial": records["updated"],
+                "previous": records["registered"],
+            },
         ]
         for event in events:
             enqueue.trial_event(event)
@@ -144,9 +175,12 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
         def alerts_sent() -> bool:
             with transaction(runtime.engine) as session:
                 fanned = session.scalar(select(func.count()).select_from(Event)) or 0
-                sent = session.scalar(
-                    select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.SENT.value)
-                ) or 0
+                sent = (
+                    session.scalar(
+                        select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.SENT.value)
+                    )
+                    or 0
+                )
             return fanned >= 2 and sent >= 2
 
         _wait("2 alert emails written by the worker", alerts_sent, 90, say)
@@ -162,7 +196,7 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
             worker.kill()
         set_runtime(None)
 
-    files = sorted(outbox.glob("*.eml"))
+    files = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
     say("")
     say(f"{len(files)} emails in {outbox}:")
     for path in files:
@@ -173,6 +207,6 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
                 say(f"{header}: {message[header]}")
         body = message.get_body(("plain",))
         text = body.get_content() if body is not None else ""
-        say("\n".join(text.strip().splitlines()[2:16]))
+        say("\n".join(text.strip().splitlines()[2:30]))
     say(f"\ndone in {time.monotonic() - started:.1f}s")
     return files

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
+from kombu.entity import Exchange, Queue
 
 from alerts.config import Settings, get_settings
 
@@ -29,7 +29,10 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         }
     # Redis: a message not acked within this time is redelivered. Tasks take seconds; an hour is safe
     # against double delivery of slow tasks and still recovers a message from a worker that vanished.
-    return {"visibility_timeout": 3600}
+    options: dict[str, Any] = {"visibility_timeout": 3600}
+    if settings.broker_prefix:
+        options["global_keyprefix"] = settings.broker_prefix
+    return options
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -44,12 +47,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_serializer="json",
         task_ignore_result=True,
         task_default_queue=DELIVERIES_QUEUE,
-        task_queues=[Queue(EVENTS_QUEUE), Queue(DELIVERIES_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE)],
         task_routes={
-            "alerts.events.*": {"queue": EVENTS_QUEUE},
-            "alerts.delivery.*": {"queue": DELIVERIES_QUEUE},
-            "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE},
-            "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+            "alerts.events.*": {"queue": EVENTS_QUEUE, "routing_key": EVENTS_QUEUE},
+            "alerts.delivery.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
+            "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
+            "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
         },
         # Acknowledge after the task ran, and give the message back if the worker process died: a killed
         # worker never loses an event or a batch. Our tasks are idempotent, so a re-run is harmless.

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from alerts.tasks.app import app
+from celery import Celery
+
+from alerts.tasks.app import app as default_app
 
 
 class CeleryEnqueue:
+    def __init__(self, app: Celery | None = None) -> None:
+        self.app = app or default_app
+
     def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None:
-        app.send_task("alerts.delivery.send_batch", args=[event_id, after_id, upto_id])
+        self.app.send_task("alerts.delivery.send_batch", args=[event_id, after_id, upto_id])
 
     def send_confirmation(self, subscription_id: int) -> None:
-        app.send_task("alerts.subscriptions.send_confirmation", args=[subscription_id])
+        self.app.send_task("alerts.subscriptions.send_confirmation", args=[subscription_id])
 
     def trial_event(self, payload: dict[str, object]) -> None:
         name = {
             "trial.changed": "alerts.events.trial_changed",
             "trial.new_for_condition": "alerts.events.new_trial_for_condition",
         }[str(payload["type"])]
-        app.send_task(name, args=[payload])
+        self.app.send_task(name, args=[payload])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from email.policy import SMTP
 from pathlib import Path
 
 from alerts.transports.base import Batch, Outcome, Result
 from alerts.transports.mime import build_message
+
+_SAFE = re.compile(r"[^A-Za-z0-9@._-]")
 
 
 class FileTransport:
@@ -22,8 +25,9 @@ class FileTransport:
         results = []
         for recipient in batch.recipients:
             data = build_message(batch, recipient).as_bytes(policy=SMTP)
-            # Named by delivery id and written atomically: a re-sent batch replaces, never duplicates.
-            target = self.outbox_dir / f"delivery-{recipient.delivery_id:09d}.eml"
+            # Named by Message-ID (stable per delivery) and written atomically: a re-sent batch replaces
+            # its files, never duplicates them.
+            target = self.outbox_dir / f"{_SAFE.sub('_', recipient.message_id.strip('<>'))}.eml"
             fd, tmp = tempfile.mkstemp(dir=self.outbox_dir, suffix=".tmp")
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
