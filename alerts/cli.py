@@ -199,6 +199,19 @@ def worker(
 
 
 @app.command()
+def web(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the subscriber pages and the JSON API with uvicorn."""
+    import uvicorn
+
+    _runtime()
+    uvicorn.run("alerts.web.main:app", host=host, port=port, workers=workers, proxy_headers=True)
+
+
+@app.command()
 def demo(
     outbox: Annotated[Path | None, typer.Option(help="where the emails are written")] = None,
     workspace: Annotated[Path, typer.Option(help="demo database and broker folder (wiped)")] = Path("var/demo"),

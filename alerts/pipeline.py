@@ -36,6 +36,8 @@ class Enqueue(Protocol):
 
     def send_confirmation(self, subscription_id: int) -> None: ...
 
+    def trial_event(self, payload: dict[str, Any]) -> None: ...
+
 
 @dataclass(frozen=True)
 class Rejected:

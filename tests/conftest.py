@@ -95,6 +95,13 @@ class InlineEnqueue:
     runtime: Runtime
     batches: list[tuple[int, int, int]] = field(default_factory=list)
     confirmations: list[int] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def trial_event(self, payload: dict[str, Any]) -> None:
+        from alerts.pipeline import ingest
+
+        self.events.append(payload)
+        ingest(self.runtime, payload, self, source="test")
 
     def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None:
         from alerts.pipeline import deliver

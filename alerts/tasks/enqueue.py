@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from alerts.tasks.app import app as default_app
@@ -17,7 +19,7 @@ class CeleryEnqueue:
     def send_confirmation(self, subscription_id: int) -> None:
         self.app.send_task("alerts.subscriptions.send_confirmation", args=[subscription_id])
 
-    def trial_event(self, payload: dict[str, object]) -> None:
+    def trial_event(self, payload: dict[str, Any]) -> None:
         name = {
             "trial.changed": "alerts.events.trial_changed",
             "trial.new_for_condition": "alerts.events.new_trial_for_condition",

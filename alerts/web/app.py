@@ -1,0 +1,33 @@
+"""The FastAPI app factory. Routers are small modules, one concern each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from alerts import __version__
+from alerts.runtime import Runtime, get_runtime
+from alerts.web import api_events
+
+
+def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> FastAPI:
+    """``runtime`` and ``enqueue`` default to the process ones; tests hand in their own."""
+    app = FastAPI(
+        title="Trial alerts",
+        version=__version__,
+        description="Email alerts for clinical-trial changes and new trials for a condition.",
+    )
+    app.state.runtime = runtime or get_runtime()
+    if enqueue is None:
+        from alerts.tasks.enqueue import CeleryEnqueue
+
+        enqueue = CeleryEnqueue()
+    app.state.enqueue = enqueue
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(api_events.router)
+    return app
