@@ -44,7 +44,7 @@ class EventRejected(BaseModel):
 def publish_event(
     request: Request,
     runtime: RuntimeDep,
-    event: dict[str, Any] = Body(  # noqa: B008 - FastAPI's declaration style
+    event: dict[str, Any] = Body(
         ..., description="An event as documented in docs/events.md (JSON Schemas in alerts/schemas)."
     ),
 ) -> Any:
