@@ -47,7 +47,13 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=1000, ge=1, le=1000)
     confirm_max_age_s: int = Field(default=7 * 24 * 3600, gt=0)
-    send_lease_s: int = Field(default=600, gt=0)
+    # A claimed batch not finished within this time is considered lost (worker died) and re-queued.
+    send_lease_s: int = Field(default=120, gt=0)
+    # Maintenance (Celery beat): queued work untouched this long is re-queued (lost broker message).
+    stale_queued_s: int = Field(default=900, gt=0)
+    pending_expiry_days: int = Field(default=14, gt=0)
+    retention_days: int = Field(default=180, gt=0)
+    maintenance_interval_s: float = Field(default=60.0, gt=0)
 
     sendgrid_api_key: str | None = None
     sendgrid_host: str = "https://api.sendgrid.com"

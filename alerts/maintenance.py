@@ -101,9 +101,9 @@ def prune_history(session: Session, retention_days: int) -> int:
     old = (Delivery.created_at < cutoff) & Delivery.status.in_([s.value for s in finished])
     day = func.date(Delivery.created_at)
     totals = (
-        select(day.label("day"), Delivery.status, func.count().label("count")).where(old).group_by(day, Delivery.status)
+        select(day.label("day"), Delivery.status, func.count().label("n")).where(old).group_by(day, Delivery.status)
     )
-    rows = [(r.day, r.status, int(r.count)) for r in session.execute(totals)]
+    rows = [(r.day, r.status, int(r.n)) for r in session.execute(totals)]
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name

@@ -66,7 +66,19 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         enable_utc=True,
-        imports=["alerts.tasks.events", "alerts.tasks.delivery", "alerts.tasks.subscriptions"],
+        imports=[
+            "alerts.tasks.events",
+            "alerts.tasks.delivery",
+            "alerts.tasks.subscriptions",
+            "alerts.tasks.maintenance",
+        ],
+        beat_schedule={
+            "maintenance": {
+                "task": "alerts.maintenance.run",
+                "schedule": settings.maintenance_interval_s,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.maintenance_interval_s},
+            },
+        },
     )
     if settings.result_backend:
         app.conf.result_backend = settings.result_backend
