@@ -7,6 +7,7 @@ Results are recorded right after the transport returns.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -120,50 +121,44 @@ def _mark(session: Session, ids: Sequence[int], status: DeliveryStatus, error: s
         )
 
 
+_STATUS_FOR = {
+    Outcome.SENT: DeliveryStatus.SENT,
+    Outcome.FAILED: DeliveryStatus.FAILED,
+    Outcome.RETRY: DeliveryStatus.QUEUED,  # back in the queue; the task retries it after a backoff
+}
+
+
 def record_results(session: Session, results: Sequence[Result], report: SendReport) -> None:
+    """One UPDATE per distinct outcome, not one per recipient.
+
+    A provider accepts a whole batch under one message id, so a 1000-recipient batch usually records in a
+    single statement.
+    """
     now = utcnow()
-    sent = [
-        {
-            "id": r.delivery_id,
-            "status": DeliveryStatus.SENT.value,
-            "provider_message_id": r.provider_message_id,
-            "sent_at": now,
-            "lease_until": None,
-            "error": None,
-            "updated_at": now,
-        }
-        for r in results
-        if r.outcome is Outcome.SENT
-    ]
-    failed = [
-        {
-            "id": r.delivery_id,
-            "status": DeliveryStatus.FAILED.value,
-            "error": (r.error or "failed")[:2000],
+    groups: dict[tuple[Outcome, str | None, str | None], list[int]] = defaultdict(list)
+    for r in results:
+        error = None if r.outcome is Outcome.SENT else (r.error or r.outcome.value)[:2000]
+        groups[(r.outcome, r.provider_message_id if r.outcome is Outcome.SENT else None, error)].append(
+            r.delivery_id
+        )
+    for (outcome, message_id, error), ids in groups.items():
+        values: dict[str, Any] = {
+            "status": _STATUS_FOR[outcome].value,
+            "error": error,
             "lease_until": None,
             "updated_at": now,
         }
-        for r in results
-        if r.outcome is Outcome.FAILED
-    ]
-    retry = [
-        {
-            "id": r.delivery_id,
-            "status": DeliveryStatus.QUEUED.value,
-            "error": (r.error or "retry")[:2000],
-            "lease_until": None,
-            "updated_at": now,
-        }
-        for r in results
-        if r.outcome is Outcome.RETRY
-    ]
-    for rows in (sent, failed, retry):
-        if rows:
-            # Bulk UPDATE by primary key: one statement per outcome, not one per recipient.
-            session.execute(update(Delivery), rows)
-    report.sent += len(sent)
-    report.failed += len(failed)
-    report.retry += len(retry)
+        if outcome is Outcome.SENT:
+            values |= {"provider_message_id": message_id, "sent_at": now}
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.SENDING.value)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+    report.sent += sum(1 for r in results if r.outcome is Outcome.SENT)
+    report.failed += sum(1 for r in results if r.outcome is Outcome.FAILED)
+    report.retry += sum(1 for r in results if r.outcome is Outcome.RETRY)
     report.retry_ids.extend(r.delivery_id for r in results if r.outcome is Outcome.RETRY)
     waits = [r.retry_after_s for r in results if r.retry_after_s is not None]
     if waits:
