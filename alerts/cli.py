@@ -226,6 +226,17 @@ def demo(
         raise typer.Exit(1) from None
 
 
+def _register_ops() -> None:
+    from alerts import cli_ops
+
+    app.command()(cli_ops.status)
+    app.command()(cli_ops.retry)
+    app.add_typer(cli_ops.deliveries_app, name="deliveries")
+
+
+_register_ops()
+
+
 def main() -> None:
     try:
         get_settings()

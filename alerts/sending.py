@@ -138,9 +138,7 @@ def record_results(session: Session, results: Sequence[Result], report: SendRepo
     groups: dict[tuple[Outcome, str | None, str | None], list[int]] = defaultdict(list)
     for r in results:
         error = None if r.outcome is Outcome.SENT else (r.error or r.outcome.value)[:2000]
-        groups[(r.outcome, r.provider_message_id if r.outcome is Outcome.SENT else None, error)].append(
-            r.delivery_id
-        )
+        groups[(r.outcome, r.provider_message_id if r.outcome is Outcome.SENT else None, error)].append(r.delivery_id)
     for (outcome, message_id, error), ids in groups.items():
         values: dict[str, Any] = {
             "status": _STATUS_FOR[outcome].value,
