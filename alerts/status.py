@@ -171,3 +171,53 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True) -> Status
         top_failures=top,
         suppressions=suppressions,
     )
+
+
+def _minute(session_dialect: str, column: Any) -> Any:
+    if session_dialect == "postgresql":
+        return func.to_char(func.date_trunc("minute", column), 'YYYY-MM-DD"T"HH24:MI')
+    return func.strftime("%Y-%m-%dT%H:%M", column)
+
+
+def timeline(engine: Engine, hours: int = 24) -> dict[str, dict[str, int]]:
+    """Deliveries sent and failed per minute over the last ``hours`` (minute -> {"sent", "failed"})."""
+    since = utcnow() - timedelta(hours=hours)
+    dialect = engine.dialect.name
+    result: dict[str, dict[str, int]] = {}
+    with transaction(engine) as session:
+        sent_minute = _minute(dialect, Delivery.sent_at)
+        for minute, n in session.execute(
+            select(sent_minute, func.count()).where(Delivery.sent_at >= since).group_by(sent_minute)
+        ):
+            result.setdefault(str(minute), {"sent": 0, "failed": 0})["sent"] = int(n)
+        failed_minute = _minute(dialect, Delivery.updated_at)
+        for minute, n in session.execute(
+            select(failed_minute, func.count())
+            .where(Delivery.status == DeliveryStatus.FAILED.value, Delivery.updated_at >= since)
+            .group_by(failed_minute)
+        ):
+            result.setdefault(str(minute), {"sent": 0, "failed": 0})["failed"] = int(n)
+    return result
+
+
+LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def latency_histogram(engine: Engine, hours: int = 1) -> tuple[list[tuple[float, int]], int, float]:
+    """Seconds from delivery created to accepted by the transport, for deliveries sent in the last hours.
+
+    Returns cumulative (le, count) buckets, total count and sum, bucketed in SQL.
+    """
+    since = utcnow() - timedelta(hours=hours)
+    seconds: Any
+    if engine.dialect.name == "postgresql":
+        seconds = func.extract("epoch", Delivery.sent_at - Delivery.created_at)
+    else:
+        seconds = (func.julianday(Delivery.sent_at) - func.julianday(Delivery.created_at)) * 86400.0
+    columns: list[Any] = [func.count(), func.coalesce(func.sum(seconds), 0.0)]
+    columns += [func.count().filter(seconds <= bound) for bound in LATENCY_BUCKETS]
+    with transaction(engine) as session:
+        row = session.execute(select(*columns).where(Delivery.sent_at >= since)).one()
+    total, total_seconds = int(row[0]), float(row[1])
+    buckets = [(bound, int(n)) for bound, n in zip(LATENCY_BUCKETS, row[2:], strict=True)]
+    return buckets, total, total_seconds

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from alerts import __version__
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events
+from alerts.web import api_events, ops
 
 
 def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> FastAPI:
@@ -30,4 +30,5 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         return {"status": "ok"}
 
     app.include_router(api_events.router)
+    app.include_router(ops.router)
     return app

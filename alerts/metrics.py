@@ -1,0 +1,78 @@
+"""Prometheus metrics, computed from the database and the broker at scrape time.
+
+Web and worker processes are many; the database is the one place that knows every event and delivery, so
+the figures are read from it rather than from per-process counters that would each see a slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from celery import Celery
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from alerts.db import transaction
+from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent
+from alerts.status import delivery_figures, latency_histogram, queue_depths
+
+
+class AlertsCollector(Collector):
+    def __init__(self, engine: Engine, app: Celery) -> None:
+        self.engine = engine
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "alerts_events", "Events received, by type and outcome", labels=["type", "outcome"]
+        )
+        with transaction(self.engine) as session:
+            for event_type, status, n in session.execute(
+                select(Event.type, Event.status, func.count()).group_by(Event.type, Event.status)
+            ):
+                events.add_metric([str(event_type), str(status)], int(n))
+            for event_type, n in session.execute(
+                select(RejectedEvent.event_type, func.count()).group_by(RejectedEvent.event_type)
+            ):
+                events.add_metric([str(event_type or "unknown"), "rejected"], int(n))
+            errors = CounterMetricFamily(
+                "alerts_provider_errors", "Failed deliveries by provider status code", labels=["code"]
+            )
+            for code, n in session.execute(
+                select(Delivery.error_code, func.count())
+                .where(Delivery.status == DeliveryStatus.FAILED.value)
+                .group_by(Delivery.error_code)
+            ):
+                errors.add_metric([str(code or "none")], int(n))
+        yield events
+        yield errors
+
+        by_status, oldest, stuck, ambiguous, _top, suppressions = delivery_figures(self.engine)
+        deliveries = GaugeMetricFamily("alerts_deliveries", "Deliveries by status", labels=["status"])
+        for status, n in by_status.items():
+            deliveries.add_metric([status], n)
+        yield deliveries
+        yield GaugeMetricFamily(
+            "alerts_oldest_undelivered_seconds", "Age of the oldest queued or sending delivery", value=oldest or 0.0
+        )
+        yield GaugeMetricFamily("alerts_stuck_sending", "Deliveries in sending past their lease", value=stuck)
+        yield CounterMetricFamily(
+            "alerts_ambiguous_retries", "Sends retried after a timeout (acceptance unknown)", value=ambiguous
+        )
+        yield GaugeMetricFamily("alerts_suppressions", "Suppressed addresses", value=suppressions)
+
+        buckets, count, total = latency_histogram(self.engine)
+        histogram = HistogramMetricFamily(
+            "alerts_send_latency_seconds", "From delivery created to accepted by the transport (last hour)"
+        )
+        histogram.add_metric([], [(str(b), float(n)) for b, n in buckets] + [("+Inf", float(count))], total)
+        yield histogram
+
+        depths, broker_error = queue_depths(self.app)
+        queue = GaugeMetricFamily("alerts_queue_depth", "Messages waiting in a broker queue", labels=["queue"])
+        for name, depth in depths.items():
+            if depth is not None:
+                queue.add_metric([name], depth)
+        yield queue
+        yield GaugeMetricFamily("alerts_broker_up", "1 if the broker answered", value=0 if broker_error else 1)
