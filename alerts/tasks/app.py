@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
-from celery.signals import worker_process_init
+from celery import Celery, Task
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
 from kombu.entity import Exchange, Queue
 
 from alerts.config import Settings, get_settings
@@ -94,3 +94,26 @@ def _fresh_connections(**_: Any) -> None:
     from alerts.runtime import set_runtime
 
     set_runtime(None)
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    # Connected, so Celery leaves logging to us: JSON lines (or text) with addresses masked.
+    from alerts.logs import configure_logging
+
+    configure_logging(get_settings())
+
+
+@task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+@task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
