@@ -154,7 +154,8 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
     else:
         # Without a producer id, identical payloads are the same event (a producer retry).
         key = f"{event_type}:sha256:{hashlib.sha256(canonical_json(payload).encode()).hexdigest()}"
-    previous = payload.get("previous")
+    # Only trial.changed has a previous version; the schema validated it there and nowhere else.
+    previous = payload.get("previous") if event_type == TRIAL_CHANGED else None
     if previous is not None:
         prev_id = previous["protocolSection"]["identificationModule"]["nctId"]
         this_id = payload["trial"]["protocolSection"]["identificationModule"]["nctId"]
