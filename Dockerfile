@@ -12,6 +12,7 @@ RUN useradd --create-home --uid 10001 alerts
 COPY pyproject.toml README.md ./
 COPY alerts ./alerts
 COPY templates ./templates
+COPY static ./static
 RUN pip install -e . flower
 
 USER alerts

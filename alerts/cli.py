@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from alerts.cli_suppressions import suppressions_app
 from alerts.config import ConfigError, get_settings
 
 app = typer.Typer(help="Trial alerts: email alerts for clinical-trial changes.", no_args_is_help=True)
@@ -20,6 +21,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 events_app = typer.Typer(help="Events received and rejected.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(events_app, name="events")
+app.add_typer(suppressions_app, name="suppressions")
 console = Console()
 
 
@@ -208,7 +210,8 @@ def web(
     import uvicorn
 
     _runtime()
-    uvicorn.run("alerts.web.main:app", host=host, port=port, workers=workers, proxy_headers=True)
+    # log_config=None: uvicorn keeps the JSON logging configured above instead of installing its own.
+    uvicorn.run("alerts.web.main:app", host=host, port=port, workers=workers, proxy_headers=True, log_config=None)
 
 
 @app.command()

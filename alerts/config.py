@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     # Redis for rate limits; None means in-process memory (fine for a single dev process).
     redis_url: str | None = None
+    # Sign-up rate limits ("limits" strings: "20/hour", "3/day", "5 per 10 minutes"). Per client IP for every
+    # sign-up; per address only for sign-ups that send a confirmation email. Keys live under the prefix.
+    signup_per_ip: str = "20/hour"
+    confirm_per_address: str = "3/day"
+    ratelimit_prefix: str = "alerts-ratelimit"
 
     email_backend: Literal["file", "memory", "sendgrid", "smtp"] = "file"
     outbox_dir: Path = VAR_DIR / "outbox"
@@ -54,6 +59,8 @@ class Settings(BaseSettings):
     pending_expiry_days: int = Field(default=14, gt=0)
     retention_days: int = Field(default=180, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
+    # First retry of a failed send waits about this long; each further retry doubles it (capped at 300 s).
+    send_retry_base_s: float = Field(default=2.0, gt=0)
 
     sendgrid_api_key: str | None = None
     sendgrid_host: str = "https://api.sendgrid.com"
@@ -66,6 +73,7 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
 
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
@@ -76,6 +84,14 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("signup_per_ip", "confirm_per_address")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # ValueError names the problem
+        return value
 
     @field_validator("database_url")
     @classmethod

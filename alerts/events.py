@@ -29,10 +29,21 @@ _SCHEMA_BASE = "https://trial-alerts.example.org/schemas/"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """Control characters shown as escapes, length bounded: safe to store, log and show an operator."""
+    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class FieldError:
     field: str
     message: str
+
+    def __post_init__(self) -> None:
+        # Field names and messages can echo hostile input (keys with NUL bytes...).
+        object.__setattr__(self, "field", printable(self.field))
+        object.__setattr__(self, "message", printable(self.message))
 
     def as_dict(self) -> dict[str, str]:
         return {"field": self.field, "message": self.message}
@@ -109,7 +120,11 @@ def _strings_clean(value: Any, path: str, out: list[FieldError]) -> None:
             out.append(FieldError(path or "(event)", "contains control characters"))
     elif isinstance(value, dict):
         for key, item in value.items():
-            _strings_clean(item, f"{path}.{key}" if path else str(key), out)
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _CONTROL.search(key):
+                out.append(FieldError(where, "has a key with control characters"))
+                continue
+            _strings_clean(item, where, out)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _strings_clean(item, f"{path}.{index}", out)
@@ -175,14 +190,15 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
         occurred_at=occurred_at,
         trial=payload["trial"],
         previous=previous,
-        condition=payload.get("condition"),
+        condition=payload["condition"] if event_type == NEW_TRIAL_FOR_CONDITION else None,
     )
 
 
 def excerpt(payload: Any, limit: int = 2000) -> str:
     """What operators see of a rejected payload: enough to recognise it, bounded in size."""
     try:
-        text = canonical_json(payload)
+        # ASCII escapes: NUL and other control characters cannot reach the database as raw bytes.
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     except (TypeError, ValueError):
-        text = repr(payload)
+        text = printable(repr(payload), limit)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

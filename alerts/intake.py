@@ -1,24 +1,25 @@
-"""Accepting an event: deduplicate, diff, store the trial version, create deliveries — one transaction.
+"""Accepting an event: deduplicate, diff, store the trial version, learn, create deliveries — one transaction.
 
 Everything here happens in the caller's transaction, so an event is either fully applied (event row,
-snapshot, deliveries) or not at all. Sending is queued by the caller after the commit.
+snapshot, vocabulary counts, deliveries, renderings) or not at all. Sending is queued by the caller after
+the commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alerts import ctgov, emails
+from alerts import contents, ctgov, emails, vocabulary
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import create_deliveries
+from alerts.matching import TrialFacts, create_deliveries
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial
-from alerts.rendering import Renderer
+from alerts.rendering import Content, Renderer
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Accepted:
     status: str  # fanned_out | no_op | duplicate
     recipients: int
     reason: str | None = None
+
+
+def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
+    return snapshot is None or snapshot.version_at <= event.occurred_at
 
 
 def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent) -> None:
@@ -76,8 +81,15 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
         changes=[],
         recipients=0,
     )
+    learned = vocabulary.extract(event.trial)
+    if _is_newest(snapshot, event):
+        # What NLM's indexing of this version teaches about condition phrases; subscriptions waiting on a
+        # phrase it explains follow their concept before matching below.
+        vocabulary.learn(session, event.nct_id, learned)
     template: str
-    context: dict[str, Any]
+    context: Callable[[], dict[str, Any]]  # built only when someone is listening
+    broader: list[str] = []
+    facts: TrialFacts | None = None
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
         changes = ctgov.diff(old, event.trial) if old is not None else []
@@ -86,28 +98,36 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
         row.changes = emails.changes_as_dicts(changes)
         kind, targets = SubscriptionKind.TRIAL, [event.nct_id]
         dedupe = f"changed:{event.nct_id}:{ctgov.fingerprint(old) if old else ''}:{ctgov.fingerprint(event.trial)}"
-        template, context = (
-            emails.TRIAL_CHANGED,
-            emails.trial_changed(event.trial, changes) if changes else {},
-        )
+        template, context = emails.TRIAL_CHANGED, lambda: emails.trial_changed(event.trial, changes)
     else:
         assert event.type == NEW_TRIAL_FOR_CONDITION and event.condition is not None
         reason = None
         kind = SubscriptionKind.CONDITION
-        targets = condition_keys([event.condition, *ctgov.conditions(event.trial)])
+        # Plain keys match subscriptions to unknown phrases; mesh: targets match concept subscriptions.
+        targets = condition_keys([event.condition, *ctgov.conditions(event.trial)]) + learned.targets
+        broader = learned.broader_targets
+        facts = TrialFacts.of(event.trial)
         # Keyed on the trial alone: one event per condition still reaches each subscriber once.
         dedupe = f"new:{event.nct_id}"
-        template, context = emails.NEW_TRIAL, emails.new_trial(event.trial, event.condition)
+        condition = event.condition
+        template, context = emails.NEW_TRIAL, lambda: emails.new_trial(event.trial, condition, learned)
 
     _store_version(session, snapshot, event)
     session.add(row)
     session.flush()
     if reason is None:
         row.status = EventStatus.FANNED_OUT
-        row.recipients = create_deliveries(session, row.id, kind, targets, dedupe)
+        row.recipients = create_deliveries(session, row.id, kind, targets, dedupe, broader_targets=broader, facts=facts)
         if row.recipients:
-            # Rendered (and CSS-inlined) once for every recipient; skipped when nobody is listening.
-            row.content = renderer.render(template, {**site, **context}).as_dict()
+            shared = {**site, **context()}
+
+            def render(variant: str | None) -> Content:
+                extra = emails.followed(variant, event.condition or variant) if variant is not None else {}
+                return renderer.render(template, shared | extra)
+
+            # Rendered (and CSS-inlined) once per variant (followed label) for all its recipients;
+            # skipped when nobody is listening.
+            contents.render_variants(session, row, render)
     else:
         row.reason = reason
     return Accepted(row.id, row.status, row.recipients, row.reason)

@@ -1,48 +1,165 @@
-"""Event -> subscriptions, in SQL. Deliveries are created set-based, never by looping over subscribers."""
+"""Event -> subscriptions, in SQL. Deliveries are created set-based, never by looping over subscribers.
+
+Which condition subscriptions a new trial reaches (``create_deliveries`` with kind=condition):
+
+* A subscription to a plain condition key (a phrase the vocabulary did not know) matches when the key is
+  the key of the event's condition or of one of the trial's listed conditions.
+* A subscription to a MeSH concept (``mesh:D007405``, see ``alerts.vocabulary``) matches when the concept
+  is one of the trial's MeSH concepts (``conditionBrowseModule.meshes``).
+* **Include narrower terms** (``Subscription.include_narrower``, off by default): the concept subscription
+  also matches when its concept is one of the trial's MeSH *ancestors*, i.e. when the trial is filed under
+  a narrower concept. "Spinal Diseases" with it reaches a trial filed under "Intervertebral Disc
+  Displacement" (whose ancestors include Spinal Diseases). The reverse never happens: a subscription to
+  a narrow concept does not reach trials filed only under a broader one (a "Hernia" trial is not about
+  discs), with or without the option.
+* Then the subscription's filters, all of which must hold: ``recruiting_only`` - the trial is recruiting
+  or not yet recruiting; countries - the trial lists a site in one of them; phases - the trial is in one
+  of them. A trial listing no sites (or no phase) passes no country (or phase) filter.
+
+All of it is WHERE clauses of one ``INSERT ... SELECT``: the event's facts are bound parameters, the
+filters are EXISTS / NOT EXISTS over ``subscription_filters`` by primary key.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
-from sqlalchemy import Integer, String, func, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Integer,
+    String,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session, aliased
 
-from alerts.models import Delivery, DeliveryStatus, Subscription, SubscriptionKind, SubscriptionStatus, utcnow
+from alerts import ctgov
+from alerts.conditions import condition_key
+from alerts.models import (
+    Delivery,
+    DeliveryStatus,
+    Subscription,
+    SubscriptionFilter,
+    SubscriptionKind,
+    SubscriptionStatus,
+    utcnow,
+)
+
+# Statuses that pass a "recruiting only" filter.
+OPEN_STATUSES: Final = frozenset({"RECRUITING", "NOT_YET_RECRUITING"})
+COUNTRY: Final = "country"
+PHASE: Final = "phase"
 
 
-def create_deliveries(
-    session: Session, event_id: int, kind: SubscriptionKind, targets: Sequence[str], dedupe_key: str
-) -> int:
-    """One queued delivery per subscriber with an active subscription to any of ``targets``.
+def country_key(name: str) -> str:
+    """Countries compare like conditions: "United States", "united states" and "UNITED  STATES" are one."""
+    return condition_key(name)[:100]
 
-    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on (dedupe_key, subscriber_id): a subscriber who
-    follows several matching conditions, or who was already reached by another event carrying the same
-    news, gets no second row. Returns the number of rows created.
+
+@dataclass(frozen=True)
+class TrialFacts:
+    """What condition subscription filters look at, taken from the event's record."""
+
+    recruiting: bool = False  # recruiting or not yet recruiting
+    countries: tuple[str, ...] = ()  # country_key of every country with a site
+    phases: tuple[str, ...] = ()  # phase codes ("PHASE2", "NA"...)
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> TrialFacts:
+        status: Any = record
+        for key in ("protocolSection", "statusModule", "overallStatus"):
+            status = status.get(key) if isinstance(status, Mapping) else None
+        code = "_".join(status.upper().split()) if isinstance(status, str) else None
+        countries = {country_key(loc.country) for loc in ctgov.locations(record) if loc.country}
+        return cls(
+            recruiting=code in OPEN_STATUSES,
+            countries=tuple(sorted(countries - {""})),
+            phases=tuple(ctgov.phase_codes(record)),
+        )
+
+
+def _passes(kind: str, values: bool) -> ColumnElement[bool]:
+    """No filter of this kind, or one of the trial's ``:<kind>s`` is accepted (probes by primary key)."""
+    any_filter = aliased(SubscriptionFilter)
+    unfiltered = ~exists().where(any_filter.subscription_id == Subscription.id, any_filter.kind == kind)
+    if not values:
+        return unfiltered
+    accepted = aliased(SubscriptionFilter)
+    return or_(
+        unfiltered,
+        exists().where(
+            accepted.subscription_id == Subscription.id,
+            accepted.kind == kind,
+            accepted.value.in_(bindparam(f"{kind}_values", expanding=True)),
+        ),
+    )
+
+
+@functools.cache
+def _matching_insert(
+    kind: SubscriptionKind, broader: bool, recruiting: bool, countries: bool, phases: bool
+) -> Executable:
+    """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
+
+    Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
+    country_values, phase_values.
     """
-    if not targets:
-        return 0
-    now = utcnow()
+    where: list[ColumnElement[bool]] = [
+        Subscription.kind == kind.value,
+        Subscription.target.in_(bindparam("targets", expanding=True)),
+        Subscription.status == SubscriptionStatus.ACTIVE.value,
+    ]
+    if broader:
+        where.append(
+            or_(Subscription.target.in_(bindparam("direct", expanding=True)), Subscription.include_narrower.is_(True))
+        )
+    if kind == SubscriptionKind.CONDITION:
+        if not recruiting:
+            where.append(Subscription.recruiting_only.is_(False))
+        where += [_passes(COUNTRY, countries), _passes(PHASE, phases)]
+    variant = Subscription.label if kind == SubscriptionKind.CONDITION else null()
+    candidates = (
+        select(
+            Subscription.subscriber_id,
+            Subscription.id.label("subscription_id"),
+            variant.label("variant"),
+            # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link).
+            func.row_number().over(partition_by=Subscription.subscriber_id, order_by=Subscription.id).label("rank"),
+        )
+        .where(*where)
+        .subquery()
+    )
+    already = aliased(Delivery)
+    dedupe_key = bindparam("dedupe_key", type_=String())
+    now = bindparam("now", type_=Delivery.created_at.type)
     matches = (
         select(
-            literal(event_id, Integer()).label("event_id"),
-            Subscription.subscriber_id,
-            # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link).
-            func.min(Subscription.id).label("subscription_id"),
-            literal(dedupe_key, String()).label("dedupe_key"),
-            literal(DeliveryStatus.QUEUED.value, String()).label("status"),
-            literal(0, Integer()).label("attempts"),
-            literal(now, Delivery.created_at.type).label("created_at"),
-            literal(now, Delivery.updated_at.type).label("updated_at"),
+            bindparam("event_id", type_=Integer()),
+            candidates.c.subscriber_id,
+            candidates.c.subscription_id,
+            dedupe_key,
+            literal(DeliveryStatus.QUEUED.value, String()),
+            literal(0, Integer()),
+            now,
+            now,
+            candidates.c.variant,
         )
         .where(
-            Subscription.kind == kind.value,
-            Subscription.target.in_(list(targets)),
-            Subscription.status == SubscriptionStatus.ACTIVE.value,
+            candidates.c.rank == 1,
+            ~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == candidates.c.subscriber_id),
         )
-        .group_by(Subscription.subscriber_id)
         # Keyset order: delivery ids follow subscriber ids, so batches read the index in order.
-        .order_by(Subscription.subscriber_id)
+        .order_by(candidates.c.subscriber_id)
     )
     columns = [
         "event_id",
@@ -53,15 +170,55 @@ def create_deliveries(
         "attempts",
         "created_at",
         "updated_at",
+        "variant",
     ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(Delivery)
-        .from_select(columns, matches)
-        .on_conflict_do_nothing(index_elements=["dedupe_key", "subscriber_id"])
+    return insert(Delivery).from_select(columns, matches)
+
+
+def create_deliveries(
+    session: Session,
+    event_id: int,
+    kind: SubscriptionKind,
+    targets: Sequence[str],
+    dedupe_key: str,
+    *,
+    broader_targets: Sequence[str] = (),
+    facts: TrialFacts | None = None,
+) -> int:
+    """One queued delivery per subscriber with an active subscription that matches (module docstring).
+
+    ``targets`` match directly; ``broader_targets`` (the trial's MeSH ancestors) only subscriptions with
+    ``include_narrower``. For kind=condition, ``facts`` decide the filters (None: a trial that is not
+    recruiting, with no sites and no phase, so any filtered subscription is left out).
+
+    ``INSERT ... SELECT ... WHERE NOT EXISTS`` a delivery with the same (dedupe_key, subscriber_id): a
+    subscriber who follows several matching conditions, or who was already reached by another event
+    carrying the same news, gets no second row. (Not ON CONFLICT: SQLAlchemy cannot cache that construct,
+    and compiling this statement for every event would cost more than running it. Events of one trial,
+    the only ones sharing a dedupe key, are serialized by the trial row lock in ``intake.accept``; the
+    unique constraint stays as the backstop.) The delivery's ``variant`` is the label of the condition
+    subscription that owns it (which the new-trial email names). Returns the number of rows created.
+    """
+    direct = list(dict.fromkeys(targets))
+    broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
+    if not direct and not broader:
+        return 0
+    facts = facts or TrialFacts()
+    condition = kind == SubscriptionKind.CONDITION
+    statement = _matching_insert(
+        kind, bool(broader), facts.recruiting or not condition, bool(facts.countries), bool(facts.phases)
     )
-    session.execute(statement)
+    params = {
+        "event_id": event_id,
+        "dedupe_key": dedupe_key,
+        "now": utcnow(),
+        "targets": direct + broader,
+        "direct": direct,
+        "country_values": list(facts.countries),
+        "phase_values": list(facts.phases),
+    }
+    # On the session's connection as plain Core: parameters are bound values, not ORM rows.
+    session.connection().execute(statement, params)
     # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index counts fast.
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
 

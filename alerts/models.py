@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -123,6 +125,12 @@ class Subscription(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Condition subscriptions to a MeSH concept only ("mesh:D..."): also match trials filed under a narrower
+    # concept, i.e. trials whose MeSH ancestors include it. Semantics: alerts.matching.create_deliveries.
+    include_narrower: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Condition subscriptions: only trials recruiting or not yet recruiting. Countries and phases:
+    # SubscriptionFilter rows.
+    recruiting_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
 
@@ -200,6 +208,9 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Which shared rendering this recipient gets (alerts.contents): the label of the condition they follow
+    # for new-trial emails; None for the event's one rendering (Event.content).
+    variant: Mapped[str | None] = mapped_column(String(300))
 
 
 class Suppression(Base):
@@ -237,3 +248,90 @@ class DeliveryCount(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- condition vocabulary, filters, per-variant renderings (alerts.vocabulary, alerts.contents) -------
+
+# Searched by prefix with range conditions (suffix >= 'dis' AND suffix < 'dit'): byte order on both engines.
+SearchKey = String(300).with_variant(String(300, collation="C"), "postgresql")
+
+
+class SubscriptionFilter(Base):
+    """Optional narrowing of a condition subscription: one row per accepted country or phase."""
+
+    __tablename__ = "subscription_filters"
+
+    subscription_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("subscriptions.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "country" | "phase"
+    # Compared with the trial's: a condition key for a country ("united states"), a phase code ("PHASE2").
+    value: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # As shown to the subscriber ("United States", "Phase 2").
+    label: Mapped[str] = mapped_column(String(100))
+
+
+class EventContent(Base):
+    """One shared rendering of an event's email per variant (e.g. per followed condition label)."""
+
+    __tablename__ = "event_contents"
+
+    event_id: Mapped[int] = mapped_column(Id, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(300), primary_key=True)
+    subject: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    html: Mapped[str] = mapped_column(Text)
+
+
+class ConditionConcept(Base):
+    """A MeSH descriptor seen in records, with how many trials are filed under it."""
+
+    __tablename__ = "condition_concepts"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)  # "D007405" (alerts.vocabulary.concept_id)
+    term: Mapped[str] = mapped_column(String(300))
+    term_key: Mapped[str] = mapped_column(String(300), index=True)
+    # Trials whose MeSH concepts include it / include it or a narrower concept (it is among their ancestors).
+    trials: Mapped[int] = mapped_column(Integer, default=0)
+    trials_with_narrower: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConditionPhrase(Base):
+    """A condition phrase seen in records (sponsor's words, NLM's asFound, MeSH terms), by condition key."""
+
+    __tablename__ = "condition_phrases"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    label: Mapped[str] = mapped_column(String(300))  # as first seen
+    trials: Mapped[int] = mapped_column(Integer, default=0)  # trials using it
+    # What it resolves to (alerts.vocabulary); None while no record has tied it to a concept.
+    concept_id: Mapped[str | None] = mapped_column(ForeignKey("condition_concepts.id"))
+
+
+class ConditionPhraseConcept(Base):
+    """Evidence: in how many trials a phrase named a concept."""
+
+    __tablename__ = "condition_phrase_concepts"
+
+    phrase_key: Mapped[str] = mapped_column(ForeignKey("condition_phrases.key"), primary_key=True)
+    concept_id: Mapped[str] = mapped_column(ForeignKey("condition_concepts.id"), primary_key=True, index=True)
+    trials: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConditionSuffix(Base):
+    """Every word-start suffix of every phrase key, for prefix and word search of suggestions."""
+
+    __tablename__ = "condition_suffixes"
+
+    suffix: Mapped[str] = mapped_column(SearchKey, primary_key=True)
+    phrase_key: Mapped[str] = mapped_column(ForeignKey("condition_phrases.key"), primary_key=True)
+
+
+class TrialVocabulary(Base):
+    """What each trial's current version contributed to the vocabulary counts (so a new version replaces it)."""
+
+    __tablename__ = "trial_vocabulary"
+
+    nct_id: Mapped[str] = mapped_column(String(11), primary_key=True)
+    learned: Mapped[dict[str, Any]] = mapped_column(Json)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

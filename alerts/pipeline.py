@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from alerts import emails
 from alerts.db import transaction
-from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event
+from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event, printable
 from alerts.intake import Accepted, accept
 from alerts.matching import batch_ranges
 from alerts.models import RejectedEvent, Subscription, SubscriptionStatus, Suppression
@@ -38,6 +38,8 @@ class Enqueue(Protocol):
 
     def trial_event(self, payload: dict[str, Any]) -> None: ...
 
+    def process_webhook(self, events: list[dict[str, Any]]) -> None: ...
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -51,8 +53,8 @@ def reject(runtime: Runtime, payload: Any, errors: list[dict[str, str]], source:
     with transaction(runtime.engine) as session:
         row = RejectedEvent(
             source=source,
-            event_type=str(event_type)[:100] if event_type is not None else None,
-            producer_event_id=str(event_id)[:200] if event_id is not None else None,
+            event_type=printable(str(event_type), 100) if event_type is not None else None,
+            producer_event_id=printable(str(event_id), 200) if event_id is not None else None,
             errors=errors,
             payload_excerpt=excerpt(payload),
         )
@@ -140,9 +142,9 @@ def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> Sen
     return report
 
 
-def backoff_seconds(retries: int, retry_after_s: float | None = None, cap: float = 300.0) -> float:
-    """Exponential backoff with jitter, never sooner than the provider asked."""
-    ceiling = min(cap, 2.0 ** (retries + 1))
+def backoff_seconds(retries: int, retry_after_s: float | None = None, cap: float = 300.0, base: float = 2.0) -> float:
+    """Exponential backoff with jitter (base, 2*base, 4*base...), never sooner than the provider asked."""
+    ceiling = min(cap, base * 2.0**retries)
     delay = random.uniform(ceiling / 2, ceiling)
     return max(delay, retry_after_s or 0.0)
 

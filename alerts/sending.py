@@ -7,6 +7,7 @@ Results are recorded right after the transport returns.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,20 +15,20 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from alerts.contents import contents_for
 from alerts.db import transaction
 from alerts.models import (
     Delivery,
     DeliveryStatus,
-    Event,
     Subscriber,
     Subscription,
     SubscriptionStatus,
     Suppression,
     utcnow,
 )
-from alerts.rendering import Content
 from alerts.transports.base import Batch, Outcome, Recipient, Result, Transport
 
 
@@ -96,6 +97,7 @@ def _recipients(session: Session, ids: Sequence[int]) -> list[Any]:
     query = (
         select(
             Delivery.id,
+            Delivery.variant,
             Subscriber.email,
             Subscriber.manage_token,
             Subscription.unsubscribe_token,
@@ -135,19 +137,24 @@ def record_results(session: Session, results: Sequence[Result], report: SendRepo
     single statement.
     """
     now = utcnow()
-    groups: dict[tuple[Outcome, str | None, str | None], list[int]] = defaultdict(list)
+    groups: dict[tuple[Outcome, str | None, str | None, int | None, bool], list[int]] = defaultdict(list)
     for r in results:
-        error = None if r.outcome is Outcome.SENT else (r.error or r.outcome.value)[:2000]
-        groups[(r.outcome, r.provider_message_id if r.outcome is Outcome.SENT else None, error)].append(r.delivery_id)
-    for (outcome, message_id, error), ids in groups.items():
+        sent = r.outcome is Outcome.SENT
+        error = None if sent else (r.error or r.outcome.value)[:2000]
+        key = (r.outcome, r.provider_message_id if sent else None, error, None if sent else r.error_code, r.ambiguous)
+        groups[key].append(r.delivery_id)
+    for (outcome, message_id, error, error_code, ambiguous), ids in groups.items():
         values: dict[str, Any] = {
             "status": _STATUS_FOR[outcome].value,
             "error": error,
+            "error_code": error_code,
             "lease_until": None,
             "updated_at": now,
         }
         if outcome is Outcome.SENT:
             values |= {"provider_message_id": message_id, "sent_at": now}
+        if ambiguous:
+            values["ambiguous_retries"] = Delivery.ambiguous_retries + 1
         session.execute(
             update(Delivery)
             .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.SENDING.value)
@@ -190,7 +197,6 @@ def send_range(
         ids = _claim(session, event_id, after_id, upto_id, lease_s)
         if not ids:
             return report
-        content_data = session.scalar(select(Event.content).where(Event.id == event_id))
         rows = _recipients(session, ids)
         report.claimed = len(ids)
         skipped = [r.id for r in rows if r.email is None or r.status != SubscriptionStatus.ACTIVE.value]
@@ -202,38 +208,58 @@ def send_range(
             DeliveryStatus.SUPPRESSED,
             "address is suppressed",
         )
+        excluded = set(skipped) | set(suppressed)
+        # One shared rendering per variant (alerts.contents): the event's, or per followed condition.
+        contents = contents_for(session, event_id, {r.variant for r in rows if r.id not in excluded})
     report.skipped = len(skipped)
     report.suppressed = len(set(suppressed) - set(skipped))
-    excluded = set(skipped) | set(suppressed)
-    recipients = [
-        Recipient(
-            delivery_id=r.id,
-            email=r.email,
-            values={
-                "unsubscribe_url": links.unsubscribe(r.unsubscribe_token),
-                "manage_url": links.manage(r.manage_token),
-            },
-            message_id=links.message_id("delivery", r.id),
+    groups: dict[str | None, list[Recipient]] = {}
+    for r in rows:
+        if r.id in excluded:
+            continue
+        groups.setdefault(r.variant, []).append(
+            Recipient(
+                delivery_id=r.id,
+                email=r.email,
+                values={
+                    "unsubscribe_url": links.unsubscribe(r.unsubscribe_token),
+                    "manage_url": links.manage(r.manage_token),
+                },
+                message_id=links.message_id("delivery", r.id),
+            )
         )
-        for r in rows
-        if r.id not in excluded
-    ]
-    if not recipients:
+    if not groups:
         return report
-    if content_data is None:
-        raise RuntimeError(f"event {event_id} has deliveries but no rendered content")
-    batch = Batch(
-        content=Content.from_dict(content_data),
-        recipients=recipients,
-        from_email=sender[0],
-        from_name=sender[1],
-        headers=alert_headers(),
-    )
-    try:
-        results = transport.send(batch)
-    except Exception as exc:
-        # Unknown failure of the whole batch: put the rows back so a retry (or maintenance) sends them.
-        results = [Result(r.delivery_id, Outcome.RETRY, error=f"{type(exc).__name__}: {exc}"[:500]) for r in recipients]
-    with transaction(engine) as session:
-        record_results(session, results, report)
+    missing = [variant for variant in groups if variant not in contents]
+    if missing:
+        raise RuntimeError(f"event {event_id} has deliveries but no rendered content for {len(missing)} variant(s)")
+    results: list[Result] = []
+    # One transport batch per variant, each with its shared rendering.
+    for variant, recipients in groups.items():
+        batch = Batch(
+            content=contents[variant],
+            recipients=recipients,
+            from_email=sender[0],
+            from_name=sender[1],
+            headers=alert_headers(),
+        )
+        try:
+            results += transport.send(batch)
+        except Exception as exc:
+            # Unknown failure of the whole batch: put the rows back so a retry (or maintenance) sends them.
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            results += [Result(r.delivery_id, Outcome.RETRY, error=error) for r in recipients]
+    # The provider has answered: a database hiccup now must not lose an acceptance (the lease would run out
+    # and the rows be sent again), so recording is retried briefly before giving up.
+    for attempt in range(4):
+        try:
+            with transaction(engine) as session:
+                record_results(session, results, attempt_report := SendReport())
+            break
+        except (OperationalError, InterfaceError):
+            if attempt == 3:
+                raise
+            time.sleep(0.25 * 2**attempt)
+    report.sent, report.failed, report.retry = attempt_report.sent, attempt_report.failed, attempt_report.retry
+    report.retry_ids, report.retry_after_s = attempt_report.retry_ids, attempt_report.retry_after_s
     return report

@@ -7,17 +7,21 @@ the caller, who queues them after commit.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from alerts import ctgov, vocabulary
 from alerts.addresses import AddressHasher, normalize_email
 from alerts.conditions import condition_key
+from alerts.matching import COUNTRY, PHASE, country_key
 from alerts.models import (
     Delivery,
     Subscriber,
     Subscription,
+    SubscriptionFilter,
     SubscriptionKind,
     SubscriptionStatus,
     Trial,
@@ -25,7 +29,8 @@ from alerts.models import (
 )
 from alerts.tokens import Purpose, Signer
 
-NCT_ID = re.compile(r"^NCT\d{8}$")
+# ASCII digits only: \d would also accept other scripts' digits (Arabic-Indic...), which no registry issues.
+NCT_ID = re.compile(r"^NCT[0-9]{8}$")
 
 
 class InvalidTarget(ValueError):
@@ -56,6 +61,142 @@ def condition_target(phrase: str) -> Target:
     return Target(SubscriptionKind.CONDITION, key, label)
 
 
+def resolve_target(session: Session, target: Target) -> Target:
+    """A condition the vocabulary knows follows its MeSH concept ("mesh:D007405"); the label is kept.
+
+    An unknown phrase keeps its condition key; ``alerts.vocabulary.learn`` moves such subscriptions to
+    the concept once a record explains the phrase. Trial targets are returned as they are.
+    """
+    if target.kind != SubscriptionKind.CONDITION or vocabulary.target_concept(target.key):
+        return target
+    concept = vocabulary.resolve(session, target.key)
+    return Target(target.kind, vocabulary.concept_target(concept), target.label) if concept else target
+
+
+# --- filters on condition subscriptions ---------------------------------------------------------------
+
+MAX_FILTER_VALUES = 50
+_PHASES = {
+    key: code
+    for code, label in ctgov.PHASE_LABELS.items()
+    for key in (condition_key(code), condition_key(label), condition_key(code.replace("PHASE", "PHASE ")))
+}
+
+
+class InvalidFilter(InvalidTarget):
+    pass
+
+
+@dataclass(frozen=True)
+class ConditionFilters:
+    """Optional narrowing of a condition subscription; every filter given must hold. The default narrows nothing.
+
+    ``recruiting_only``: only trials recruiting or not yet recruiting.
+    ``countries``: only trials listing a site in one of these countries, named as ClinicalTrials.gov names
+    them ("United States", "Korea, Republic of"); case, accents and punctuation do not matter.
+    ``phases``: only trials in one of these phases, as codes or labels of ``alerts.ctgov.PHASE_LABELS``
+    ("PHASE2" or "Phase 2"; "NA" / "Not applicable" for studies without phases, e.g. device trials).
+    A trial listing no sites passes no country filter; one with no phase passes no phase filter.
+    See ``alerts.matching`` for how they are applied.
+    """
+
+    recruiting_only: bool = False
+    countries: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(kind, value, label) rows for ``subscription_filters``; raises InvalidFilter."""
+        rows: dict[tuple[str, str], str] = {}
+        for name in _strings(self.countries, "countries"):
+            key = country_key(name)
+            if not key or len(name) > 100:
+                raise InvalidFilter(f"not a country name: {name[:100]!r}")
+            rows.setdefault((COUNTRY, key), name)
+        for name in _strings(self.phases, "phases"):
+            code = _PHASES.get(condition_key(name))
+            if code is None:
+                raise InvalidFilter(f"not a trial phase: {name[:100]!r} (one of {', '.join(ctgov.PHASE_LABELS)})")
+            rows.setdefault((PHASE, code), ctgov.phase_label(code))
+        return [(kind, value, label) for (kind, value), label in rows.items()]
+
+
+def _strings(values: Iterable[str], what: str) -> list[str]:
+    if isinstance(values, str):
+        raise InvalidFilter(f"{what} must be a list, not one string")
+    items = [" ".join(str(v).split()) for v in values]
+    if len(items) > MAX_FILTER_VALUES:
+        raise InvalidFilter(f"at most {MAX_FILTER_VALUES} {what}")
+    return items
+
+
+def _apply_options(
+    session: Session,
+    subscription: Subscription,
+    rows: list[tuple[str, str, str]] | None,
+    recruiting_only: bool | None,
+    include_narrower: bool | None,
+) -> None:
+    if rows is not None:
+        session.execute(delete(SubscriptionFilter).where(SubscriptionFilter.subscription_id == subscription.id))
+        session.add_all(
+            SubscriptionFilter(subscription_id=subscription.id, kind=kind, value=value, label=label)
+            for kind, value, label in rows
+        )
+    if recruiting_only is not None:
+        subscription.recruiting_only = recruiting_only
+    if include_narrower is not None:
+        subscription.include_narrower = include_narrower
+
+
+def set_filters(
+    session: Session, subscription_id: int, filters: ConditionFilters, *, include_narrower: bool | None = None
+) -> Subscription | None:
+    """Replace a condition subscription's filters (from the subscriber's own manage page).
+
+    ``include_narrower`` (None: unchanged) widens a subscription to a MeSH concept to trials filed under
+    narrower concepts; see ``alerts.matching``. Raises InvalidFilter for a trial subscription.
+    """
+    rows = filters.rows()
+    subscription = session.get(Subscription, subscription_id)
+    if subscription is None:
+        return None
+    if subscription.kind != SubscriptionKind.CONDITION:
+        raise InvalidFilter("filters apply to condition alerts only")
+    _apply_options(session, subscription, rows, filters.recruiting_only, include_narrower)
+    return subscription
+
+
+def filters_of(session: Session, subscription_id: int) -> ConditionFilters:
+    """A subscription's filters as the subscriber set them (countries as typed, phases as codes)."""
+    recruiting_only = bool(
+        session.scalar(select(Subscription.recruiting_only).where(Subscription.id == subscription_id))
+    )
+    rows = session.execute(
+        select(SubscriptionFilter.kind, SubscriptionFilter.value, SubscriptionFilter.label)
+        .where(SubscriptionFilter.subscription_id == subscription_id)
+        .order_by(SubscriptionFilter.kind, SubscriptionFilter.label)
+    ).all()
+    return ConditionFilters(
+        recruiting_only=recruiting_only,
+        countries=tuple(label for kind, _, label in rows if kind == COUNTRY),
+        phases=tuple(value for kind, value, _ in rows if kind == PHASE),
+    )
+
+
+def describe_filters(filters: ConditionFilters, include_narrower: bool = False) -> str:
+    """ " (recruiting only; in France or Germany; phase 2 or phase 3)", or "" without any."""
+    parts = []
+    if include_narrower:
+        parts.append("including narrower terms")
+    if filters.recruiting_only:
+        parts.append("recruiting only")
+    if filters.countries:
+        parts.append("in " + " or ".join(filters.countries))
+    if filters.phases:
+        parts.append(" or ".join(ctgov.phase_label(p).lower() for p in filters.phases))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 @dataclass(frozen=True)
 class SignUp:
     subscription_id: int
@@ -68,7 +209,8 @@ def describe(session: Session, subscription: Subscription) -> str:
     if subscription.kind == SubscriptionKind.TRIAL:
         title = session.scalar(select(Trial.title).where(Trial.nct_id == subscription.target))
         return f"changes to study {subscription.target}" + (f": {title}" if title else "")
-    return f"new studies for {subscription.label}"
+    filters = filters_of(session, subscription.id)
+    return f"new studies for {subscription.label}" + describe_filters(filters, subscription.include_narrower)
 
 
 def get_or_create_subscriber(session: Session, email: str, signer: Signer, hasher: AddressHasher) -> Subscriber:
@@ -82,7 +224,29 @@ def get_or_create_subscriber(session: Session, email: str, signer: Signer, hashe
     return subscriber
 
 
-def sign_up(session: Session, email: str, target: Target, signer: Signer, hasher: AddressHasher) -> SignUp:
+def sign_up(
+    session: Session,
+    email: str,
+    target: Target,
+    signer: Signer,
+    hasher: AddressHasher,
+    *,
+    filters: ConditionFilters | None = None,
+    include_narrower: bool | None = None,
+) -> SignUp:
+    """Sign up (pending until confirmed). A known condition follows its MeSH concept (``resolve_target``).
+
+    ``filters`` and ``include_narrower`` (condition alerts only; None: leave as they are, or none for a new
+    subscription) apply to a new, pending or unsubscribed subscription, which the subscriber confirms by
+    email. An active subscription is never changed from here: anyone can type an address into the form;
+    its owner changes filters from the manage page (``set_filters``).
+    """
+    rows = filters.rows() if filters is not None else None
+    if target.kind != SubscriptionKind.CONDITION and (
+        rows or (filters and filters.recruiting_only) or include_narrower
+    ):
+        raise InvalidFilter("filters apply to condition alerts only")
+    target = resolve_target(session, target)
     subscriber = get_or_create_subscriber(session, email, signer, hasher)
     subscription = session.scalar(
         select(Subscription).where(
@@ -105,6 +269,10 @@ def sign_up(session: Session, email: str, target: Target, signer: Signer, hasher
     if subscription.status == SubscriptionStatus.UNSUBSCRIBED:
         subscription.status = SubscriptionStatus.PENDING
         subscription.unsubscribed_at = None
+    if target.kind == SubscriptionKind.CONDITION:
+        _apply_options(
+            session, subscription, rows, filters.recruiting_only if filters is not None else None, include_narrower
+        )
     subscription.confirm_sent_at = utcnow()
     return SignUp(subscription.id, needs_confirmation=True)
 
@@ -118,6 +286,40 @@ def confirm(session: Session, subscription_id: int) -> Subscription | None:
         subscription.status = SubscriptionStatus.ACTIVE
         subscription.confirmed_at = utcnow()
     return subscription
+
+
+def resend_confirmation(session: Session, subscription_id: int) -> Subscription | None:
+    """A new confirmation email for a still-pending subscription (its link expired or got lost).
+
+    Returns the subscription when an email should go out; None when it is gone, active or unsubscribed.
+    """
+    subscription = session.get(Subscription, subscription_id)
+    if subscription is None or subscription.status != SubscriptionStatus.PENDING:
+        return None
+    subscription.confirm_sent_at = utcnow()
+    return subscription
+
+
+@dataclass(frozen=True)
+class Listed:
+    subscription: Subscription
+    # The trial's title when the service has seen the study; None for conditions and unknown trials.
+    title: str | None
+
+
+def list_subscriptions(session: Session, subscriber_id: int) -> list[Listed]:
+    """A subscriber's subscriptions, oldest first, with trial titles where known."""
+    rows = session.execute(
+        select(Subscription, Trial.title)
+        .join(
+            Trial,
+            (Subscription.kind == SubscriptionKind.TRIAL) & (Trial.nct_id == Subscription.target),
+            isouter=True,
+        )
+        .where(Subscription.subscriber_id == subscriber_id)
+        .order_by(Subscription.created_at, Subscription.id)
+    )
+    return [Listed(subscription, title) for subscription, title in rows]
 
 
 def unsubscribe(session: Session, subscription_id: int) -> Subscription | None:

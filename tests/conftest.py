@@ -96,6 +96,7 @@ class InlineEnqueue:
     batches: list[tuple[int, int, int]] = field(default_factory=list)
     confirmations: list[int] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    webhooks: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def trial_event(self, payload: dict[str, Any]) -> None:
         from alerts.pipeline import ingest
@@ -108,6 +109,12 @@ class InlineEnqueue:
 
         self.batches.append((event_id, after_id, upto_id))
         deliver(self.runtime, event_id, after_id, upto_id)
+
+    def process_webhook(self, events: list[dict[str, Any]]) -> None:
+        from alerts.webhooks import apply_events
+
+        self.webhooks.append(events)
+        apply_events(self.runtime.engine, self.runtime.hasher, events)
 
     def send_confirmation(self, subscription_id: int) -> None:
         from alerts.pipeline import send_confirmation

@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.delivery.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+            "alerts.webhooks.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
         },
         # Acknowledge after the task ran, and give the message back if the worker process died: a killed
         # worker never loses an event or a batch. Our tasks are idempotent, so a re-run is harmless.
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.tasks.delivery",
             "alerts.tasks.subscriptions",
             "alerts.tasks.maintenance",
+            "alerts.tasks.webhooks",
         ],
         beat_schedule={
             "maintenance": {

@@ -32,6 +32,8 @@ def send_batch(self: Task, event_id: int, after_id: int, upto_id: int) -> dict[s
             give_up(runtime.engine, report.retry_ids, f"gave up after {MAX_SEND_RETRIES + 1} attempts")
         else:
             # Exponential backoff with jitter; the rows are back in 'queued', so the retry claims them.
-            countdown = pipeline.backoff_seconds(self.request.retries, report.retry_after_s)
+            countdown = pipeline.backoff_seconds(
+                self.request.retries, report.retry_after_s, base=runtime.settings.send_retry_base_s
+            )
             raise self.retry(countdown=countdown)
     return {"sent": report.sent, "failed": report.failed, "retry": report.retry}

@@ -19,6 +19,9 @@ class CeleryEnqueue:
     def send_confirmation(self, subscription_id: int) -> None:
         self.app.send_task("alerts.subscriptions.send_confirmation", args=[subscription_id])
 
+    def process_webhook(self, events: list[dict[str, Any]]) -> None:
+        self.app.send_task("alerts.webhooks.process_sendgrid", args=[events])
+
     def trial_event(self, payload: dict[str, Any]) -> None:
         name = {
             "trial.changed": "alerts.events.trial_changed",

@@ -47,6 +47,10 @@ class Result:
     error: str | None = None
     # For RETRY: how long the provider asked us to wait (Retry-After), if it said.
     retry_after_s: float | None = None
+    # For FAILED: the provider's status (HTTP status for an API, SMTP reply code for SMTP), if it gave one.
+    error_code: int | None = None
+    # For RETRY: the provider may have accepted it already (timeout after sending); counted on the delivery.
+    ambiguous: bool = False
 
 
 class Transport(Protocol):

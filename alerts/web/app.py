@@ -8,7 +8,8 @@ from fastapi import FastAPI
 
 from alerts import __version__
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, ops
+from alerts.web import api_events, conditions, links, ops, pages, signup, webhooks
+from alerts.web.ratelimit import RateLimiter
 
 
 def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> FastAPI:
@@ -24,6 +25,8 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
 
         enqueue = CeleryEnqueue()
     app.state.enqueue = enqueue
+    app.state.limiter = RateLimiter.from_settings(app.state.runtime.settings)
+    pages.install(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
@@ -31,4 +34,8 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
 
     app.include_router(api_events.router)
     app.include_router(ops.router)
+    app.include_router(signup.router)
+    app.include_router(links.router)
+    app.include_router(conditions.router)
+    app.include_router(webhooks.router)
     return app

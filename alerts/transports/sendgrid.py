@@ -1,0 +1,370 @@
+"""SendGrid v3 Mail Send through the official client: one API request per batch, per-recipient outcomes.
+
+One request carries the shared rendering once (subject, text, HTML with ``%%name%%`` placeholders) and one
+``personalizations`` entry per recipient: the address, the substitutions that fill the placeholders, the
+one-click unsubscribe headers, and our delivery id in ``custom_args`` (SendGrid echoes it in every webhook
+event). The body is a plain dict: the library's ``Mail`` helper builds an object graph per recipient, which
+costs far more than the request itself.
+
+SendGrid's limits are respected before sending: at most 1000 personalizations and no address twice per
+request (duplicates go to another request), 10,000 bytes of substitutions and of custom_args per
+personalization (a recipient over it fails alone), 30 MB per request (split when over).
+
+Answers: 2xx -> every recipient SENT with the ``X-Message-Id``; 429/5xx -> RETRY with the wait the provider
+asked for; 400 -> the personalizations it names fail alone and the rest is sent again (or the request is
+bisected when the error names no personalization); 413 -> bisected; any other 4xx -> FAILED with the
+provider's text and status. A timeout after the request went out is the one case where acceptance is
+unknown: RETRY, flagged ``ambiguous`` so the delivery counts it.
+
+The API key and request bodies are never logged (the client logs both at DEBUG: its logger is held at WARNING).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import time
+import urllib.error
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import structlog
+
+from alerts.logs import redact
+from alerts.transports.base import Batch, Outcome, Recipient, Result, fill
+
+log = structlog.get_logger("alerts.transports.sendgrid")
+
+MAX_PERSONALIZATIONS = 1000
+MAX_SUBSTITUTION_BYTES = 10_000
+MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_REQUEST_BYTES = 30_000_000
+# A provider asking for more than an hour is capped: the task's own retry limit then decides.
+MAX_RETRY_AFTER_S = 3600.0
+# Characters that would need escaping in HTML: SendGrid substitutes the same value in text and HTML parts.
+_HTML_UNSAFE = re.compile(r"[&<>\"'\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations(?:\.|\[)(\d+)")
+
+# Privacy: no tracking pixel, no rewritten links, no SendGrid-inserted unsubscribe footer (we have our own).
+TRACKING_OFF: dict[str, Any] = {
+    "click_tracking": {"enable": False, "enable_text": False},
+    "open_tracking": {"enable": False},
+    "subscription_tracking": {"enable": False},
+    "ganalytics": {"enable": False},
+}
+
+
+@dataclass(slots=True)
+class _Item:
+    recipient: Recipient
+    body: dict[str, Any]
+    key: str  # the address, lower-cased: SendGrid refuses one address twice per request
+    size: int  # JSON bytes (an upper bound until measured)
+
+
+@dataclass
+class _Chunk:
+    items: list[_Item] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What one API request came to."""
+
+    kind: str  # "accepted" | "retry" | "failed" | "error"
+    status: int | None = None
+    message_id: str | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+    ambiguous: bool = False
+    errors: tuple[tuple[str, str | None], ...] = ()  # (message, field) from a 4xx body
+
+
+def _json_bound(chars: int) -> int:
+    # json.dumps(ensure_ascii=True) writes at most 12 bytes per character (an escaped surrogate pair).
+    return 12 * chars + 256
+
+
+def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
+    """Personalizations for every sendable recipient, and FAILED results for the ones that cannot be sent.
+
+    The hot loop of the transport (runs for every recipient), so it checks joined strings, not each value.
+    """
+    items: list[_Item] = []
+    failed: list[Result] = []
+    templates = list(batch.headers.items())
+    if any(_CONTROL.search(n + t) for n, t in templates):
+        return [], [_fail(r, "a header template contains a control character") for r in batch.recipients]
+    alert = batch.category == "alert"
+    ref_prefix = f"{batch.category}-"
+    tags: dict[str, str] = {}
+    for r in batch.recipients:
+        values = r.values
+        substitutions: dict[str, str] = {}
+        tag_chars = 0
+        for name, value in values.items():
+            tag = tags.get(name)
+            if tag is None:
+                tag = tags[name] = f"%%{name}%%"
+            substitutions[tag] = value
+            tag_chars += len(tag)
+        # Values are URLs; SendGrid puts the same value into the HTML part unescaped.
+        joined = "".join(values.values())
+        if _HTML_UNSAFE.search(joined):
+            failed.append(_fail(r, "a per-recipient value has characters unsafe in HTML"))
+            continue
+        sub_bytes = tag_chars + (len(joined) if joined.isascii() else len(joined.encode("utf-8")))
+        if sub_bytes > MAX_SUBSTITUTION_BYTES:
+            failed.append(_fail(r, f"substitutions are {sub_bytes} bytes; SendGrid allows {MAX_SUBSTITUTION_BYTES}"))
+            continue
+        headers = {name: fill(template, values) if "%%" in template else template for name, template in templates}
+        message_id = r.message_id
+        if "\r" in message_id or "\n" in message_id:
+            failed.append(_fail(r, "the Message-ID would contain a line break"))
+            continue
+        headers["Message-ID"] = message_id
+        # custom_args: a few ASCII bytes, far below SendGrid's 10,000.
+        args = {"delivery_id": str(r.delivery_id)} if alert else {"ref": ref_prefix + str(r.delivery_id)}
+        email = r.email
+        body = {"to": [{"email": email}], "substitutions": substitutions, "headers": headers, "custom_args": args}
+        chars = len(email) + sub_bytes + 2 * len(joined) + len(message_id) + len(ref_prefix) + 200
+        items.append(_Item(r, body, email.lower(), _json_bound(chars)))
+    return items, failed
+
+
+def base_body(batch: Batch) -> dict[str, Any]:
+    """Everything but the personalizations: the same for every request of the batch."""
+    sender: dict[str, str] = {"email": batch.from_email}
+    if batch.from_name:
+        sender["name"] = batch.from_name
+    content = [{"type": "text/plain", "value": batch.content.text}, {"type": "text/html", "value": batch.content.html}]
+    return {
+        "from": sender,
+        "subject": batch.content.subject,
+        "content": [c for c in content if c["value"]],
+        "categories": [batch.category[:255]],
+        "tracking_settings": TRACKING_OFF,
+    }
+
+
+def plan(items: Sequence[_Item], base_size: int, limit: int | None = None) -> list[_Chunk]:
+    """Group personalizations into requests: <= 1000 each, an address once per request, under the size limit."""
+    budget = (MAX_REQUEST_BYTES if limit is None else limit) - base_size
+    if sum(i.size for i in items) > budget:
+        for item in items:  # the cheap upper bound says "maybe too big": measure exactly
+            item.size = len(json.dumps(item.body)) + 2
+    chunks: list[_Chunk] = []
+    first_open = 0
+    for item in items:
+        for chunk in chunks[first_open:]:
+            fits = len(chunk.items) < MAX_PERSONALIZATIONS and chunk.size + item.size <= budget
+            if fits and item.key not in chunk.keys:
+                break
+        else:
+            chunk = _Chunk()
+            chunks.append(chunk)
+        chunk.items.append(item)
+        chunk.keys.add(item.key)
+        chunk.size += item.size
+        while first_open < len(chunks) and len(chunks[first_open].items) >= MAX_PERSONALIZATIONS:
+            first_open += 1
+    return chunks
+
+
+def _fail(r: Recipient, error: str, code: int | None = None) -> Result:
+    return Result(r.delivery_id, Outcome.FAILED, error=error, error_code=code)
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or ``X-RateLimit-Reset`` (epoch)."""
+    now = time.time() if now is None else now
+    wait: float | None = None
+    raw = headers.get("Retry-After") if headers is not None else None
+    if raw:
+        try:
+            wait = float(raw)
+        except ValueError:
+            try:
+                wait = parsedate_to_datetime(str(raw)).timestamp() - now
+            except (TypeError, ValueError):
+                wait = None
+    reset = headers.get("X-RateLimit-Reset") if headers is not None and wait is None else None
+    if reset:
+        try:
+            value = float(reset)
+            wait = value - now if value > 1_000_000_000 else value
+        except ValueError:
+            wait = None
+    if wait is None:
+        return None
+    return min(max(wait, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _provider_errors(body: Any) -> tuple[tuple[str, str | None], ...]:
+    try:
+        data = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+        found = []
+        for e in data.get("errors") or []:
+            raw_field = e.get("field")
+            field_name = None if raw_field in (None, "", "null") else str(raw_field)
+            found.append((str(e.get("message") or "error"), field_name))
+        return tuple(found)
+    except (ValueError, AttributeError, TypeError):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+        return ((text.strip()[:300] or "no error text", None),)
+
+
+def _describe(status: int, errors: Iterable[tuple[str, str | None]]) -> str:
+    parts = [f"{message} ({where})" if where else message for message, where in errors]
+    return redact(f"SendGrid {status}: " + ("; ".join(parts) or "no error text"))[:1000]
+
+
+class SendGridTransport:
+    name = "sendgrid"
+
+    def __init__(
+        self,
+        api_key: str,
+        host: str = "https://api.sendgrid.com",
+        timeout_s: float = 10.0,
+        budget_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from sendgrid import SendGridAPIClient
+
+        # The client logs request headers (the API key) and bodies (addresses) at DEBUG.
+        logging.getLogger("python_http_client").setLevel(logging.WARNING)
+        self._client = SendGridAPIClient(api_key, host=host)
+        # python_http_client has no timeout by default: a stalled connection would hang the worker.
+        self._client.client.timeout = timeout_s
+        self.timeout_s = timeout_s
+        # Total time one send() may spend (several requests when split); the rest is retried later, so a
+        # batch never outlives its claim lease.
+        self.budget_s = budget_s
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"SendGridTransport(host={self._client.host!r})"
+
+    def send(self, batch: Batch) -> list[Result]:
+        items, results = prepare(batch)
+        if not items:
+            return results
+        base = base_body(batch)
+        base_size = len(json.dumps(base)) + len('"personalizations": [], ')
+        if base_size > MAX_REQUEST_BYTES:
+            return results + [_fail(i.recipient, "message is larger than SendGrid's 30 MB", 413) for i in items]
+        deadline = None if self.budget_s is None else self._clock() + self.budget_s
+        work: deque[list[_Item]] = deque(c.items for c in plan(items, base_size))
+        stop: _Answer | None = None  # once set, every request not yet made gets this outcome
+        while work:
+            chunk = work.popleft()
+            if stop is None and deadline is not None and deadline - self._clock() < self.timeout_s:
+                stop = _Answer("retry", error="time budget for this batch ran out before this request")
+            if stop is not None:
+                results.extend(self._results(chunk, stop, ambiguous=False))
+                continue
+            answer = self._post(base, chunk)
+            if answer.kind == "accepted":
+                results.extend(self._results(chunk, answer))
+            elif answer.kind == "retry":
+                results.extend(self._results(chunk, answer))
+                # The provider is busy or unwell: the rest waits for the retry too, without asking again now.
+                stop = replace(answer, error=f"not tried after: {answer.error}"[:1000], ambiguous=False)
+            elif answer.status == 400:
+                results.extend(self._isolate(chunk, answer, work))
+            elif answer.status == 413 and len(chunk) > 1:
+                half = len(chunk) // 2
+                work.extendleft([chunk[half:], chunk[:half]])
+            else:
+                # 401/403/404...: about the account or the API, not a recipient; every request would get the same.
+                results.extend(self._results(chunk, answer))
+                stop = answer
+        return results
+
+    def _results(self, chunk: Sequence[_Item], answer: _Answer, ambiguous: bool | None = None) -> list[Result]:
+        if answer.kind == "accepted":
+            return [Result(i.recipient.delivery_id, Outcome.SENT, provider_message_id=answer.message_id) for i in chunk]
+        outcome = Outcome.RETRY if answer.kind == "retry" else Outcome.FAILED
+        flag = answer.ambiguous if ambiguous is None else ambiguous
+        return [
+            Result(
+                i.recipient.delivery_id,
+                outcome,
+                error=answer.error,
+                error_code=answer.status,
+                retry_after_s=answer.retry_after_s,
+                ambiguous=flag,
+            )
+            for i in chunk
+        ]
+
+    def _isolate(self, chunk: list[_Item], answer: _Answer, work: deque[list[_Item]]) -> list[Result]:
+        """A 400: fail the personalizations it names and send the rest again; bisect when it names none."""
+        blamed: dict[int, list[tuple[str, str | None]]] = {}
+        unplaced = []
+        for message, where in answer.errors:
+            match = _PERSONALIZATION_FIELD.match(where or "")
+            if match and int(match.group(1)) < len(chunk):
+                blamed.setdefault(int(match.group(1)), []).append((message, where))
+            else:
+                unplaced.append((message, where))
+        if blamed:
+            failed = [
+                _fail(chunk[index].recipient, _describe(400, errors), 400) for index, errors in sorted(blamed.items())
+            ]
+            rest = [item for index, item in enumerate(chunk) if index not in blamed]
+            if rest:
+                work.appendleft(rest)
+            return failed
+        about_recipients = all(where is None or where.startswith("personalizations") for _, where in unplaced)
+        if len(chunk) > 1 and about_recipients:
+            half = len(chunk) // 2
+            work.extendleft([chunk[half:], chunk[:half]])
+            return []
+        return self._results(chunk, answer)
+
+    def _post(self, base: Mapping[str, Any], chunk: Sequence[_Item]) -> _Answer:
+        from python_http_client.exceptions import HTTPError
+
+        body = dict(base)
+        body["personalizations"] = [i.body for i in chunk]
+        started = time.monotonic()
+        try:
+            response = self._client.client.mail.send.post(request_body=body, timeout=self.timeout_s)
+        except HTTPError as exc:
+            status = int(exc.status_code)
+            errors = _provider_errors(exc.body)
+            text = _describe(status, errors)
+            log.warning("sendgrid.refused", status=status, recipients=len(chunk), error=text)
+            if status == 429 or status >= 500:
+                return _Answer("retry", status, error=text, retry_after_s=parse_retry_after(exc.headers))
+            return _Answer("failed", status, error=text, errors=errors)
+        except urllib.error.URLError as exc:
+            # Raised while connecting or sending the request: SendGrid cannot have accepted it.
+            reason = exc.reason
+            error = f"SendGrid unreachable: {type(reason).__name__}: {reason}"[:500]
+            log.warning("sendgrid.unreachable", recipients=len(chunk), error=error)
+            return _Answer("retry", error=error)
+        except (TimeoutError, http.client.HTTPException, OSError) as exc:
+            # The request went out and no complete answer came back: it may have been accepted.
+            error = f"no answer from SendGrid ({type(exc).__name__}); acceptance unknown"
+            log.warning("sendgrid.ambiguous", recipients=len(chunk), error=error, waited_s=time.monotonic() - started)
+            return _Answer("retry", error=error, ambiguous=True)
+        # Accepted: nothing below may raise, or the batch would be retried and sent twice.
+        message_id: str | None = None
+        try:
+            raw_id = response.headers.get("X-Message-Id")
+            message_id = str(raw_id)[:200] if raw_id else None
+            log.info("sendgrid.accepted", status=response.status_code, recipients=len(chunk), message_id=message_id)
+        except Exception:  # noqa: S110 - acceptance is recorded whatever the headers (or logging) do
+            pass
+        return _Answer("accepted", 202, message_id=message_id)

@@ -1,0 +1,46 @@
+"""``GET /api/conditions?q=``: condition suggestions for the sign-up form, from the learned vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
+from alerts import vocabulary
+from alerts.db import transaction
+from alerts.web.deps import RuntimeDep
+
+router = APIRouter(tags=["conditions"])
+MAX_SUGGESTIONS = 10
+
+
+class ConditionSuggestion(BaseModel):
+    label: str = Field(description="A phrasing trials use; what to show and to sign up with")
+    key: str = Field(description="Its condition key (case, accents and punctuation removed)")
+    concept: str | None = Field(description="The MeSH concept it resolves to (e.g. D007405), if any")
+    term: str | None = Field(description="That concept's MeSH term, e.g. 'Intervertebral Disc Displacement'")
+    trials: int = Field(description="Trials seen that are filed under the concept (or use the phrase)")
+    trials_including_narrower: int = Field(description="... plus trials filed under a narrower concept")
+
+
+@router.get(
+    "/api/conditions",
+    response_model=list[ConditionSuggestion],
+    summary="Suggest conditions to follow",
+    description=(
+        "Conditions whose phrasing starts with `q`, or has a word starting with it, one per MeSH concept "
+        "(or per phrase without one), most trials first; at most 10."
+    ),
+)
+def suggest_conditions(
+    runtime: RuntimeDep,
+    response: Response,
+    q: Annotated[str, Query(min_length=2, max_length=300, description="What the user typed so far")],
+) -> list[ConditionSuggestion]:
+    with transaction(runtime.engine) as session:
+        items = vocabulary.suggest(session, q, limit=MAX_SUGGESTIONS)
+    # The same query answers the same for a while: let browsers and proxies keep it for a few minutes.
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return [ConditionSuggestion(**asdict(item)) for item in items]

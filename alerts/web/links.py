@@ -1,0 +1,379 @@
+"""The links in our emails: ``/confirm/{token}``, ``/unsubscribe/{token}``, ``/manage/{token}``.
+
+GET and HEAD only ever show a page (mail scanners open links); changes need a POST. The unsubscribe URL
+also takes RFC 8058 one-click POSTs (``List-Unsubscribe=One-Click``, urlencoded or multipart, no cookies),
+answered 200 without a redirect. A bad or stale link gets a page that says what to do, never an error trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+
+from alerts import subscriptions
+from alerts.db import transaction
+from alerts.models import Subscriber, Subscription, SubscriptionKind, SubscriptionStatus
+from alerts.runtime import Runtime
+from alerts.tokens import Purpose, TokenError
+from alerts.web import pages
+from alerts.web.deps import RuntimeDep
+from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, RateLimited, RateLimiter
+
+log = structlog.get_logger("alerts.web.links")
+
+router = APIRouter()
+
+# Our tokens are well under this; anything longer is not worth verifying.
+MAX_TOKEN_LENGTH = 400
+GET_HEAD = ["GET", "HEAD"]
+
+
+def _verify(runtime: Runtime, purpose: Purpose, token: str) -> int:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError("invalid")
+    max_age = runtime.settings.confirm_max_age_s if purpose is Purpose.CONFIRM else None
+    return runtime.signer.verify(purpose, token, max_age)
+
+
+def _days(runtime: Runtime) -> int:
+    return max(1, runtime.settings.confirm_max_age_s // 86400)
+
+
+async def _read_form(request: Request) -> FormData:
+    try:
+        return await request.form(max_files=0, max_fields=20)
+    except Exception:  # malformed bodies must not stop an unsubscribe
+        return FormData()
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _no_longer_subscribed(request: Request) -> HTMLResponse:
+    return pages.problem(
+        request,
+        410,
+        "You unsubscribed from this alert",
+        "This confirmation link belongs to an alert you turned off, so it can't switch it back on.",
+        ["To get these alerts again, sign up again on the study page you came from."],
+    )
+
+
+# --- confirm ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pending:
+    status: str
+    what: str
+    manage_token: str
+
+
+def _load(session: Session, subscription_id: int) -> Pending | None:
+    subscription = session.get(Subscription, subscription_id)
+    if subscription is None:
+        return None
+    return Pending(
+        subscription.status, subscriptions.describe(session, subscription), subscription.subscriber.manage_token
+    )
+
+
+def _confirmed_page(request: Request, runtime: Runtime, state: Pending, already: bool) -> HTMLResponse:
+    context = {"what": state.what, "already": already, "manage_url": f"/manage/{state.manage_token}"}
+    return pages.render(request, "confirmed.html", context)
+
+
+def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> HTMLResponse:
+    if error.reason != "expired" or error.payload_id is None:
+        return pages.invalid_link(request)
+    with transaction(runtime.engine) as session:
+        state = _load(session, error.payload_id)
+    if state is None:
+        return pages.gone_link(request)
+    if state.status == SubscriptionStatus.ACTIVE:
+        return _confirmed_page(request, runtime, state, already=True)
+    if state.status == SubscriptionStatus.UNSUBSCRIBED:
+        return _no_longer_subscribed(request)
+    context = {"what": state.what, "action": f"/confirm/{token}/resend", "days": _days(runtime)}
+    return pages.render(request, "confirm_expired.html", context, status_code=410)
+
+
+@router.api_route("/confirm/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
+def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    """Shows what is being confirmed and a Confirm button; never changes anything."""
+    try:
+        subscription_id = _verify(runtime, Purpose.CONFIRM, token)
+    except TokenError as exc:
+        return _expired_confirm(request, runtime, token, exc)
+    with transaction(runtime.engine) as session:
+        state = _load(session, subscription_id)
+    if state is None:
+        return pages.gone_link(request)
+    if state.status == SubscriptionStatus.ACTIVE:
+        return _confirmed_page(request, runtime, state, already=True)
+    if state.status == SubscriptionStatus.UNSUBSCRIBED:
+        return _no_longer_subscribed(request)
+    return pages.render(request, "confirm.html", {"what": state.what, "action": f"/confirm/{token}"})
+
+
+@router.post("/confirm/{token}", include_in_schema=False, response_class=HTMLResponse)
+def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    try:
+        subscription_id = _verify(runtime, Purpose.CONFIRM, token)
+    except TokenError as exc:
+        return _expired_confirm(request, runtime, token, exc)
+    with transaction(runtime.engine) as session:
+        before = _load(session, subscription_id)
+        if before is not None and before.status == SubscriptionStatus.PENDING:
+            subscriptions.confirm(session, subscription_id)
+    if before is None:
+        return pages.gone_link(request)
+    if before.status == SubscriptionStatus.UNSUBSCRIBED:
+        return _no_longer_subscribed(request)
+    if before.status == SubscriptionStatus.PENDING:
+        log.info("subscription.confirmed", subscription_id=subscription_id)
+    return _confirmed_page(request, runtime, before, already=before.status == SubscriptionStatus.ACTIVE)
+
+
+@router.post("/confirm/{token}/resend", include_in_schema=False, response_class=HTMLResponse)
+def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    """A new confirmation email for a pending subscription whose link expired (per-address rate limit)."""
+    try:
+        subscription_id = _verify(runtime, Purpose.CONFIRM, token)
+    except TokenError as exc:
+        if exc.reason != "expired" or exc.payload_id is None:
+            return pages.invalid_link(request)
+        subscription_id = exc.payload_id
+    else:
+        # Still valid: nothing to resend, the link itself works.
+        return confirm_page(request, token, runtime)
+    limiter: RateLimiter = request.app.state.limiter
+    try:
+        with transaction(runtime.engine) as session:
+            state = _load(session, subscription_id)
+            pending = subscriptions.resend_confirmation(session, subscription_id)
+            if pending is not None:
+                limiter.hit(CONFIRM_PER_ADDRESS, runtime.settings.confirm_per_address, pending.subscriber.email_hash)
+    except RateLimited as exc:
+        log.info("confirmation.resend_rate_limited", subscription_id=subscription_id)
+        return pages.rate_limited_page(request, exc.retry_after_s)
+    if state is None:
+        return pages.gone_link(request)
+    if state.status == SubscriptionStatus.ACTIVE:
+        return _confirmed_page(request, runtime, state, already=True)
+    if pending is None:
+        return _no_longer_subscribed(request)
+    request.app.state.enqueue.send_confirmation(subscription_id)
+    log.info("confirmation.resent", subscription_id=subscription_id)
+    return pages.render(request, "confirm_resent.html", {"days": _days(runtime)})
+
+
+# --- unsubscribe --------------------------------------------------------------------------------------
+
+
+def _other_active(session: Session, subscriber_id: int, subscription_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Subscription)
+            .where(
+                Subscription.subscriber_id == subscriber_id,
+                Subscription.id != subscription_id,
+                Subscription.status != SubscriptionStatus.UNSUBSCRIBED,
+            )
+        )
+        or 0
+    )
+
+
+@router.api_route("/unsubscribe/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
+def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    """Offers 'this alert' and 'all alerts'; never changes anything (the POST does)."""
+    try:
+        subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    with transaction(runtime.engine) as session:
+        subscription = session.get(Subscription, subscription_id)
+        if subscription is None:
+            return pages.gone_link(request)
+        context = {
+            "what": subscriptions.describe(session, subscription),
+            "active": subscription.status != SubscriptionStatus.UNSUBSCRIBED,
+            "others": _other_active(session, subscription.subscriber_id, subscription_id),
+            "action": f"/unsubscribe/{token}",
+            "manage_url": f"/manage/{subscription.subscriber.manage_token}",
+        }
+    return pages.render(request, "unsubscribe.html", context)
+
+
+@router.post("/unsubscribe/{token}", include_in_schema=False, response_class=HTMLResponse)
+async def unsubscribe_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    """One-click (RFC 8058) and the page's buttons: immediate, idempotent, 200 without a redirect."""
+    form = await _read_form(request)
+    return await run_in_threadpool(_unsubscribe, request, token, runtime, form)
+
+
+def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    try:
+        subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    scope = "all" if _field(form, "scope") == "all" else "one"
+    via = "one-click" if _field(form, "List-Unsubscribe") == "One-Click" else "page"
+    with transaction(runtime.engine) as session:
+        subscription = session.get(Subscription, subscription_id)
+        if subscription is None:
+            # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
+            log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=False)
+            return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
+        what = subscriptions.describe(session, subscription)
+        manage_url = f"/manage/{subscription.subscriber.manage_token}"
+        if scope == "all":
+            subscriptions.unsubscribe_all(session, subscription.subscriber_id)
+        else:
+            subscriptions.unsubscribe(session, subscription_id)
+    log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=True)
+    return pages.render(request, "unsubscribed.html", {"scope": scope, "what": what, "manage_url": manage_url})
+
+
+# --- manage -------------------------------------------------------------------------------------------
+
+STATUS_LABELS = {
+    SubscriptionStatus.ACTIVE: "Active",
+    SubscriptionStatus.PENDING: "Waiting for you to confirm",
+    SubscriptionStatus.UNSUBSCRIBED: "Unsubscribed",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    name: str
+    detail: str | None
+    status: str
+    status_label: str
+
+
+def _items(session: Session, subscriber_id: int) -> list[Item]:
+    items = []
+    for listed in subscriptions.list_subscriptions(session, subscriber_id):
+        sub = listed.subscription
+        if sub.kind == SubscriptionKind.TRIAL:
+            name = f"Changes to study {sub.target}"
+            detail = listed.title
+        else:
+            name = f"New studies for {sub.label}"
+            detail = None
+        items.append(Item(sub.id, name, detail, sub.status, STATUS_LABELS.get(SubscriptionStatus(sub.status), "")))
+    return items
+
+
+def _manage_page(
+    request: Request,
+    runtime: Runtime,
+    token: str,
+    subscriber_id: int,
+    notice: str | None = None,
+    erase_error: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    with transaction(runtime.engine) as session:
+        items = _items(session, subscriber_id)
+    context = {
+        "items": items,
+        "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
+        "base_action": f"/manage/{token}",
+        "notice": notice,
+        "erase_error": erase_error,
+    }
+    return pages.render(request, "manage.html", context, status_code=status_code)
+
+
+def _subscriber_id(runtime: Runtime, token: str) -> int | None:
+    """The subscriber behind a manage token, or None when the token is fine but the person was erased.
+
+    Raises TokenError for a bad token.
+    """
+    subscriber_id = _verify(runtime, Purpose.MANAGE, token)
+    with transaction(runtime.engine) as session:
+        found = session.scalar(select(Subscriber.id).where(Subscriber.id == subscriber_id))
+    return int(found) if found is not None else None
+
+
+@router.api_route("/manage/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
+def manage_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    try:
+        subscriber_id = _subscriber_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    if subscriber_id is None:
+        return pages.gone_link(request)
+    return _manage_page(request, runtime, token, subscriber_id)
+
+
+@router.post("/manage/{token}/unsubscribe", include_in_schema=False, response_class=HTMLResponse)
+async def manage_unsubscribe(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    form = await _read_form(request)
+    return await run_in_threadpool(_manage_unsubscribe, request, token, runtime, form)
+
+
+def _manage_unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    try:
+        subscriber_id = _subscriber_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    if subscriber_id is None:
+        return pages.gone_link(request)
+    notice = None
+    with transaction(runtime.engine) as session:
+        if _field(form, "scope") == "all":
+            subscriptions.unsubscribe_all(session, subscriber_id)
+            notice = "You're unsubscribed from all alerts."
+            log.info("subscription.unsubscribed", subscriber_id=subscriber_id, scope="all", via="manage")
+        elif _field(form, "subscription").isdigit():
+            subscription = session.get(Subscription, int(_field(form, "subscription")))
+            # Only the subscriber's own subscriptions, whatever id the form carries.
+            if subscription is not None and subscription.subscriber_id == subscriber_id:
+                subscriptions.unsubscribe(session, subscription.id)
+                notice = f"You're unsubscribed from {subscriptions.describe(session, subscription)}."
+                log.info("subscription.unsubscribed", subscription_id=subscription.id, scope="one", via="manage")
+    return _manage_page(request, runtime, token, subscriber_id, notice=notice)
+
+
+@router.post("/manage/{token}/erase", include_in_schema=False, response_class=HTMLResponse)
+async def manage_erase(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    form = await _read_form(request)
+    return await run_in_threadpool(_manage_erase, request, token, runtime, form)
+
+
+def _manage_erase(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    try:
+        subscriber_id = _subscriber_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    if subscriber_id is None:
+        # Already erased (a double click): the outcome they asked for holds.
+        return pages.render(request, "erased.html")
+    if _field(form, "confirm") != "yes":
+        return _manage_page(
+            request,
+            runtime,
+            token,
+            subscriber_id,
+            erase_error="Tick the box to confirm that you want everything deleted.",
+            status_code=400,
+        )
+    with transaction(runtime.engine) as session:
+        subscriptions.erase(session, subscriber_id)
+    log.info("subscriber.erased", subscriber_id=subscriber_id)
+    return pages.render(request, "erased.html")

@@ -1,0 +1,225 @@
+"""HTML pages for subscribers: the Jinja2 templates in ``templates/web``, friendly error pages, and the
+error handling that makes sure a visitor never sees a stack trace.
+
+Every page is sent with headers that keep tokens private (no Referer to other sites, no caching, no
+indexing) and with a strict Content-Security-Policy: the pages use no JavaScript and one stylesheet.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from alerts.rendering import TEMPLATES_DIR
+
+log = structlog.get_logger("alerts.web")
+
+STATIC_DIR = TEMPLATES_DIR.parent / "static"
+
+templates = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR / "web"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
+
+
+def capitalize_first(text: str) -> str:
+    """'changes to study NCT…' -> 'Changes to study NCT…' (unlike ``capitalize``, the rest is left alone)."""
+    return text[:1].upper() + text[1:]
+
+
+templates.env.filters["capitalize_first"] = capitalize_first
+
+_CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors {}"
+
+
+def page_headers(embeddable: bool = False) -> dict[str, str]:
+    """Headers for every HTML page. Only the sign-up form may be framed (a trial page can embed it)."""
+    headers = {
+        "Content-Security-Policy": _CSP.format("*" if embeddable else "'none'"),
+        # Page URLs carry tokens: never send them to another site, never keep them in a shared cache.
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "X-Robots-Tag": "noindex, nofollow",
+    }
+    if not embeddable:
+        headers["X-Frame-Options"] = "DENY"
+    return headers
+
+
+def site_context(request: Request) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    return {"site_name": runtime.settings.site_name}
+
+
+def render(
+    request: Request,
+    name: str,
+    context: Mapping[str, Any] | None = None,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+    embeddable: bool = False,
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        name,
+        site_context(request) | dict(context or {}),
+        status_code=status_code,
+        headers=page_headers(embeddable) | dict(headers or {}),
+    )
+
+
+def problem(
+    request: Request,
+    status_code: int,
+    title: str,
+    message: str,
+    next_steps: list[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    """A friendly page for something that cannot be done: what happened and what to do next."""
+    context = {"title": title, "message": message, "next_steps": next_steps or []}
+    return render(request, "problem.html", context, status_code=status_code, headers=headers)
+
+
+def invalid_link(request: Request) -> HTMLResponse:
+    """Tampered, truncated or wrong-kind token: 400."""
+    return problem(
+        request,
+        400,
+        "This link doesn't work",
+        "The link may have been cut short or changed when it was copied.",
+        [
+            "Open the link straight from the email, or copy the whole address into your browser.",
+            "Every email we send has working links to unsubscribe and to manage your alerts.",
+        ],
+    )
+
+
+def gone_link(request: Request) -> HTMLResponse:
+    """A genuine link whose subscription or subscriber no longer exists (erased, expired sign-up): 404."""
+    return problem(
+        request,
+        404,
+        "This link is no longer valid",
+        "The alert it was for no longer exists, so nothing more will be sent from it.",
+        ["If you want alerts again, sign up on the study page you came from."],
+    )
+
+
+def wants_html(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith("/api/") or path in {"/openapi.json", "/healthz"}:
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def wait_phrase(seconds: int) -> str:
+    """'about 5 minutes', 'about 3 hours': precise enough for a person, never '1440 minutes'."""
+    if seconds < 90:
+        return "a minute"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} minutes"
+    hours = round(seconds / 3600)
+    return "about an hour" if hours == 1 else f"about {hours} hours"
+
+
+def rate_limited_page(request: Request, retry_after_s: int) -> HTMLResponse:
+    return problem(
+        request,
+        429,
+        "Please wait a little",
+        f"We've had too many sign-up requests. Please try again in {wait_phrase(retry_after_s)}.",
+        ["If you've signed up already, look for our confirmation email, and check your spam folder."],
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Browsers get a page for unknown addresses and wrong methods; API clients keep FastAPI's JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405) and wants_html(request):
+        title = "Page not found" if exc.status_code == 404 else "This page can't be used that way"
+        response = problem(
+            request,
+            exc.status_code,
+            title,
+            "There's nothing here. If you followed a link from one of our emails, open it again from the email.",
+        )
+        response.headers.update(exc.headers or {})
+        return response
+    return await http_exception_handler(request, exc)
+
+
+class FriendlyErrors:
+    """ASGI middleware: an unhandled exception becomes a generic 500 page (JSON under /api/).
+
+    Logged with the route and the stack but not the exception's message, which can carry SQL parameters
+    (an address). The exception stops here, so the server does not log it again in full.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            route = scope.get("route")
+            log.error(
+                "web.unhandled_error",
+                route=getattr(route, "path", None),
+                method=scope.get("method"),
+                error=type(exc).__name__,
+                stack="".join(traceback.format_tb(exc.__traceback__)),
+            )
+            if started:
+                raise
+            request = Request(scope)
+            response: Response
+            if request.url.path.startswith("/api/") or not wants_html(request):
+                response = JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+            else:
+                response = problem(
+                    request,
+                    500,
+                    "Something went wrong on our side",
+                    "We couldn't finish that. Nothing you did caused this, and we've been told about it.",
+                    ["Please try again in a few minutes."],
+                )
+            await response(scope, receive, send)
+
+
+def install(app: FastAPI) -> None:
+    """Static files, friendly error pages, and the 500 safety net."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    handler: Callable[[Request, Exception], Awaitable[Response]] = _http_error
+    app.add_exception_handler(StarletteHTTPException, handler)
+    app.add_middleware(FriendlyErrors)

@@ -1,0 +1,168 @@
+"""Sign-up rate limits on the real Redis: per client IP, per address (confirmation emails only)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from alerts.config import ConfigError, load_settings
+from alerts.models import SubscriptionStatus
+from alerts.runtime import Runtime
+from alerts.transports.memory import MemoryTransport
+from alerts.web.ratelimit import RateLimited, RateLimiter
+from tests.conftest import REDIS_URL, SECRET, InlineEnqueue
+from tests.factories import follow
+from tests.web.journey import client_for, limited_app, subscriptions_of
+
+TRIAL = "NCT06740149"
+HTML = {"Accept": "text/html"}
+
+
+@pytest.fixture
+def app(runtime: Runtime, inline: InlineEnqueue, request: pytest.FixtureRequest) -> Iterator[FastAPI]:
+    limits = getattr(request, "param", {"signup_per_ip": "3/minute", "confirm_per_address": "2/day"})
+    app = limited_app(runtime, inline, **limits)
+    yield app
+    app.state.limiter.reset()
+
+
+@pytest.fixture
+def limited(app: FastAPI) -> TestClient:
+    return client_for(app)
+
+
+def redis_keys(runtime: Runtime) -> list[str]:
+    conn = redis.Redis.from_url(REDIS_URL)
+    return [k.decode() for k in conn.scan_iter(f"{runtime.settings.ratelimit_prefix}*")]
+
+
+def test_per_ip_limit_answers_429_with_retry_after_then_resets(limited: TestClient, app: FastAPI) -> None:
+    for n in range(3):
+        response = limited.post("/api/subscriptions", json={"email": f"p{n}@example.org", "trial": TRIAL})
+        assert response.status_code == 202
+    over = limited.post("/api/subscriptions", json={"email": "p9@example.org", "trial": TRIAL})
+    assert over.status_code == 429
+    retry_after = int(over.headers["Retry-After"])
+    assert 0 < retry_after <= 60
+    assert over.json()["retry_after_s"] == retry_after
+    page = limited.post("/subscribe", data={"email": "p9@example.org", "trial": TRIAL}, headers=HTML)
+    assert page.status_code == 429
+    assert int(page.headers["Retry-After"]) > 0
+    assert "Please wait a little" in page.text
+    assert "p9@example.org" not in page.text
+
+    app.state.limiter.reset()
+    assert limited.post("/api/subscriptions", json={"email": "p9@example.org", "trial": TRIAL}).status_code == 202
+
+
+def test_invalid_input_does_not_use_up_the_limit(limited: TestClient) -> None:
+    for _ in range(5):
+        assert limited.post("/api/subscriptions", json={"email": "nope", "trial": TRIAL}).status_code == 422
+        assert limited.post("/subscribe", data={"email": "nope", "trial": TRIAL}).status_code == 422
+    assert limited.post("/api/subscriptions", json={"email": "ok@example.org", "trial": TRIAL}).status_code == 202
+
+
+@pytest.mark.parametrize("app", [{"signup_per_ip": "2/second"}], indirect=True)
+def test_the_window_moves_on(limited: TestClient) -> None:
+    def attempt() -> int:
+        return int(limited.post("/api/subscriptions", json={"email": "w@example.org", "trial": TRIAL}).status_code)
+
+    assert [attempt(), attempt()] == [202, 202]
+    over = limited.post("/api/subscriptions", json={"email": "w@example.org", "trial": TRIAL})
+    assert over.status_code == 429
+    assert over.headers["Retry-After"] == "1"
+    time.sleep(1.1)
+    assert attempt() == 202
+
+
+@pytest.mark.parametrize("app", [{"signup_per_ip": "100/minute", "confirm_per_address": "2/day"}], indirect=True)
+def test_per_address_limit_counts_confirmation_emails_only(
+    limited: TestClient, runtime: Runtime, memory: MemoryTransport
+) -> None:
+    follow(runtime, "a@example.org", trial="NCT00000001")
+    # Re-submitting what is already active sends nothing, so it does not count.
+    for _ in range(4):
+        assert (
+            limited.post("/api/subscriptions", json={"email": "a@example.org", "trial": "NCT00000001"}).status_code
+            == 202
+        )
+    # Two confirmation emails are allowed, whatever the spelling of the address.
+    assert limited.post("/api/subscriptions", json={"email": "a@example.org", "trial": TRIAL}).status_code == 202
+    assert limited.post("/api/subscriptions", json={"email": "A@EXAMPLE.org", "condition": "gout"}).status_code == 202
+    over = limited.post("/api/subscriptions", json={"email": "a@example.org", "condition": "asthma"})
+    assert over.status_code == 429
+    assert int(over.headers["Retry-After"]) > 23 * 3600
+    # Refused means refused: no subscription, no email.
+    assert sorted(s.label for s in subscriptions_of(runtime, "a@example.org")) == ["NCT00000001", TRIAL, "gout"]
+    assert len(memory.messages) == 2
+    # Other addresses are not affected.
+    assert limited.post("/api/subscriptions", json={"email": "b@example.org", "condition": "asthma"}).status_code == 202
+
+
+@pytest.mark.parametrize("app", [{"signup_per_ip": "100/minute", "confirm_per_address": "3/day"}], indirect=True)
+def test_form_with_two_choices_counts_two_emails(limited: TestClient, runtime: Runtime) -> None:
+    both = {"email": "two@example.org", "trial": TRIAL, "condition": "Liver Failure"}
+    assert limited.post("/subscribe", data=both, follow_redirects=False).status_code == 303
+    both["condition"] = "Gout"
+    response = limited.post("/subscribe", data=both, follow_redirects=False)
+    # The trial is pending (its email counted again) and "Gout" would make four: refused as a whole.
+    assert response.status_code == 429
+    assert [s.label for s in subscriptions_of(runtime, "two@example.org")] == [TRIAL, "Liver Failure"]
+    assert all(s.status == SubscriptionStatus.PENDING for s in subscriptions_of(runtime, "two@example.org"))
+
+
+def test_keys_are_hashes_under_the_prefix(limited: TestClient, runtime: Runtime) -> None:
+    limited.post("/api/subscriptions", json={"email": "private@example.org", "trial": TRIAL})
+    keys = redis_keys(runtime)
+    assert len(keys) == 2  # one per-IP window, one per-address window
+    assert all(k.startswith(runtime.settings.ratelimit_prefix) for k in keys)
+    assert any(runtime.hasher("private@example.org") in k for k in keys)
+    assert not any("private" in k or "@" in k or "testclient" in k for k in keys)
+
+
+def test_resend_counts_against_the_address(
+    app: FastAPI, runtime: Runtime, memory: MemoryTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limited = client_for(app)
+    limited.post("/api/subscriptions", json={"email": "r@example.org", "trial": TRIAL})
+    [sub] = subscriptions_of(runtime, "r@example.org")
+    real = time.time
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time", lambda: real() - 8 * 86400)
+        from alerts.tokens import Purpose
+
+        token = runtime.signer.sign(Purpose.CONFIRM, sub.id)
+    assert limited.post(f"/confirm/{token}/resend").status_code == 200  # second email of two
+    over = limited.post(f"/confirm/{token}/resend", headers=HTML)
+    assert over.status_code == 429
+    assert "Retry-After" in over.headers
+    assert len(memory.messages) == 2
+
+
+def test_memory_storage_without_redis() -> None:
+    settings = load_settings(env="test", secret_key=SECRET, redis_url=None)
+    limiter = RateLimiter.from_settings(settings)
+    limiter.hit("x", "1/minute", "k")
+    with pytest.raises(RateLimited) as caught:
+        limiter.hit("x", "1/minute", "k")
+    assert 0 < caught.value.retry_after_s <= 60
+    limiter.reset()
+    limiter.hit("x", "1/minute", "k")
+
+
+def test_redis_outage_lets_sign_ups_through() -> None:
+    settings = load_settings(env="test", secret_key=SECRET, redis_url="redis://127.0.0.1:1/0")
+    limiter = RateLimiter.from_settings(settings)
+    for _ in range(3):
+        limiter.hit("x", "1/minute", "k")  # logged, not raised
+
+
+def test_limits_are_validated_settings() -> None:
+    with pytest.raises(ConfigError, match="ALERTS_SIGNUP_PER_IP"):
+        load_settings(env="test", secret_key=SECRET, signup_per_ip="twenty an hour")
+    assert load_settings(env="test", secret_key=SECRET, confirm_per_address="5 per 2 days").confirm_per_address
