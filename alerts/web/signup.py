@@ -119,10 +119,13 @@ def perform_signup(
 ) -> None:
     """Sign ``address`` up for ``targets`` and queue the confirmations. Raises RateLimited.
 
-    The per-address limit counts confirmation emails only; going over it rolls the sign-up back.
+    The per-address limit counts every attempt, whether or not it leads to an email: counting only
+    confirmation emails would answer 429 for a new address but 202 for an active one, telling a stranger
+    whether someone is subscribed.
     """
     settings = runtime.settings
     limiter.hit(SIGNUP_PER_IP, settings.signup_per_ip, ip_key)
+    limiter.hit(CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address), len(targets))
     to_confirm: list[int] = []
     for attempt in range(3):
         try:
@@ -132,10 +135,6 @@ def perform_signup(
                     for target in targets
                 ]
                 to_confirm = [o.subscription_id for o in outcomes if o.needs_confirmation]
-                if to_confirm:
-                    limiter.hit(
-                        CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address), len(to_confirm)
-                    )
             break
         except IntegrityError:
             # Two sign-ups for one new address raced; the loser finds the winner's rows next time.
