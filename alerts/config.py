@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     # Redis for rate limits; None means in-process memory (fine for a single dev process).
     redis_url: str | None = None
-    # Sign-up rate limits ("limits" strings: "20/hour", "3/day", "5 per 10 minutes"). Per client IP for every
-    # sign-up; per address only for sign-ups that send a confirmation email. Keys live under the prefix.
+    # Sign-up rate limits ("limits" strings: "20/hour", "3/day", "5 per 10 minutes"): per client IP, and per
+    # address for every attempt (known or not, so a 429 reveals nothing). Keys live under the prefix.
     signup_per_ip: str = "20/hour"
     confirm_per_address: str = "3/day"
     ratelimit_prefix: str = "alerts-ratelimit"
