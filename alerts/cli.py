@@ -21,6 +21,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 events_app = typer.Typer(help="Events received and rejected.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(events_app, name="events")
+vocabulary_app = typer.Typer(help="Condition vocabulary learned from MeSH indexing.", no_args_is_help=True)
+app.add_typer(vocabulary_app, name="vocabulary")
 app.add_typer(suppressions_app, name="suppressions")
 console = Console()
 
@@ -143,6 +145,34 @@ def events_list(limit: int = 30) -> None:
                 str(e.recipients),
                 e.reason or ", ".join(c["label"] for c in e.changes),
             )
+    console.print(table)
+
+
+@vocabulary_app.command("learn")
+def vocabulary_learn() -> None:
+    """Learn condition phrasings from stored trials never learned from (e.g. stored before 0002)."""
+    from alerts import vocabulary
+    from alerts.db import transaction
+
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        count = vocabulary.learn_stored_trials(session)
+    console.print(f"learned from {count} stored trial(s)")
+
+
+@vocabulary_app.command("suggest")
+def vocabulary_suggest(query: str) -> None:
+    """What the sign-up form would suggest for QUERY (GET /api/conditions)."""
+    from alerts import vocabulary
+    from alerts.db import transaction
+
+    runtime = _runtime()
+    table = Table(title=f"Suggestions for {query!r}")
+    for column in ("label", "concept", "term", "trials"):
+        table.add_column(column)
+    with transaction(runtime.engine) as session:
+        for item in vocabulary.suggest(session, query):
+            table.add_row(item.label, item.concept or "-", item.term or "-", str(item.trials))
     console.print(table)
 
 

@@ -90,6 +90,8 @@ class DeliveryStatus(enum.StrEnum):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # Ids are in signed links; SQLite must never hand an erased subscriber's id to someone new.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -110,6 +112,7 @@ class Subscription(Base):
         UniqueConstraint("subscriber_id", "kind", "target", name="uq_subscriptions_subscriber_target"),
         # Matching reads active subscriptions by target, in subscriber order.
         Index("ix_subscriptions_match", "kind", "target", "status", "subscriber_id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -1,4 +1,4 @@
-"""Sending one batch of deliveries: claim the rows, hand one shared rendering to the transport, record.
+"""Sending one batch of deliveries: claim the rows, hand the shared rendering(s) to the transport, record.
 
 The claim (queued -> sending, with a lease) commits before the transport is called, so two workers never
 send the same rows; if a worker dies mid-send, the lease runs out and maintenance re-queues the rows.

@@ -47,6 +47,7 @@ from alerts.models import (
     ConditionSuffix,
     Subscription,
     SubscriptionKind,
+    Trial,
     TrialVocabulary,
     utcnow,
 )
@@ -394,8 +395,6 @@ def concept_term(session: Session, concept: str) -> str | None:
 
 def learn_stored_trials(session: Session, batch: int = 500) -> int:
     """Learn from stored trial versions never learned from (e.g. stored before the vocabulary existed)."""
-    from alerts.models import Trial
-
     count = 0
     while True:
         missing = ~exists().where(TrialVocabulary.nct_id == Trial.nct_id)

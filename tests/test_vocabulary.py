@@ -11,6 +11,8 @@ from sqlalchemy import select
 from alerts import vocabulary
 from alerts.conditions import condition_key
 from alerts.db import transaction
+from alerts.events import parse_event
+from alerts.intake import accept
 from alerts.models import ConditionConcept, ConditionPhrase, ConditionPhraseConcept, Subscription
 from alerts.pipeline import Rejected, ingest
 from alerts.runtime import Runtime
@@ -107,6 +109,13 @@ def load(runtime: Runtime, inline: InlineEnqueue, records: list[dict[str, Any]])
         assert not isinstance(outcome, Rejected) and outcome.status == "no_op"
 
 
+def load_all(runtime: Runtime) -> None:
+    """Every real record seen once, in one transaction (quicker than one event each)."""
+    with transaction(runtime.engine) as session:
+        for record in all_studies():
+            accept(session, parse_event(changed_event(record)), runtime.renderer, runtime.site)
+
+
 def counts(runtime: Runtime) -> dict[str, Any]:
     with transaction(runtime.engine) as session:
         return {
@@ -192,8 +201,8 @@ def test_a_subscriber_with_two_phrasings_of_one_concept_keeps_both(runtime: Runt
     assert targets[1] == "mesh:D007405" and targets[0] in {"herniated disc", "disk herniated"}
 
 
-def test_suggestions_rank_concepts_by_trials_and_match_words(runtime: Runtime, inline: InlineEnqueue) -> None:
-    load(runtime, inline, all_studies())
+def test_suggestions_rank_concepts_by_trials_and_match_words(runtime: Runtime) -> None:
+    load_all(runtime)
     learned = [vocabulary.extract(r) for r in all_studies()]
     filed = {c: sum(1 for item in learned if c in item.concepts) for c in (DISPLACEMENT, HERNIA)}
     with transaction(runtime.engine) as session:
@@ -223,7 +232,7 @@ def test_precision_and_recall_over_every_real_record(runtime: Runtime, inline: I
     from tests.factories import new_trial_event
 
     records = all_studies()
-    load(runtime, inline, records)
+    load_all(runtime)
     learned = {r["protocolSection"]["identificationModule"]["nctId"]: vocabulary.extract(r) for r in records}
     concepts = sorted({c for item in learned.values() for c in item.concepts})
     labels = {k: label for item in learned.values() for k, label in item.phrases.items()}
@@ -260,3 +269,21 @@ def test_precision_and_recall_over_every_real_record(runtime: Runtime, inline: I
         expected = {n for n, item in learned.items() if concept in item.concepts}
         assert got.get(concept, set()) == expected, (concept, terms[concept], chosen[concept])
     assert sent == len(rows) == sum(len(item.concepts) for item in learned.values())
+
+
+def test_trials_stored_before_the_vocabulary_existed_are_learned_once(runtime: Runtime, inline: InlineEnqueue) -> None:
+    from sqlalchemy import delete
+
+    from alerts.models import ConditionSuffix, TrialVocabulary
+
+    load(runtime, inline, [study(n) for n in ("NCT00124774", "NCT01339377", "NCT01367860")])
+    learned = counts(runtime)
+    with transaction(runtime.engine) as session:  # as right after migrating to 0002
+        for model in (TrialVocabulary, ConditionPhraseConcept, ConditionSuffix, ConditionPhrase, ConditionConcept):
+            session.execute(delete(model))
+    with transaction(runtime.engine) as session:
+        assert vocabulary.learn_stored_trials(session, batch=2) == 3
+    assert counts(runtime) == learned
+    with transaction(runtime.engine) as session:
+        assert vocabulary.learn_stored_trials(session) == 0
+        assert vocabulary.resolve(session, "Herniated Disk") == DISPLACEMENT

@@ -76,6 +76,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscribers")),
         sa.UniqueConstraint("email", name=op.f("uq_subscribers_email")),
         sa.UniqueConstraint("email_hash", name=op.f("uq_subscribers_email_hash")),
+        # SQLite would otherwise reuse the id of an erased subscriber, and old links would reach the new one.
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "suppressions",
@@ -133,6 +135,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
         sa.UniqueConstraint("subscriber_id", "kind", "target", name="uq_subscriptions_subscriber_target"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("subscriptions", schema=None) as batch_op:
         batch_op.create_index("ix_subscriptions_match", ["kind", "target", "status", "subscriber_id"], unique=False)
