@@ -24,10 +24,12 @@ from alerts.models import (
     DeliveryCount,
     DeliveryStatus,
     Event,
+    EventContent,
     RejectedEvent,
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    WebhookEvent,
     utcnow,
 )
 
@@ -124,7 +126,15 @@ def prune_history(session: Session, retention_days: int) -> int:
         .values(content=None)
         .execution_options(synchronize_session=False)
     )
+    old_events = select(Event.id).where(Event.received_at < cutoff)
+    session.execute(
+        delete(EventContent)
+        .where(EventContent.event_id.in_(old_events.scalar_subquery()))
+        .execution_options(synchronize_session=False)
+    )
     session.execute(delete(RejectedEvent).where(RejectedEvent.received_at < cutoff))
+    # Provider events are only kept to deduplicate SendGrid's retries, which stop after days.
+    session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < cutoff))
     return _rowcount(result)
 
 

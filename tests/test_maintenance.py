@@ -111,3 +111,18 @@ def test_old_history_is_pruned_to_daily_counts(
         assert session.scalar(select(func.count()).select_from(Delivery)) == 0
         counts = [(c.day, c.status, c.count) for c in session.scalars(select(DeliveryCount))]
     assert counts == [(long_ago.date(), "sent", 3)]
+
+
+def test_pruning_drops_old_renderings(runtime: Runtime, inline: InlineEnqueue) -> None:
+    from alerts.models import Event, EventContent
+
+    follow(runtime, "a@example.org", condition="Herniated Disc")
+    ingest(runtime, new_trial_event(study("NCT00124774"), "Herniated Disc"), inline, "t")
+    with transaction(runtime.engine) as session:
+        assert session.scalar(select(func.count()).select_from(EventContent)) >= 1
+        session.execute(update(Event).values(received_at=utcnow() - timedelta(days=200)))
+        session.execute(update(Delivery).values(created_at=utcnow() - timedelta(days=200)))
+    run(runtime, inline)
+    with transaction(runtime.engine) as session:
+        assert session.scalar(select(func.count()).select_from(EventContent)) == 0
+        assert session.scalar(select(Event.content)) is None
