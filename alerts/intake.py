@@ -7,8 +7,9 @@ the commit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -28,6 +29,8 @@ class Accepted:
     status: str  # fanned_out | no_op | duplicate
     recipients: int
     reason: str | None = None
+    # Seconds spent per stage (match = reading and deciding, rows = the INSERT ... SELECT, render).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
@@ -66,6 +69,8 @@ def _changed(event: TrialEvent, snapshot: Trial | None) -> tuple[Mapping[str, An
 
 
 def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any]) -> Accepted:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
     existing = session.scalar(select(Event).where(Event.idempotency_key == event.idempotency_key))
     if existing is not None:
         return Accepted(existing.id, "duplicate", 0, "already received")
@@ -117,7 +122,9 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
     session.flush()
     if reason is None:
         row.status = EventStatus.FANNED_OUT
+        rows_started = time.perf_counter()
         row.recipients = create_deliveries(session, row.id, kind, targets, dedupe, broader_targets=broader, facts=facts)
+        timings["rows_s"] = time.perf_counter() - rows_started
         if row.recipients:
             shared = {**site, **context()}
 
@@ -127,7 +134,10 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
 
             # Rendered (and CSS-inlined) once per variant (followed label) for all its recipients;
             # skipped when nobody is listening.
+            render_started = time.perf_counter()
             contents.render_variants(session, row, render)
+            timings["render_s"] = time.perf_counter() - render_started
     else:
         row.reason = reason
-    return Accepted(row.id, row.status, row.recipients, row.reason)
+    timings["match_s"] = time.perf_counter() - started - sum(timings.values())
+    return Accepted(row.id, row.status, row.recipients, row.reason, timings)

@@ -102,6 +102,13 @@ def ingest(
     if isinstance(event, Rejected):
         return event
     outcome = _accept(runtime, event)
+    timings = dict(outcome.timings)
+    if outcome.status == "fanned_out" and outcome.recipients:
+        started = time.perf_counter()
+        batches = dispatch(runtime, outcome.event_id, enqueue)
+        timings["dispatch_s"] = time.perf_counter() - started
+    else:
+        batches = 0
     log.info(
         "event.accepted",
         event_id=outcome.event_id,
@@ -109,10 +116,10 @@ def ingest(
         type=event.type,
         status=outcome.status,
         recipients=outcome.recipients,
+        batches=batches,
         reason=outcome.reason,
+        timings={k: round(v, 4) for k, v in timings.items()},
     )
-    if outcome.status == "fanned_out" and outcome.recipients:
-        dispatch(runtime, outcome.event_id, enqueue)
     return outcome
 
 
@@ -138,6 +145,7 @@ def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> Sen
         retry=report.retry,
         skipped=report.skipped,
         suppressed=report.suppressed,
+        timings={k: round(v, 4) for k, v in report.timings.items()},
     )
     return report
 

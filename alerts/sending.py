@@ -61,6 +61,9 @@ class SendReport:
     suppressed: int = 0
     retry_ids: list[int] = field(default_factory=list)
     retry_after_s: float | None = None
+    # Seconds per stage: claim (claim + read recipients), prepare, transport (build + http when the
+    # transport reports them), record.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def alert_headers() -> dict[str, str]:
@@ -181,6 +184,27 @@ def give_up(engine: Engine, ids: Sequence[int], error: str) -> None:
         )
 
 
+def _record(engine: Engine, results: Sequence[Result], report: SendReport) -> None:
+    """The provider has answered: a database hiccup now must not lose an acceptance (the lease would run out
+    and the rows be sent again), so recording is retried briefly before giving up."""
+    for attempt in range(4):
+        try:
+            attempt_report = SendReport()
+            with transaction(engine) as session:
+                record_results(session, results, attempt_report)
+            break
+        except (OperationalError, InterfaceError):
+            if attempt == 3:
+                raise
+            time.sleep(0.25 * 2**attempt)
+    report.sent += attempt_report.sent
+    report.failed += attempt_report.failed
+    report.retry += attempt_report.retry
+    report.retry_ids += attempt_report.retry_ids
+    if attempt_report.retry_after_s is not None:
+        report.retry_after_s = max(report.retry_after_s or 0.0, attempt_report.retry_after_s)
+
+
 def send_range(
     engine: Engine,
     transport: Transport,
@@ -193,6 +217,8 @@ def send_range(
 ) -> SendReport:
     """Send the queued deliveries of ``event_id`` with after_id < id <= upto_id."""
     report = SendReport()
+    clock = time.perf_counter
+    started = clock()
     with transaction(engine) as session:
         ids = _claim(session, event_id, after_id, upto_id, lease_s)
         if not ids:
@@ -213,6 +239,8 @@ def send_range(
         contents = contents_for(session, event_id, {r.variant for r in rows if r.id not in excluded})
     report.skipped = len(skipped)
     report.suppressed = len(set(suppressed) - set(skipped))
+    report.timings["claim_s"] = clock() - started
+    started = clock()
     groups: dict[str | None, list[Recipient]] = {}
     for r in rows:
         if r.id in excluded:
@@ -233,8 +261,11 @@ def send_range(
     missing = [variant for variant in groups if variant not in contents]
     if missing:
         raise RuntimeError(f"event {event_id} has deliveries but no rendered content for {len(missing)} variant(s)")
-    results: list[Result] = []
-    # One transport batch per variant, each with its shared rendering.
+    report.timings["prepare_s"] = clock() - started
+    transport_timings = getattr(transport, "timings", None)
+    before = dict(transport_timings) if isinstance(transport_timings, dict) else {}
+    # One transport batch per variant, each with its shared rendering; each recorded as soon as the
+    # provider answered, so a crash later in the loop never causes a second send of an accepted batch.
     for variant, recipients in groups.items():
         batch = Batch(
             content=contents[variant],
@@ -243,23 +274,18 @@ def send_range(
             from_name=sender[1],
             headers=alert_headers(),
         )
+        started = clock()
         try:
-            results += transport.send(batch)
+            results = transport.send(batch)
         except Exception as exc:
             # Unknown failure of the whole batch: put the rows back so a retry (or maintenance) sends them.
             error = f"{type(exc).__name__}: {exc}"[:500]
-            results += [Result(r.delivery_id, Outcome.RETRY, error=error) for r in recipients]
-    # The provider has answered: a database hiccup now must not lose an acceptance (the lease would run out
-    # and the rows be sent again), so recording is retried briefly before giving up.
-    for attempt in range(4):
-        try:
-            with transaction(engine) as session:
-                record_results(session, results, attempt_report := SendReport())
-            break
-        except (OperationalError, InterfaceError):
-            if attempt == 3:
-                raise
-            time.sleep(0.25 * 2**attempt)
-    report.sent, report.failed, report.retry = attempt_report.sent, attempt_report.failed, attempt_report.retry
-    report.retry_ids, report.retry_after_s = attempt_report.retry_ids, attempt_report.retry_after_s
+            results = [Result(r.delivery_id, Outcome.RETRY, error=error) for r in recipients]
+        report.timings["transport_s"] = report.timings.get("transport_s", 0.0) + clock() - started
+        started = clock()
+        _record(engine, results, report)
+        report.timings["record_s"] = report.timings.get("record_s", 0.0) + clock() - started
+    if isinstance(transport_timings, dict):
+        for name, value in transport_timings.items():
+            report.timings[name] = value - before.get(name, 0.0)
     return report
