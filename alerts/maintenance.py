@@ -85,6 +85,14 @@ def requeue_ranges(session: Session, event_id: int, batch_size: int) -> list[tup
 def expire_pending(session: Session, days: int) -> int:
     """Unconfirmed sign-ups older than ``days`` are deleted, and people left with nothing are erased."""
     cutoff = utcnow() - timedelta(days=days)
+    expired = (Subscription.status == SubscriptionStatus.PENDING.value) & (Subscription.created_at < cutoff)
+    # deliveries has no foreign keys (see models.Delivery): clear references to what goes.
+    session.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id.in_(select(Subscription.id).where(expired).scalar_subquery()))
+        .values(subscription_id=None)
+        .execution_options(synchronize_session=False)
+    )
     result = session.execute(
         delete(Subscription)
         .where(Subscription.status == SubscriptionStatus.PENDING.value, Subscription.created_at < cutoff)

@@ -194,10 +194,13 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
-    # SET NULL: erasure removes the person, the history row stays without any address.
-    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
-    subscription_id: Mapped[int | None] = mapped_column(ForeignKey("subscriptions.id", ondelete="SET NULL"), index=True)
+    # No foreign keys on this table (migration 0003): a fan-out inserts 100,000 rows at once, and a
+    # per-row foreign-key check tripled its cost. The application keeps the references honest: events are
+    # never deleted, and erasure (subscriptions.erase) and expiry clear subscriber_id / subscription_id
+    # themselves, so the history row stays without any address.
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    subscriber_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    subscription_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), index=True)
     dedupe_key: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select, update
@@ -74,8 +74,9 @@ def alert_headers() -> dict[str, str]:
     }
 
 
-def _claim(session: Session, event_id: int, after_id: int, upto_id: int, lease_s: int) -> list[int]:
-    now = utcnow()
+def _claim(session: Session, event_id: int, after_id: int, upto_id: int, lease_s: int) -> datetime | None:
+    """queued -> sending for the range, under a lease whose exact value marks this claim's rows."""
+    lease = utcnow() + timedelta(seconds=lease_s)
     result = session.execute(
         update(Delivery)
         .where(
@@ -86,17 +87,18 @@ def _claim(session: Session, event_id: int, after_id: int, upto_id: int, lease_s
         )
         .values(
             status=DeliveryStatus.SENDING.value,
-            lease_until=now + timedelta(seconds=lease_s),
+            lease_until=lease,
             attempts=Delivery.attempts + 1,
-            updated_at=now,
+            updated_at=utcnow(),
         )
-        .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
-    return sorted(int(i) for i in result.scalars())
+    return lease if int(getattr(result, "rowcount", 0) or 0) > 0 else None
 
 
-def _recipients(session: Session, ids: Sequence[int]) -> list[Any]:
+def _recipients(session: Session, event_id: int, after_id: int, upto_id: int, lease: datetime) -> list[Any]:
+    # The rows this claim took: same range, still sending, under exactly this lease (a range predicate on
+    # the (event_id, id) index rather than a list of a thousand ids).
     query = (
         select(
             Delivery.id,
@@ -110,7 +112,13 @@ def _recipients(session: Session, ids: Sequence[int]) -> list[Any]:
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id, isouter=True)
         .join(Subscription, Subscription.id == Delivery.subscription_id, isouter=True)
         .join(Suppression, Suppression.email_hash == Subscriber.email_hash, isouter=True)
-        .where(Delivery.id.in_(ids))
+        .where(
+            Delivery.event_id == event_id,
+            Delivery.id > after_id,
+            Delivery.id <= upto_id,
+            Delivery.status == DeliveryStatus.SENDING.value,
+            Delivery.lease_until == lease,
+        )
         .order_by(Delivery.id)
     )
     return list(session.execute(query))
@@ -133,6 +141,33 @@ _STATUS_FOR = {
 }
 
 
+def _record_rows(session: Session, results: Sequence[Result], now: datetime) -> None:
+    rows = []
+    for r in results:
+        sent = r.outcome is Outcome.SENT
+        row: dict[str, Any] = {
+            "id": r.delivery_id,
+            "status": _STATUS_FOR[r.outcome].value,
+            "error": None if sent else (r.error or r.outcome.value)[:2000],
+            "error_code": None if sent else r.error_code,
+            "lease_until": None,
+            "updated_at": now,
+        }
+        if sent:
+            row |= {"provider_message_id": r.provider_message_id, "sent_at": now}
+        rows.append(row)
+    for keys in {tuple(sorted(r)) for r in rows}:
+        session.execute(update(Delivery), [r for r in rows if tuple(sorted(r)) == keys])
+    ambiguous = [r.delivery_id for r in results if r.ambiguous]
+    if ambiguous:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ambiguous))
+            .values(ambiguous_retries=Delivery.ambiguous_retries + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def record_results(session: Session, results: Sequence[Result], report: SendReport) -> None:
     """One UPDATE per distinct outcome, not one per recipient.
 
@@ -146,6 +181,10 @@ def record_results(session: Session, results: Sequence[Result], report: SendRepo
         error = None if sent else (r.error or r.outcome.value)[:2000]
         key = (r.outcome, r.provider_message_id if sent else None, error, None if sent else r.error_code, r.ambiguous)
         groups[key].append(r.delivery_id)
+    if len(groups) > 20:
+        # Per-recipient message ids (file, SMTP): one executemany by primary key instead of N statements.
+        _record_rows(session, results, now)
+        groups = {}
     for (outcome, message_id, error, error_code, ambiguous), ids in groups.items():
         values: dict[str, Any] = {
             "status": _STATUS_FOR[outcome].value,
@@ -220,11 +259,11 @@ def send_range(
     clock = time.perf_counter
     started = clock()
     with transaction(engine) as session:
-        ids = _claim(session, event_id, after_id, upto_id, lease_s)
-        if not ids:
+        lease = _claim(session, event_id, after_id, upto_id, lease_s)
+        if lease is None:
             return report
-        rows = _recipients(session, ids)
-        report.claimed = len(ids)
+        rows = _recipients(session, event_id, after_id, upto_id, lease)
+        report.claimed = len(rows)
         skipped = [r.id for r in rows if r.email is None or r.status != SubscriptionStatus.ACTIVE.value]
         suppressed = [r.id for r in rows if r.email is not None and r.suppression_id is not None]
         _mark(session, skipped, DeliveryStatus.SKIPPED, "subscription ended before sending")

@@ -343,6 +343,8 @@ def unsubscribe_all(session: Session, subscriber_id: int) -> int:
 def erase(session: Session, subscriber_id: int) -> bool:
     """Remove the person: address and subscriptions go; delivery history stays, with no address."""
     session.execute(update(Delivery).where(Delivery.subscriber_id == subscriber_id).values(subscriber_id=None))
+    theirs = select(Subscription.id).where(Subscription.subscriber_id == subscriber_id).scalar_subquery()
+    session.execute(update(Delivery).where(Delivery.subscription_id.in_(theirs)).values(subscription_id=None))
     session.execute(delete(Subscription).where(Subscription.subscriber_id == subscriber_id))
     result = session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
     return bool(getattr(result, "rowcount", 0))

@@ -1,0 +1,247 @@
+"""Fan-out benchmark: N followers of one condition, one trial.new_for_condition event, real parts.
+
+PostgreSQL (bulk-loaded subscribers, not timed), the SendGrid stand-in in its own process (validating
+every request against SendGrid's OpenAPI description), and a real Celery worker on Redis (prefork,
+concurrency 2). Wall time runs from publishing the event to the stand-in accepting the last recipient.
+
+    python -m benchmarks.fanout --n 100000 --naive-n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from alerts import vocabulary
+from alerts.config import Settings, load_settings
+from alerts.db import make_engine, transaction
+from alerts.tasks.app import create_app
+from benchmarks.support import REDIS_URL, SECRET, bulk_subscribers, pg_schema, process_tree, rss_kib
+from tests.support.sendgrid_standin import StandInProcess
+from tests.support.worker import settings_env
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
+TRIAL = "NCT00124774"  # condition "Herniated Disc", filed by NLM under Intervertebral Disc Displacement
+CONDITION = "Herniated Disc"
+QUIET_TRIAL = "NCT02782117"  # Amblyopia: nobody follows it
+
+
+def record(nct_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((STUDIES / f"{nct_id}.json").read_text())
+    return data
+
+
+def prepare_vocabulary(url: str) -> str:
+    """The vocabulary a running service has learned: every fixture record. Returns the followed target."""
+    engine = make_engine(url)
+    with transaction(engine) as session:
+        for path in sorted(STUDIES.glob("NCT*.json")):
+            data = json.loads(path.read_text())
+            nct = data["protocolSection"]["identificationModule"]["nctId"]
+            vocabulary.learn(session, nct, vocabulary.extract(data))
+        concept = vocabulary.resolve(session, CONDITION)
+    engine.dispose()
+    return vocabulary.concept_target(concept) if concept else "herniated disc"
+
+
+def bench_settings(url: str, standin_url: str, tmp: Path) -> Settings:
+    return load_settings(
+        env="test",
+        database_url=url,
+        broker_url=f"{REDIS_URL}/0",
+        broker_prefix=f"bench-{uuid.uuid4().hex[:8]}:",
+        email_backend="sendgrid",
+        sendgrid_api_key="SG.benchmark",
+        sendgrid_host=standin_url,
+        secret_key=SECRET,
+        base_url="https://alerts.example.org",
+        from_email="alerts@alerts.example.org",
+        outbox_dir=tmp / "outbox",
+        log_format="json",
+    )
+
+
+def start_worker(settings: Settings, log_path: Path, app_module: str = "alerts.tasks.app",
+                 queues: str = "events,deliveries,maintenance") -> subprocess.Popen[bytes]:
+    env = os.environ | settings_env(settings)
+    command = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--queues", queues, "--pool", "prefork",
+               "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+               "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    log = log_path.open("wb")
+    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while b"ready." not in log_path.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return worker
+
+
+def stop(worker: subprocess.Popen[bytes]) -> dict[str, int]:
+    """Peak resident memory of every process of the worker, read from the kernel before they exit."""
+    peaks = {pid: rss_kib(pid) for pid in process_tree(worker.pid)}
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    return peaks
+
+
+def wait_accepted(standin: StandInProcess, n: int, timeout_s: float) -> tuple[float | None, float | None]:
+    """(seconds to first acceptance, seconds to the n-th), from now."""
+    started = time.perf_counter()
+    first = None
+    while time.perf_counter() - started < timeout_s:
+        accepted = standin.stats()["recipients_accepted"]
+        now = time.perf_counter() - started
+        if accepted and first is None:
+            first = now
+        if accepted >= n:
+            return first, now
+        time.sleep(0.005 if first is None else 0.02)
+    return first, None
+
+
+def stages(log_path: Path) -> dict[str, float]:
+    """Worker time by stage, summed from the JSON log lines of the event and every batch."""
+    total: dict[str, float] = defaultdict(float)
+    for line in log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") in ("event.accepted", "batch.sent"):
+            for name, value in (entry.get("timings") or {}).items():
+                total[name] += float(value)
+    return dict(total)
+
+
+def task_seconds(log_path: Path, task: str) -> list[float]:
+    found = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if task in line and "succeeded in" in line:
+            try:
+                text = json.loads(line)["event"] if line.startswith("{") else line
+                found.append(float(text.split("succeeded in ")[1].split("s:")[0]))
+            except (ValueError, KeyError, IndexError):
+                continue
+    return found
+
+
+def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
+    with pg_schema() as url, StandInProcess(args=["--no-record-bodies", "--no-record-custom-args"]) as standin:
+        target = prepare_vocabulary(url)
+        bulk_subscribers(url, n, "condition", target, CONDITION)
+        settings = bench_settings(url, standin.url, tmp)
+        log_path = tmp / f"worker-{n}.log"
+        worker = start_worker(settings, log_path)
+        try:
+            producer = create_app(settings)
+            event = {"type": "trial.new_for_condition", "event_id": f"bench-{uuid.uuid4().hex}",
+                     "condition": CONDITION, "occurred_at": "2026-11-25T06:00:00Z", "trial": record(TRIAL)}
+            published = time.perf_counter()
+            producer.send_task("alerts.events.new_trial_for_condition", args=[event])
+            first, last = wait_accepted(standin, n, timeout_s)
+            wall = time.perf_counter() - published if last is not None else None
+            time.sleep(1.0)  # anything sent twice would show up now
+            stats = standin.stats()
+            # An event nobody follows: its worker time (the task's own runtime, as Celery reports it).
+            quiet = {"type": "trial.new_for_condition", "event_id": f"quiet-{uuid.uuid4().hex}",
+                     "condition": "Amblyopia", "occurred_at": "2026-11-25T06:00:00Z", "trial": record(QUIET_TRIAL)}
+            for i in range(5):
+                producer.send_task("alerts.events.new_trial_for_condition", args=[quiet | {"event_id": f"q{i}-{n}"}])
+            time.sleep(2.0)
+        finally:
+            peaks = stop(worker)
+    quiet_times = task_seconds(log_path, "alerts.events.new_trial_for_condition")[1:]
+    return {
+        "n": n,
+        "wall_s": wall,
+        "emails_per_s": n / wall if wall else None,
+        "first_acceptance_s": first,
+        "requests": stats["requests_total"],
+        "missing": n - stats["distinct_recipients"],
+        "duplicated": stats["recipients_with_duplicates"],
+        "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
+        "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
+        "stages_s": {k: round(v, 3) for k, v in sorted(stages(log_path).items())},
+        "no_match_event_ms": [round(t * 1000, 1) for t in quiet_times],
+        "log": str(log_path),
+    }
+
+
+def run_naive(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
+    with pg_schema() as url, StandInProcess(args=["--no-record-bodies", "--no-record-custom-args"]) as standin:
+        target = prepare_vocabulary(url)
+        bulk_subscribers(url, n, "condition", target, CONDITION)
+        settings = bench_settings(url, standin.url, tmp)
+        log_path = tmp / f"naive-{n}.log"
+        worker = start_worker(settings, log_path, app_module="benchmarks.naive", queues="naive")
+        try:
+            from benchmarks import naive
+
+            naive.app.conf.broker_url = settings.broker_url
+            naive.app.conf.broker_transport_options = {"global_keyprefix": settings.broker_prefix}
+            event = {"type": "trial.new_for_condition", "condition": CONDITION, "trial": record(TRIAL)}
+            published = time.perf_counter()
+            naive.app.send_task("naive.fanout", args=[event, target], queue="naive")
+            first, last = wait_accepted(standin, n, timeout_s)
+            wall = time.perf_counter() - published if last is not None else None
+            stats = standin.stats()
+        finally:
+            peaks = stop(worker)
+    return {
+        "n": n,
+        "wall_s": wall,
+        "emails_per_s": n / wall if wall else None,
+        "first_acceptance_s": first,
+        "requests": stats["requests_total"],
+        "missing": n - stats["distinct_recipients"],
+        "duplicated": stats["recipients_with_duplicates"],
+        "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[100_000], help="recipients (several: one run each)")
+    parser.add_argument("--naive", action="store_true", help="also run the naive design in the same run")
+    parser.add_argument("--naive-n", type=int, default=1000, help="recipients for the naive run")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="alerts-bench-"))
+    results = [run_batched(n, tmp, args.timeout) for n in args.n]
+    naive = run_naive(args.naive_n, tmp, args.timeout) if args.naive else None
+    if args.json:
+        print(json.dumps({"batched": results, "naive": naive}, indent=2))
+    for r in results:
+        print(f"\nbatched  N={r['n']:,}  wall={r['wall_s']:.2f}s  {r['emails_per_s']:,.0f} emails/s  "
+              f"first={r['first_acceptance_s']:.2f}s  requests={r['requests']}  missing={r['missing']}  "
+              f"duplicated={r['duplicated']}  worker peak RSS={r['worker_peak_rss_total_mib']} MiB "
+              f"(per process {r['worker_peak_rss_mib']})")
+        print(f"         stages (worker seconds, summed over both processes): {r['stages_s']}")
+        print(f"         event matching nobody: {r['no_match_event_ms']} ms of task time")
+    if naive:
+        print(f"\nnaive    N={naive['n']:,}  wall={naive['wall_s']:.2f}s  {naive['emails_per_s']:,.0f} emails/s  "
+              f"requests={naive['requests']}  missing={naive['missing']}  duplicated={naive['duplicated']}")
+        if results and results[0]["emails_per_s"] and naive["emails_per_s"]:
+            print(f"         batched / naive: {results[0]['emails_per_s'] / naive['emails_per_s']:.0f}x")
+    print(f"\nlogs in {tmp}")
+
+
+if __name__ == "__main__":
+    main()
