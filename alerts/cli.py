@@ -264,6 +264,7 @@ def _register_ops() -> None:
 
     app.command()(cli_ops.status)
     app.command()(cli_ops.retry)
+    app.command()(cli_ops.replay)
     app.add_typer(cli_ops.deliveries_app, name="deliveries")
 
 

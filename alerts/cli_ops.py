@@ -156,3 +156,35 @@ def retry(
     for event_id, after_id, upto_id in ranges:
         enqueue.send_batch(event_id, after_id, upto_id)
     console.print(f"re-queued failed deliveries of {len({r[0] for r in ranges})} event(s) in {len(ranges)} batch(es)")
+
+
+def replay(
+    event_id: int,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show who would receive it; change nothing")] = False,
+) -> None:
+    """Match an event again against today's subscriptions and send it to those it has not reached."""
+    from alerts.db import transaction
+    from alerts.recovery import CannotReplay
+    from alerts.recovery import replay as do_replay
+    from alerts.tasks.enqueue import CeleryEnqueue
+
+    runtime = _runtime()
+    try:
+        with transaction(runtime.engine) as session:
+            result = do_replay(session, event_id, runtime.settings.batch_size, dry_run)
+    except CannotReplay as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    table = Table(title=f"Event {event_id}: {result.new_recipients} subscriber(s) not yet reached")
+    for column in ("subscriber", "subscription", "follows"):
+        table.add_column(column)
+    for subscriber_id, subscription_id, variant in result.sample:
+        table.add_row(str(subscriber_id), str(subscription_id), variant or "-")
+    console.print(table)
+    if dry_run:
+        console.print("dry run: nothing was changed")
+        return
+    enqueue = CeleryEnqueue()
+    for ev, after_id, upto_id in result.ranges:
+        enqueue.send_batch(ev, after_id, upto_id)
+    console.print(f"queued {len(result.ranges)} batch(es)")

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from alerts import contents, ctgov, emails, vocabulary
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import TrialFacts, create_deliveries
+from alerts.matching import MatchPlan, TrialFacts, create_deliveries
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial
 from alerts.rendering import Content, Renderer
 
@@ -123,6 +123,8 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
     if reason is None:
         row.status = EventStatus.FANNED_OUT
         rows_started = time.perf_counter()
+        plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe)
+        row.match = plan.as_json()
         row.recipients = create_deliveries(session, row.id, kind, targets, dedupe, broader_targets=broader, facts=facts)
         timings["rows_s"] = time.perf_counter() - rows_started
         if row.recipients:

@@ -88,6 +88,42 @@ class TrialFacts:
         )
 
 
+@dataclass(frozen=True)
+class MatchPlan:
+    """Everything create_deliveries needs for one event; stored on the event for replays."""
+
+    kind: SubscriptionKind
+    targets: tuple[str, ...]
+    broader_targets: tuple[str, ...]
+    facts: TrialFacts | None
+    dedupe_key: str
+
+    def as_json(self) -> dict[str, Any]:
+        facts = self.facts
+        return {
+            "kind": self.kind.value,
+            "targets": list(self.targets),
+            "broader_targets": list(self.broader_targets),
+            "facts": None
+            if facts is None
+            else {"recruiting": facts.recruiting, "countries": list(facts.countries), "phases": list(facts.phases)},
+            "dedupe_key": self.dedupe_key,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MatchPlan:
+        facts = data.get("facts")
+        return cls(
+            kind=SubscriptionKind(data["kind"]),
+            targets=tuple(data["targets"]),
+            broader_targets=tuple(data.get("broader_targets") or ()),
+            facts=None
+            if facts is None
+            else TrialFacts(bool(facts["recruiting"]), tuple(facts["countries"]), tuple(facts["phases"])),
+            dedupe_key=str(data["dedupe_key"]),
+        )
+
+
 def _passes(kind: str, values: bool) -> ColumnElement[bool]:
     """No filter of this kind, or one of the trial's ``:<kind>s`` is accepted (probes by primary key)."""
     any_filter = aliased(SubscriptionFilter)
@@ -107,7 +143,7 @@ def _passes(kind: str, values: bool) -> ColumnElement[bool]:
 
 @functools.cache
 def _matching_insert(
-    kind: SubscriptionKind, broader: bool, recruiting: bool, countries: bool, phases: bool
+    kind: SubscriptionKind, broader: bool, recruiting: bool, countries: bool, phases: bool, select_only: bool = False
 ) -> Executable:
     """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
 
@@ -172,7 +208,57 @@ def _matching_insert(
         "updated_at",
         "variant",
     ]
+    if select_only:
+        return matches
     return insert(Delivery).from_select(columns, matches)
+
+
+def _statement(
+    event_id: int,
+    kind: SubscriptionKind,
+    targets: Sequence[str],
+    dedupe_key: str,
+    broader_targets: Sequence[str],
+    facts: TrialFacts | None,
+    select_only: bool,
+) -> tuple[Executable | None, dict[str, Any]]:
+    direct = list(dict.fromkeys(targets))
+    broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
+    if not direct and not broader:
+        return None, {}
+    facts = facts or TrialFacts()
+    condition = kind == SubscriptionKind.CONDITION
+    statement = _matching_insert(
+        kind, bool(broader), facts.recruiting or not condition, bool(facts.countries), bool(facts.phases), select_only
+    )
+    params = {
+        "event_id": event_id,
+        "dedupe_key": dedupe_key,
+        "now": utcnow(),
+        "targets": direct + broader,
+        "direct": direct,
+        "country_values": list(facts.countries),
+        "phase_values": list(facts.phases),
+    }
+    return statement, params
+
+
+def would_receive(session: Session, event_id: int, plan: MatchPlan, limit: int = 50) -> tuple[int, list[Any]]:
+    """Who a replay of the event would newly reach: (count, the first ``limit`` rows), nothing written.
+
+    Rows are (subscriber_id, subscription_id, variant); subscribers already reached by this news are not
+    counted (they would get nothing).
+    """
+    statement, params = _statement(
+        event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, select_only=True
+    )
+    if statement is None:
+        return 0, []
+    matches = statement.subquery()  # type: ignore[attr-defined]
+    connection = session.connection()
+    count = int(connection.execute(select(func.count()).select_from(matches), params).scalar_one())
+    rows = connection.execute(select(matches).limit(limit), params)
+    return count, [(r[1], r[2], r[-1]) for r in rows]
 
 
 def create_deliveries(
@@ -199,24 +285,9 @@ def create_deliveries(
     unique constraint stays as the backstop.) The delivery's ``variant`` is the label of the condition
     subscription that owns it (which the new-trial email names). Returns the number of rows created.
     """
-    direct = list(dict.fromkeys(targets))
-    broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
-    if not direct and not broader:
+    statement, params = _statement(event_id, kind, targets, dedupe_key, broader_targets, facts, select_only=False)
+    if statement is None:
         return 0
-    facts = facts or TrialFacts()
-    condition = kind == SubscriptionKind.CONDITION
-    statement = _matching_insert(
-        kind, bool(broader), facts.recruiting or not condition, bool(facts.countries), bool(facts.phases)
-    )
-    params = {
-        "event_id": event_id,
-        "dedupe_key": dedupe_key,
-        "now": utcnow(),
-        "targets": direct + broader,
-        "direct": direct,
-        "country_values": list(facts.countries),
-        "phase_values": list(facts.phases),
-    }
     # On the session's connection as plain Core: parameters are bound values, not ORM rows.
     session.connection().execute(statement, params)
     # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index counts fast.

@@ -169,6 +169,9 @@ class Event(Base):
     # The shared rendering (subject, text, html with per-recipient placeholders), made once per event.
     content: Mapped[dict[str, Any] | None] = mapped_column(Json)
     recipients: Mapped[int] = mapped_column(Integer, default=0)
+    # How the event was matched (kind, targets, broader targets, trial facts, dedupe key), so an operator
+    # can replay it later (alerts replay) against today's subscriptions.
+    match: Mapped[dict[str, Any] | None] = mapped_column(Json)
 
 
 class RejectedEvent(Base):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from alerts.matching import batch_ranges
-from alerts.models import Delivery, DeliveryStatus, Event, utcnow
+from alerts.models import Delivery, DeliveryStatus, Event, EventContent, utcnow
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,57 @@ def requeue_failed(session: Session, batch_size: int, since: datetime | None = N
         .execution_options(synchronize_session=False)
     )
     return [(e, a, u) for e in events for a, u in batch_ranges(session, e, batch_size)]
+
+
+@dataclass(frozen=True)
+class Replay:
+    event_id: int
+    new_recipients: int
+    sample: list[tuple[int, int, str | None]]  # (subscriber id, subscription id, followed label)
+    ranges: list[tuple[int, int, int]]  # batches to queue (empty for a dry run)
+
+
+class CannotReplay(Exception):
+    pass
+
+
+def replay(session: Session, event_id: int, batch_size: int, dry_run: bool) -> Replay:
+    """Match the event again against today's subscriptions; only those it has not reached are new.
+
+    A dry run writes nothing. Otherwise the new deliveries are created (the same dedupe key, so nobody
+    reached before gets a second email) and their batch ranges returned, to queue after commit.
+    """
+    from alerts.matching import MatchPlan, create_deliveries, would_receive
+
+    event = session.get(Event, event_id)
+    if event is None:
+        raise CannotReplay(f"no event {event_id}")
+    if event.match is None or event.status != "fanned_out":
+        raise CannotReplay(f"event {event_id} was {event.status}: {event.reason or 'nothing was matched'}")
+    if event.content is None:
+        raise CannotReplay(f"event {event_id} is past retention: its email is no longer stored")
+    plan = MatchPlan.from_json(event.match)
+    count, sample = would_receive(session, event_id, plan)
+    if dry_run or count == 0:
+        return Replay(event_id, count, sample, [])
+    existing = session.scalar(select(func.max(Delivery.id)).where(Delivery.event_id == event_id)) or 0
+    create_deliveries(
+        session,
+        event_id,
+        plan.kind,
+        plan.targets,
+        plan.dedupe_key,
+        broader_targets=plan.broader_targets,
+        facts=plan.facts,
+    )
+    # A followed label that had no recipient at the time has no rendering of its own: those recipients
+    # get the event's main rendering (the email itself is the same; only the "You follow" line differs).
+    rendered = select(EventContent.variant).where(EventContent.event_id == event_id)
+    session.execute(
+        update(Delivery)
+        .where(Delivery.event_id == event_id, Delivery.id > existing, Delivery.variant.not_in(rendered))
+        .values(variant=None)
+        .execution_options(synchronize_session=False)
+    )
+    ranges = [(event_id, a, u) for a, u in batch_ranges(session, event_id, batch_size) if u > existing]
+    return Replay(event_id, count, sample, ranges)
