@@ -31,5 +31,9 @@ pytest: $(STAMP) services
 
 test: lint types pytest
 
+# The full chaos scenarios (minutes; postgres_restart restarts the machine's PostgreSQL cluster), see chaos/README.md.
+chaos: $(STAMP) services
+	$(BIN)/python -m chaos
+
 clean:
 	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache

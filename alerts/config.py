@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # "filesystem://" is Celery's embedded broker: messages are files under broker_dir.
     broker_url: str = "filesystem://"
     broker_dir: Path = VAR_DIR / "broker"
+    # Redis redelivers a message not acknowledged within this time (a worker that vanished). Longer than any
+    # task (a send batch is bounded by half the lease); our tasks are idempotent, so early is safe.
+    broker_visibility_timeout_s: int = Field(default=600, gt=0)
     # Prefix for every broker key in Redis, so several deployments (or test runs) can share one Redis.
     broker_prefix: str | None = None
     result_backend: str | None = None

@@ -52,7 +52,14 @@ def release_expired_leases(session: Session) -> tuple[int, set[int]]:
     result = session.execute(
         update(Delivery)
         .where(Delivery.status == DeliveryStatus.SENDING.value, Delivery.lease_until < now)
-        .values(status=DeliveryStatus.QUEUED.value, lease_until=None, updated_at=now)
+        # The worker may have handed the batch to the provider before it died: a re-send is ambiguous,
+        # counted like a timeout retry so operators see it (alerts_ambiguous_retries_total).
+        .values(
+            status=DeliveryStatus.QUEUED.value,
+            lease_until=None,
+            updated_at=now,
+            ambiguous_retries=Delivery.ambiguous_retries + 1,
+        )
         .returning(Delivery.event_id)
         .execution_options(synchronize_session=False)
     )
@@ -79,7 +86,7 @@ def requeue_ranges(session: Session, event_id: int, batch_size: int) -> list[tup
         .values(updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return list(batch_ranges(session, event_id, batch_size))
+    return list(batch_ranges(session, event_id, batch_size, status=DeliveryStatus.QUEUED))
 
 
 def expire_pending(session: Session, days: int) -> int:

@@ -294,17 +294,19 @@ def create_deliveries(
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
 
 
-def batch_ranges(session: Session, event_id: int, batch_size: int) -> Iterator[tuple[int, int]]:
+def batch_ranges(
+    session: Session, event_id: int, batch_size: int, status: DeliveryStatus | None = None
+) -> Iterator[tuple[int, int]]:
     """(after_id, upto_id] ranges of at most ``batch_size`` deliveries of an event, in id order.
 
     One window-function query returns only every batch_size-th id, so memory is N/batch_size ids, and
-    each send task claims its range through the (event_id, id) index.
+    each send task claims its range through the (event_id, id) index. With ``status``, only rows in that
+    status count (re-queueing what is left of a half-sent event).
     """
-    numbered = (
-        select(Delivery.id, func.row_number().over(order_by=Delivery.id).label("rn"))
-        .where(Delivery.event_id == event_id)
-        .subquery()
-    )
+    condition = Delivery.event_id == event_id
+    if status is not None:
+        condition = condition & (Delivery.status == status.value)
+    numbered = select(Delivery.id, func.row_number().over(order_by=Delivery.id).label("rn")).where(condition).subquery()
     total = session.scalar(select(func.count()).select_from(numbered)) or 0
     if total == 0:
         return

@@ -56,7 +56,7 @@ def requeue_failed(session: Session, batch_size: int, since: datetime | None = N
         .values(status=DeliveryStatus.QUEUED.value, error=None, error_code=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return [(e, a, u) for e in events for a, u in batch_ranges(session, e, batch_size)]
+    return [(e, a, u) for e in events for a, u in batch_ranges(session, e, batch_size, DeliveryStatus.QUEUED)]
 
 
 @dataclass(frozen=True)

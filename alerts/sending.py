@@ -134,6 +134,7 @@ def _mark(session: Session, ids: Sequence[int], status: DeliveryStatus, error: s
         )
 
 
+_RECORDABLE = (DeliveryStatus.SENDING.value, DeliveryStatus.QUEUED.value)
 _STATUS_FOR = {
     Outcome.SENT: DeliveryStatus.SENT,
     Outcome.FAILED: DeliveryStatus.FAILED,
@@ -199,7 +200,9 @@ def record_results(session: Session, results: Sequence[Result], report: SendRepo
             values["ambiguous_retries"] = Delivery.ambiguous_retries + 1
         session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.SENDING.value)
+            # 'queued' too: after a database outage maintenance may have put the rows back; recording the
+            # acceptance now stops the re-send before a worker claims them.
+            .where(Delivery.id.in_(ids), Delivery.status.in_(_RECORDABLE))
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -223,19 +226,29 @@ def give_up(engine: Engine, ids: Sequence[int], error: str) -> None:
         )
 
 
+RECORD_PATIENCE_S = 300.0
+
+
 def _record(engine: Engine, results: Sequence[Result], report: SendReport) -> None:
-    """The provider has answered: a database hiccup now must not lose an acceptance (the lease would run out
-    and the rows be sent again), so recording is retried briefly before giving up."""
-    for attempt in range(4):
+    """The provider has answered: the acceptance must reach the database, or the rows would be sent again.
+
+    So a database outage is waited out (up to RECORD_PATIENCE_S), retrying often so that once the
+    database is back this write lands before maintenance can re-queue the rows; and it also applies to
+    rows maintenance already put back in 'queued' (see record_results).
+    """
+    deadline = time.monotonic() + RECORD_PATIENCE_S
+    attempt = 0
+    while True:
         try:
             attempt_report = SendReport()
             with transaction(engine) as session:
                 record_results(session, results, attempt_report)
             break
         except (OperationalError, InterfaceError):
-            if attempt == 3:
+            if time.monotonic() > deadline:
                 raise
-            time.sleep(0.25 * 2**attempt)
+            time.sleep(min(1.0, 0.1 * 2**attempt))
+            attempt += 1
     report.sent += attempt_report.sent
     report.failed += attempt_report.failed
     report.retry += attempt_report.retry

@@ -29,9 +29,14 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(control),
             "store_processed": False,
         }
-    # Redis: a message not acked within this time is redelivered. Tasks take seconds; an hour is safe
-    # against double delivery of slow tasks and still recovers a message from a worker that vanished.
-    options: dict[str, Any] = {"visibility_timeout": 3600}
+    # Redis: a message not acked within this time is redelivered (see docs/operations.md).
+    options: dict[str, Any] = {
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        # Half-open connections are noticed instead of hanging a worker.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "health_check_interval": 30,
+    }
     if settings.broker_prefix:
         options["global_keyprefix"] = settings.broker_prefix
     return options
@@ -63,6 +68,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # One message at a time per process: a prefetched message would wait behind a slow batch.
         worker_prefetch_multiplier=1,
+        # On a broker reconnect, let running tasks finish: cancelling would cut a send mid-request.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Emit task events so Flower works out of the box.
         worker_send_task_events=True,
         task_send_sent_event=True,
