@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,10 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from sqlalchemy import Engine, text
 
 from alerts.config import Settings, load_settings
 from alerts.db import upgrade
+from alerts.logs import configure_logging
 from alerts.models import Base
 from alerts.runtime import Runtime, set_runtime
 from alerts.transports.memory import MemoryTransport
@@ -143,3 +148,49 @@ def memory(runtime: Runtime) -> MemoryTransport:
 @pytest.fixture
 def inline(runtime: Runtime) -> InlineEnqueue:
     return InlineEnqueue(runtime)
+
+
+class _RawLogs(logging.Handler):
+    """Every log line of the run, rendered WITHOUT the address-masking processor: proves our code never
+    logs an address (the masking in alerts.logs is only a second line of defence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[structlog.stdlib.add_log_level],
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                            structlog.processors.JSONRenderer(default=str)],
+            )
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # A line we cannot render is not an address leak.
+        with contextlib.suppress(Exception):
+            self.lines.append(self.format(record))
+
+
+RAW_LOGS = _RawLogs()
+ADDRESS = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_everything_as_json() -> Iterator[None]:
+    configure_logging(load_settings(log_format="json", log_level="INFO"))
+    logging.getLogger().addHandler(RAW_LOGS)
+    yield
+    logging.getLogger().removeHandler(RAW_LOGS)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = [line for line in RAW_LOGS.lines if ADDRESS.search(line)]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        say(f"log scan: {len(leaks)} log line(s) contain an email address, e.g.:")
+        for line in leaks[:5]:
+            say("  " + line[:300])
+    else:
+        say(f"log scan: {len(RAW_LOGS.lines)} log lines of this run, none with an email address")
