@@ -193,7 +193,11 @@ class Delivery(Base):
         # One email per subscriber per piece of news, whichever event(s) carried it.
         UniqueConstraint("dedupe_key", "subscriber_id", name="uq_deliveries_dedupe_subscriber"),
         Index("ix_deliveries_event_id_id", "event_id", "id"),
-        Index("ix_deliveries_status_lease", "status", "lease_until"),
+        # No index on status, lease_until or provider_message_id (migration 0005): each delivery row is
+        # updated twice (claimed, then recorded); without indexes on the updated columns, and with room
+        # left in each page (fillfactor), PostgreSQL updates it in place (HOT) instead of touching every
+        # index. The maintenance pass reads status by a scan once a minute instead. (fillfactor 70 is set
+        # by that migration; SQLAlchemy has no table option for it.)
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -207,7 +211,7 @@ class Delivery(Base):
     dedupe_key: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     # Provider's HTTP status for a failure (400, 401, 413...), for operators grouping failures.
     error_code: Mapped[int | None] = mapped_column(Integer)
