@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import BigInteger, ColumnElement, Engine, any_, bindparam, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -169,6 +170,13 @@ def _record_rows(session: Session, results: Sequence[Result], now: datetime) -> 
         )
 
 
+def _id_in(session: Session, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``id IN (...)``; on PostgreSQL one array parameter instead of a thousand (cheaper to bind and plan)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Delivery.id == any_(bindparam("record_ids", value=list(ids), type_=ARRAY(BigInteger())))
+    return Delivery.id.in_(ids)
+
+
 def record_results(session: Session, results: Sequence[Result], report: SendReport) -> None:
     """One UPDATE per distinct outcome, not one per recipient.
 
@@ -202,7 +210,7 @@ def record_results(session: Session, results: Sequence[Result], report: SendRepo
             update(Delivery)
             # 'queued' too: after a database outage maintenance may have put the rows back; recording the
             # acceptance now stops the re-send before a worker claims them.
-            .where(Delivery.id.in_(ids), Delivery.status.in_(_RECORDABLE))
+            .where(_id_in(session, ids), Delivery.status.in_(_RECORDABLE))
             .values(**values)
             .execution_options(synchronize_session=False)
         )
