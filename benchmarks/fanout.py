@@ -71,12 +71,33 @@ def bench_settings(url: str, standin_url: str, tmp: Path) -> Settings:
     )
 
 
-def start_worker(settings: Settings, log_path: Path, app_module: str = "alerts.tasks.app",
-                 queues: str = "events,deliveries,maintenance") -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: Settings,
+    log_path: Path,
+    app_module: str = "alerts.tasks.app",
+    queues: str = "events,deliveries,maintenance",
+) -> subprocess.Popen[bytes]:
     env = os.environ | settings_env(settings)
-    command = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--queues", queues, "--pool", "prefork",
-               "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-               "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app_module,
+        "worker",
+        "--queues",
+        queues,
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--hostname",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
     log = log_path.open("wb")
     worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
@@ -150,8 +171,13 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
         worker = start_worker(settings, log_path)
         try:
             producer = create_app(settings)
-            event = {"type": "trial.new_for_condition", "event_id": f"bench-{uuid.uuid4().hex}",
-                     "condition": CONDITION, "occurred_at": "2026-11-25T06:00:00Z", "trial": record(TRIAL)}
+            event = {
+                "type": "trial.new_for_condition",
+                "event_id": f"bench-{uuid.uuid4().hex}",
+                "condition": CONDITION,
+                "occurred_at": "2026-11-25T06:00:00Z",
+                "trial": record(TRIAL),
+            }
             published = time.perf_counter()
             producer.send_task("alerts.events.new_trial_for_condition", args=[event])
             first, last = wait_accepted(standin, n, timeout_s)
@@ -159,8 +185,13 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
             time.sleep(1.0)  # anything sent twice would show up now
             stats = standin.stats()
             # An event nobody follows: its worker time (the task's own runtime, as Celery reports it).
-            quiet = {"type": "trial.new_for_condition", "event_id": f"quiet-{uuid.uuid4().hex}",
-                     "condition": "Amblyopia", "occurred_at": "2026-11-25T06:00:00Z", "trial": record(QUIET_TRIAL)}
+            quiet = {
+                "type": "trial.new_for_condition",
+                "event_id": f"quiet-{uuid.uuid4().hex}",
+                "condition": "Amblyopia",
+                "occurred_at": "2026-11-25T06:00:00Z",
+                "trial": record(QUIET_TRIAL),
+            }
             for i in range(5):
                 producer.send_task("alerts.events.new_trial_for_condition", args=[quiet | {"event_id": f"q{i}-{n}"}])
             time.sleep(2.0)
@@ -229,15 +260,19 @@ def main() -> None:
     if args.json:
         print(json.dumps({"batched": results, "naive": naive}, indent=2))
     for r in results:
-        print(f"\nbatched  N={r['n']:,}  wall={r['wall_s']:.2f}s  {r['emails_per_s']:,.0f} emails/s  "
-              f"first={r['first_acceptance_s']:.2f}s  requests={r['requests']}  missing={r['missing']}  "
-              f"duplicated={r['duplicated']}  worker peak RSS={r['worker_peak_rss_total_mib']} MiB "
-              f"(per process {r['worker_peak_rss_mib']})")
+        print(
+            f"\nbatched  N={r['n']:,}  wall={r['wall_s']:.2f}s  {r['emails_per_s']:,.0f} emails/s  "
+            f"first={r['first_acceptance_s']:.2f}s  requests={r['requests']}  missing={r['missing']}  "
+            f"duplicated={r['duplicated']}  worker peak RSS={r['worker_peak_rss_total_mib']} MiB "
+            f"(per process {r['worker_peak_rss_mib']})"
+        )
         print(f"         stages (worker seconds, summed over both processes): {r['stages_s']}")
         print(f"         event matching nobody: {r['no_match_event_ms']} ms of task time")
     if naive:
-        print(f"\nnaive    N={naive['n']:,}  wall={naive['wall_s']:.2f}s  {naive['emails_per_s']:,.0f} emails/s  "
-              f"requests={naive['requests']}  missing={naive['missing']}  duplicated={naive['duplicated']}")
+        print(
+            f"\nnaive    N={naive['n']:,}  wall={naive['wall_s']:.2f}s  {naive['emails_per_s']:,.0f} emails/s  "
+            f"requests={naive['requests']}  missing={naive['missing']}  duplicated={naive['duplicated']}"
+        )
         if results and results[0]["emails_per_s"] and naive["emails_per_s"]:
             print(f"         batched / naive: {results[0]['emails_per_s'] / naive['emails_per_s']:.0f}x")
     print(f"\nlogs in {tmp}")

@@ -44,8 +44,11 @@ def engine() -> Any:
 @app.task(name="naive.fanout")
 def fanout(event: dict[str, Any], target: str) -> int:
     with transaction(engine()) as session:
-        ids = list(session.scalars(select(Subscription.id).where(
-            Subscription.target == target, Subscription.status == "active")))
+        ids = list(
+            session.scalars(
+                select(Subscription.id).where(Subscription.target == target, Subscription.status == "active")
+            )
+        )
     for subscription_id in ids:
         send_one.delay(subscription_id, event)
     return len(ids)
@@ -63,10 +66,16 @@ def send_one(subscription_id: int, event: dict[str, Any]) -> None:
     # Rendered and CSS-inlined for this one recipient.
     content = Renderer().render(emails.NEW_TRIAL, site | emails.new_trial(event["trial"], event["condition"]))
     unsubscribe = f"{settings.base_url}/unsubscribe/{row.unsubscribe_token}"
-    content = personalize(content, {"unsubscribe_url": unsubscribe,
-                                    "manage_url": f"{settings.base_url}/manage/{row.manage_token}"})
-    mail = Mail(from_email=settings.from_email, to_emails=row.email, subject=content.subject,
-                plain_text_content=content.text, html_content=content.html)
+    content = personalize(
+        content, {"unsubscribe_url": unsubscribe, "manage_url": f"{settings.base_url}/manage/{row.manage_token}"}
+    )
+    mail = Mail(
+        from_email=settings.from_email,
+        to_emails=row.email,
+        subject=content.subject,
+        plain_text_content=content.text,
+        html_content=content.html,
+    )
     mail.add_header(Header("List-Unsubscribe", f"<{unsubscribe}>"))
     mail.add_header(Header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     client = SendGridAPIClient(settings.sendgrid_api_key, host=settings.sendgrid_host)

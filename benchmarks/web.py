@@ -50,8 +50,21 @@ def start_server(url: str, port: int, signup_per_ip: str, workers: int) -> subpr
         "ALERTS_BASE_URL": "https://alerts.example.org",
         "ALERTS_LOG_LEVEL": "WARNING",
     }
-    command = [sys.executable, "-m", "uvicorn", "alerts.web.main:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "alerts.web.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     server = subprocess.Popen(command, env=env, cwd=ROOT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -104,8 +117,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--subscribers", type=int, default=200_000, help="existing subscribers (unsubscribe tokens)")
-    parser.add_argument("--signup-per-ip", default="100000/minute",
-                        help="per-IP limit during the run (all clients share 127.0.0.1); e.g. 20/hour to see 429s")
+    parser.add_argument(
+        "--signup-per-ip",
+        default="100000/minute",
+        help="per-IP limit during the run (all clients share 127.0.0.1); e.g. 20/hour to see 429s",
+    )
     args = parser.parse_args()
     with pg_schema() as url:
         bulk_subscribers(url, args.subscribers, "trial", "NCT00124774", "NCT00124774")
@@ -144,8 +160,10 @@ def main() -> None:
     for name, r in results.items():
         other = {s: n for s, n in r["statuses"].items() if s not in (200, 202, 429)}
         unintended = sum(other.values()) + sum(r["transport_errors"].values())
-        print(f"{name:22s} {r['requests_per_s']:8.1f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-              f"statuses {r['statuses']}  errors other than 429: {unintended}")
+        print(
+            f"{name:22s} {r['requests_per_s']:8.1f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+            f"statuses {r['statuses']}  errors other than 429: {unintended}"
+        )
 
 
 if __name__ == "__main__":

@@ -160,8 +160,10 @@ class _RawLogs(logging.Handler):
         self.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 foreign_pre_chain=[structlog.stdlib.add_log_level],
-                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                            structlog.processors.JSONRenderer(default=str)],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(default=str),
+                ],
             )
         )
 

@@ -19,6 +19,7 @@ from chaos.harness import Result
 N = 2000
 SEED = int(os.environ.get("CHAOS_SEED", random.SystemRandom().randrange(1_000_000)))
 
+
 def check(result: Result) -> None:
     line = result.line() + f" (CHAOS_SEED={SEED})"
     print(line)
