@@ -1,11 +1,13 @@
-"""Matching stays cheap: an event that matches nobody costs well under 20 ms among many subscribers."""
+"""Matching stays cheap: an event that matches nobody does a small, fixed amount of work among many subscribers.
+
+The time itself (< 20 ms of worker time) is measured by benchmarks/fanout.py ("event matching nobody"),
+not asserted here: speed goals live in benchmarks, not in timed unit tests.
+"""
 
 from __future__ import annotations
 
-import statistics
-import time
-
-from sqlalchemy import insert, text
+import pytest
+from sqlalchemy import event, insert, text
 
 from alerts.db import transaction
 from alerts.events import parse_event
@@ -18,7 +20,7 @@ from tests.factories import changed_event, new_trial_event
 SUBSCRIBERS = 20_000
 
 
-def test_an_event_that_matches_nobody_costs_under_20_ms(runtime: Runtime) -> None:
+def test_an_event_that_matches_nobody_does_fixed_work(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     records = all_studies()[:20]
     with transaction(runtime.engine) as session:
         for record in records:  # known trials: their vocabulary is learned already
@@ -59,12 +61,28 @@ def test_an_event_that_matches_nobody_costs_under_20_ms(runtime: Runtime) -> Non
         connection.execute(text("ANALYZE"))  # as autovacuum would have, long before 20,000 subscribers
         connection.commit()
 
-    timings = []
+    import premailer
+
+    rendered: list[int] = []
+    original = premailer.Premailer.transform
+    monkeypatch.setattr(premailer.Premailer, "transform", lambda self, *a, **k: rendered.append(1) or original(self))
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", count)
+    per_event = []
     for n, record in enumerate(records):
-        event = parse_event(new_trial_event(record, "Nothing anyone follows", event_id=f"nobody-{n}"))
-        started = time.perf_counter()
+        parsed = parse_event(new_trial_event(record, "Nothing anyone follows", event_id=f"nobody-{n}"))
+        before = len(statements)
         with transaction(runtime.engine) as session:
-            outcome = accept(session, event, runtime.renderer, runtime.site)
-        timings.append(time.perf_counter() - started)
+            outcome = accept(session, parsed, runtime.renderer, runtime.site)
+        per_event.append(len(statements) - before)
         assert (outcome.status, outcome.recipients) == ("fanned_out", 0)
-    assert statistics.median(timings) < 0.020, [round(t * 1000, 1) for t in timings]
+    event.remove(runtime.engine, "before_cursor_execute", count)
+    # Nothing rendered, and a handful of statements whatever the number of subscribers: no per-subscriber work.
+    assert rendered == []
+    assert max(per_event) <= 30, per_event
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO DELIVERIES")]
+    assert len(inserts) == len(records)
