@@ -241,7 +241,16 @@ def web(
 
     _runtime()
     # log_config=None: uvicorn keeps the JSON logging configured above instead of installing its own.
-    uvicorn.run("alerts.web.main:app", host=host, port=port, workers=workers, proxy_headers=True, log_config=None)
+    # No access log: request paths carry link tokens (unsubscribe, manage), which are credentials.
+    uvicorn.run(
+        "alerts.web.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()
