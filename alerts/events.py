@@ -94,14 +94,23 @@ def _field_of(error: ValidationError) -> str:
 
 
 def _message_of(error: ValidationError) -> str:
-    if error.validator == "required":
+    """A reason that never echoes the rejected value: it is logged and shown, and may hold an address."""
+    rule, expected = error.validator, error.validator_value
+    if rule == "required":
         return "is required"
-    if error.validator == "pattern" and _field_of(error).endswith("nctId"):
+    if rule == "pattern" and _field_of(error).endswith("nctId"):
         return "must look like NCT followed by 8 digits"
-    if error.validator == "maxLength":
-        return f"is longer than {error.validator_value} characters"
-    message = error.message
-    return message if len(message) <= 200 else message[:197] + "..."
+    messages = {
+        "maxLength": f"is longer than {expected} characters",
+        "minLength": f"is shorter than {expected} characters",
+        "type": f"must be of type {expected}",
+        "const": f"must be {expected!r}",
+        "pattern": "does not have the required form",
+        "maxItems": f"has more than {expected} items",
+        "minItems": f"has fewer than {expected} items",
+        "enum": "is not one of the allowed values",
+    }
+    return messages.get(str(rule), f"is invalid ({rule})")
 
 
 def _parse_time(value: str) -> datetime:
@@ -158,7 +167,8 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
         try:
             occurred_at = _parse_time(payload["occurred_at"])
         except ValueError as exc:
-            found.append(FieldError("occurred_at", f"is not an ISO 8601 date-time: {exc}"))
+            reason = str(exc) if str(exc).startswith("needs a UTC offset") else "e.g. 2026-11-25T10:00:00Z"
+            found.append(FieldError("occurred_at", f"is not an ISO 8601 date-time: {reason}"))
     if found:
         raise InvalidEvent(found)
     assert occurred_at is not None

@@ -51,11 +51,11 @@ def test_only_nct_id_and_brief_title_are_required() -> None:
         (lambda e: e.pop("trial"), "trial", "is required"),
         (lambda e: e.update(occurred_at="yesterday"), "occurred_at", "ISO 8601"),
         (lambda e: e.update(occurred_at="2026-11-20T10:00:00"), "occurred_at", "UTC offset"),
-        (lambda e: e.update(trial="NCT01234567"), "trial", "not of type 'object'"),
+        (lambda e: e.update(trial="NCT01234567"), "trial", "must be of type object"),
         (
             lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="   "),
             "trial.protocolSection.identificationModule.briefTitle",
-            "does not match",
+            "required form",
         ),
         (
             lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="x" * 1001),
@@ -67,7 +67,7 @@ def test_only_nct_id_and_brief_title_are_required() -> None:
             "trial.protocolSection.identificationModule.briefTitle",
             "control characters",
         ),
-        (lambda e: e.update(event_id=""), "event_id", "does not match"),
+        (lambda e: e.update(event_id=""), "event_id", "required form"),
     ],
 )
 def test_invalid_events_name_the_field_and_the_reason(mutate: Any, field: str, message: str) -> None:
@@ -115,3 +115,15 @@ def test_idempotency_key_uses_the_producer_id_or_the_content() -> None:
     assert a.idempotency_key == b.idempotency_key
     c = parse_event(changed_event(record, occurred_at="2026-11-21T10:00:00Z"))
     assert c.idempotency_key != a.idempotency_key
+
+
+def test_reasons_never_echo_the_rejected_value() -> None:
+    """Reasons are logged and shown to operators; a rejected value may hold an address."""
+    event = changed_event(study("NCT00124774"))
+    event["trial"]["protocolSection"]["conditionsModule"]["conditions"] = [["someone@example.org"]]
+    event["event_id"] = "bad id someone@example.org"
+    event["occurred_at"] = "someone@example.org"
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(event)
+    assert len(info.value.errors) >= 3
+    assert "@" not in str(info.value)
