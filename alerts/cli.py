@@ -209,24 +209,13 @@ def subscribe(
 @app.command()
 def worker(
     concurrency: int = 2,
-    queues: str = "events,deliveries,maintenance",
+    queues: str = "events,deliveries,maintenance",  # alerts.tasks.app.ALL_QUEUES, spelled out for --help
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker (same as ``celery -A alerts.tasks.app worker``)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "alerts.tasks.app",
-        "worker",
-        "--queues",
-        queues,
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        loglevel,
-    ]
+    from alerts.tasks.app import worker_command
+
+    argv = worker_command(queues=queues, concurrency=concurrency, loglevel=loglevel)
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with the worker
 
 

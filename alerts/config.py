@@ -117,6 +117,17 @@ class Settings(BaseSettings):
         return self
 
 
+def environment(settings: Settings) -> dict[str, str]:
+    """These settings as ALERTS_* variables, for a child process (a worker) that must see the same ones."""
+    values: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        values[f"ALERTS_{name.upper()}"] = text
+    return values
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning pydantic's error into one readable line per bad setting."""
     try:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from alerts import vocabulary
-from alerts.config import Settings, load_settings
+from alerts.config import Settings, environment, load_settings
 from alerts.db import make_engine, transaction
-from alerts.tasks.app import create_app
+from alerts.tasks.app import ALL_QUEUES, create_app, worker_command
 from benchmarks.support import REDIS_URL, SECRET, bulk_subscribers, pg_schema, process_tree, rss_kib
 from tests.support.sendgrid_standin import StandInProcess
-from tests.support.worker import settings_env
+from tests.support.worker import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
@@ -75,36 +74,19 @@ def start_worker(
     settings: Settings,
     log_path: Path,
     app_module: str = "alerts.tasks.app",
-    queues: str = "events,deliveries,maintenance",
+    queues: str = ALL_QUEUES,
 ) -> subprocess.Popen[bytes]:
-    env = os.environ | settings_env(settings)
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        app_module,
-        "worker",
-        "--queues",
-        queues,
-        "--pool",
-        "prefork",
-        "--concurrency",
-        "2",
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--hostname",
-        f"bench-{uuid.uuid4().hex[:6]}@%h",
-    ]
+    env = os.environ | environment(settings)
+    command = worker_command(
+        app_module=app_module,
+        queues=queues,
+        pool="prefork",
+        standalone=True,
+        hostname=f"bench-{uuid.uuid4().hex[:6]}@%h",
+    )
     log = log_path.open("wb")
     worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while b"ready." not in log_path.read_bytes():
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-2000:]}")
-        time.sleep(0.05)
+    wait_ready(worker, log_path, timeout_s=60)
     return worker
 
 

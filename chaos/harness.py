@@ -45,6 +45,7 @@ import psycopg
 import redis
 from celery import Celery
 
+from alerts.tasks.app import worker_command
 from benchmarks.support import SECRET, bulk_subscribers, pg_schema, process_tree
 from tests.support.sendgrid_standin import StandInProcess
 
@@ -197,26 +198,9 @@ class Worker:
         h = self.harness
         self.generation += 1
         tag = f"w{self.index}g{self.generation}"
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "alerts.tasks.app",
-            "worker",
-            "--queues",
-            "events,deliveries,maintenance",
-            "--concurrency",
-            str(self.concurrency),
-            "--pool",
-            "prefork",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            f"chaos-{h.run_id}-{tag}@%h",
-        ]
+        command = worker_command(
+            concurrency=self.concurrency, pool="prefork", standalone=True, hostname=f"chaos-{h.run_id}-{tag}@%h"
+        )
         self.proc = Proc(f"worker {tag}", command, h.env(worker=True), h.run_dir / f"worker-{tag}.log").start()
         self.proc.wait_for_log(b"ready.", timeout_s=60)
         return self

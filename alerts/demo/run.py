@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,13 +22,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from alerts import subscriptions
-from alerts.config import Settings, load_settings
+from alerts.config import Settings, environment, load_settings
 from alerts.db import transaction, upgrade
 from alerts.logs import configure_logging
 from alerts.models import Delivery, DeliveryStatus, Event, Subscription
 from alerts.pipeline import ingest
 from alerts.runtime import Runtime, set_runtime
-from alerts.tasks.app import create_app
+from alerts.tasks.app import create_app, worker_command
 from alerts.tasks.enqueue import CeleryEnqueue
 from alerts.tokens import Purpose
 
@@ -82,30 +81,8 @@ def _confirm_token(message: EmailMessage) -> str:
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "ALERTS_DATABASE_URL": settings.database_url,
-        "ALERTS_BROKER_URL": settings.broker_url,
-        "ALERTS_BROKER_DIR": str(settings.broker_dir),
-        "ALERTS_EMAIL_BACKEND": settings.email_backend,
-        "ALERTS_OUTBOX_DIR": str(settings.outbox_dir),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "alerts.tasks.app",
-        "worker",
-        "--queues",
-        "events,deliveries,maintenance",
-        "--concurrency",
-        "2",
-        "--loglevel",
-        "INFO",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    env = os.environ | environment(settings)
+    command = worker_command(standalone=True)
     log = log_path.open("wb")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
 

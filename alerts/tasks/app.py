@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery, Task
@@ -13,6 +14,33 @@ from alerts.config import Settings, get_settings
 EVENTS_QUEUE = "events"
 DELIVERIES_QUEUE = "deliveries"
 MAINTENANCE_QUEUE = "maintenance"
+ALL_QUEUES = ",".join((EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE))
+
+
+def worker_command(
+    *,
+    app_module: str = "alerts.tasks.app",
+    queues: str = ALL_QUEUES,
+    concurrency: int = 2,
+    pool: str | None = None,
+    loglevel: str = "INFO",
+    hostname: str | None = None,
+    standalone: bool = False,
+) -> list[str]:
+    """The command line of a Celery worker of this app, in this interpreter.
+
+    ``standalone``: a worker that does not talk to other workers at start-up (no gossip, no mingle), as
+    the demo, tests, benchmarks and chaos scenarios run it.
+    """
+    command = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--queues", queues]
+    command += ["--concurrency", str(concurrency), "--loglevel", loglevel]
+    if pool:
+        command += ["--pool", pool]
+    if standalone:
+        command += ["--without-gossip", "--without-mingle"]
+    if hostname:
+        command += ["--hostname", hostname]
+    return command
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
