@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any
 
 from alerts import subscriptions
 from alerts.db import transaction
 from alerts.runtime import Runtime
+from alerts.transports.memory import MemoryTransport
 
 
 def changed_event(trial: dict[str, Any], previous: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -39,3 +41,8 @@ def open_recruitment(record: dict[str, Any]) -> dict[str, Any]:
     edited = copy.deepcopy(record)
     edited["protocolSection"].setdefault("statusModule", {})["overallStatus"] = "RECRUITING"
     return edited
+
+
+def per_recipient(memory: MemoryTransport) -> Counter[str]:
+    """How many emails each address received through the memory transport."""
+    return Counter(r.email for b in memory.batches for r in b.recipients)

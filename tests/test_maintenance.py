@@ -15,7 +15,7 @@ from alerts.pipeline import Rejected, ingest
 from alerts.runtime import Runtime
 from alerts.transports.memory import MemoryTransport
 from tests.conftest import InlineEnqueue, study
-from tests.factories import follow, new_trial_event
+from tests.factories import follow, new_trial_event, per_recipient
 
 
 class LosingEnqueue(InlineEnqueue):
@@ -28,10 +28,6 @@ class LosingEnqueue(InlineEnqueue):
 def run(runtime: Runtime, inline: InlineEnqueue, **overrides: Any) -> maintenance.MaintenanceReport:
     options = {"batch_size": 2, "stale_after_s": 0, "pending_days": 14, "retention_days": 180} | overrides
     return maintenance.run(runtime.engine, inline.send_batch, **options)
-
-
-def per_recipient(memory: MemoryTransport) -> Counter[str]:
-    return Counter(r.email for b in memory.batches for r in b.recipients)
 
 
 def test_lost_send_messages_are_recovered_exactly_once(

@@ -14,11 +14,7 @@ from alerts.recovery import CannotReplay, failed_deliveries, replay, requeue_fai
 from alerts.runtime import Runtime
 from alerts.transports.memory import MemoryTransport
 from tests.conftest import InlineEnqueue, study
-from tests.factories import follow, new_trial_event
-
-
-def per_recipient(memory: MemoryTransport) -> Counter[str]:
-    return Counter(r.email for b in memory.batches for r in b.recipients)
+from tests.factories import follow, new_trial_event, per_recipient
 
 
 def test_failed_deliveries_are_listed_and_requeued_once(

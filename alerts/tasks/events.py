@@ -18,6 +18,14 @@ from alerts.tasks.enqueue import CeleryEnqueue
 
 # Only a database outage is worth retrying; an invalid event is recorded and never retried.
 RETRYABLE = (OperationalError, InterfaceError)
+EVENT_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 12,
+}
 
 
 def _run(
@@ -38,27 +46,11 @@ def _run(
     return {"event_id": outcome.event_id, "status": outcome.status, "recipients": outcome.recipients}
 
 
-@app.task(
-    name="alerts.events.trial_changed",
-    bind=True,
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=12,
-)
+@app.task(name="alerts.events.trial_changed", **EVENT_TASK_OPTIONS)
 def trial_changed(self: Task, event: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _run(self, TRIAL_CHANGED, event, args, kwargs)
 
 
-@app.task(
-    name="alerts.events.new_trial_for_condition",
-    bind=True,
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=12,
-)
+@app.task(name="alerts.events.new_trial_for_condition", **EVENT_TASK_OPTIONS)
 def new_trial_for_condition(self: Task, event: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _run(self, NEW_TRIAL_FOR_CONDITION, event, args, kwargs)
