@@ -306,13 +306,19 @@ def batch_ranges(
     condition = Delivery.event_id == event_id
     if status is not None:
         condition = condition & (Delivery.status == status.value)
-    numbered = select(Delivery.id, func.row_number().over(order_by=Delivery.id).label("rn")).where(condition).subquery()
-    total = session.scalar(select(func.count()).select_from(numbered)) or 0
-    if total == 0:
-        return
+    # One pass: each row's position and the total come from window functions over the same scan.
+    numbered = (
+        select(
+            Delivery.id,
+            func.row_number().over(order_by=Delivery.id).label("rn"),
+            func.count().over().label("total"),
+        )
+        .where(condition)
+        .subquery()
+    )
     ends = (
         select(numbered.c.id)
-        .where((numbered.c.rn % batch_size == 0) | (numbered.c.rn == total))
+        .where((numbered.c.rn % batch_size == 0) | (numbered.c.rn == numbered.c.total))
         .order_by(numbered.c.id)
     )
     after = 0
