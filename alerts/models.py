@@ -196,8 +196,8 @@ class Delivery(Base):
         # No index on status, lease_until or provider_message_id (migration 0005): each delivery row is
         # updated twice (claimed, then recorded); without indexes on the updated columns, and with room
         # left in each page (fillfactor), PostgreSQL updates it in place (HOT) instead of touching every
-        # index. The maintenance pass reads status by a scan once a minute instead. (fillfactor 70 is set
-        # by that migration; SQLAlchemy has no table option for it.)
+        # index. The maintenance pass reads status by a scan once a minute instead. (fillfactor 45 is set
+        # by migrations 0005-0006; SQLAlchemy has no table option for it.)
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -24,7 +24,16 @@ from alerts import vocabulary
 from alerts.config import Settings, environment, load_settings
 from alerts.db import make_engine, transaction
 from alerts.tasks.app import ALL_QUEUES, create_app, worker_command
-from benchmarks.support import REDIS_URL, SECRET, bulk_subscribers, pg_schema, process_tree, rss_kib
+from benchmarks.support import (
+    REDIS_URL,
+    SECRET,
+    CpuMeter,
+    bulk_subscribers,
+    pg_schema,
+    pids_named,
+    process_tree,
+    rss_kib,
+)
 from tests.support.sendgrid_standin import StandInProcess
 from tests.support.worker import wait_ready
 
@@ -160,10 +169,23 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
                 "occurred_at": "2026-11-25T06:00:00Z",
                 "trial": record(TRIAL),
             }
+            assert standin.process is not None
+            standin_pid = standin.process.pid
+            # Where the two cores went: the worker's processes, PostgreSQL's, the stand-in's, Redis's.
+            meter = CpuMeter(
+                {
+                    "worker": lambda: process_tree(worker.pid),
+                    "postgres": lambda: pids_named("postgres"),
+                    "standin": lambda: [standin_pid],
+                    "redis": lambda: pids_named("redis-server"),
+                }
+            )
+            meter.start()
             published = time.perf_counter()
             producer.send_task("alerts.events.new_trial_for_condition", args=[event])
             first, last = wait_accepted(standin, n, timeout_s)
             wall = time.perf_counter() - published if last is not None else None
+            cpu = meter.stop()
             time.sleep(1.0)  # anything sent twice would show up now
             stats = standin.stats()
             # An event nobody follows: its worker time (the task's own runtime, as Celery reports it).
@@ -191,6 +213,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
         "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
         "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
         "stages_s": {k: round(v, 3) for k, v in sorted(stages(log_path).items())},
+        "cpu_s": cpu,
         "no_match_event_ms": [round(t * 1000, 1) for t in quiet_times],
         "log": str(log_path),
     }
@@ -249,6 +272,7 @@ def main() -> None:
             f"(per process {r['worker_peak_rss_mib']})"
         )
         print(f"         stages (worker seconds, summed over both processes): {r['stages_s']}")
+        print(f"         CPU seconds from publish to last acceptance, by process group: {r['cpu_s']}")
         print(f"         event matching nobody: {r['no_match_event_ms']} ms of task time")
     if naive:
         print(
