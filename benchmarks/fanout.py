@@ -99,7 +99,7 @@ def start_worker(
     return worker
 
 
-def stop(worker: subprocess.Popen[bytes]) -> dict[str, int]:
+def stop(worker: subprocess.Popen[bytes]) -> dict[int, int]:
     """Peak resident memory of every process of the worker, read from the kernel before they exit."""
     peaks = {pid: rss_kib(pid) for pid in process_tree(worker.pid)}
     worker.terminate()

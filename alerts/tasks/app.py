@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -131,6 +132,10 @@ def _fresh_connections(**_: Any) -> None:
     from alerts.runtime import set_runtime
 
     set_runtime(None)
+    # Everything alive now (modules, SQLAlchemy's mappings, compiled schemas) lives as long as the process:
+    # keep it out of the collector's full passes. A 1000-recipient batch allocates enough to trigger one
+    # every few batches, and each walked all of it: 75 ms, about 10% of the send time (measured).
+    gc.freeze()
 
 
 @setup_logging.connect
