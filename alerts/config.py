@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     ops_token: str | None = None
 
     batch_size: int = Field(default=1000, ge=1, le=1000)
+    # A fan-out creates its delivery rows in chunks of subscribers, each committed and queued for sending
+    # as soon as it exists: the first small (first emails leave quickly), the rest larger (fewer commits).
+    fanout_first_chunk: int = Field(default=2000, ge=1)
+    fanout_chunk_size: int = Field(default=10_000, ge=1)
     confirm_max_age_s: int = Field(default=7 * 24 * 3600, gt=0)
     # A claimed batch not finished within this time is considered lost (worker died) and re-queued.
     send_lease_s: int = Field(default=120, gt=0)

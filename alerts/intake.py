@@ -2,7 +2,9 @@
 
 Everything here happens in the caller's transaction, so an event is either fully applied (event row,
 snapshot, vocabulary counts, deliveries, renderings) or not at all. Sending is queued by the caller after
-the commit.
+the commit. An audience larger than ``first_chunk`` subscribers is the exception: the first chunk's rows
+are created here and the event is left ``fanning_out`` for ``alerts.fanout`` to create the rest chunk
+by chunk, so that sending starts early.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from sqlalchemy.orm import Session
 from alerts import contents, ctgov, emails, vocabulary
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import MatchPlan, TrialFacts, create_deliveries
-from alerts.models import Event, EventStatus, SubscriptionKind, Trial
+from alerts.matching import MatchPlan, TrialFacts, create_deliveries_chunk
+from alerts.models import Event, EventStatus, SubscriptionKind, Trial, utcnow
 from alerts.rendering import Content, Renderer
 
 
@@ -31,6 +33,8 @@ class Accepted:
     reason: str | None = None
     # Seconds spent per stage (match = reading and deciding, rows = the INSERT ... SELECT, render).
     timings: dict[str, float] = field(default_factory=dict)
+    # Renders one more variant of the email, for the later chunks of a fan-out (alerts.fanout).
+    render: Callable[[str | None], Content] | None = field(default=None, repr=False, compare=False)
 
 
 def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
@@ -68,7 +72,9 @@ def _changed(event: TrialEvent, snapshot: Trial | None) -> tuple[Mapping[str, An
     return snapshot.record, None
 
 
-def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any]) -> Accepted:
+def accept(
+    session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any], first_chunk: int = 2000
+) -> Accepted:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     existing = session.scalar(select(Event).where(Event.idempotency_key == event.idempotency_key))
@@ -120,12 +126,17 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
     _store_version(session, snapshot, event)
     session.add(row)
     session.flush()
+    render: Callable[[str | None], Content] | None = None
     if reason is None:
-        row.status = EventStatus.FANNED_OUT
         rows_started = time.perf_counter()
         plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe)
         row.match = plan.as_json()
-        row.recipients = create_deliveries(session, row.id, kind, targets, dedupe, broader_targets=broader, facts=facts)
+        chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk)
+        row.recipients = chunk.created
+        if chunk.complete:
+            row.status = EventStatus.FANNED_OUT
+        else:
+            row.status, row.fanout_cursor, row.fanout_at = EventStatus.FANNING_OUT, chunk.last_subscriber_id, utcnow()
         timings["rows_s"] = time.perf_counter() - rows_started
         if row.recipients:
             shared = {**site, **context()}
@@ -142,4 +153,4 @@ def accept(session: Session, event: TrialEvent, renderer: Renderer, site: Mappin
     else:
         row.reason = reason
     timings["match_s"] = time.perf_counter() - started - sum(timings.values())
-    return Accepted(row.id, row.status, row.recipients, row.reason, timings)
+    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render)

@@ -1,8 +1,9 @@
 """The periodic maintenance pass: recover stuck work, expire unconfirmed sign-ups, prune old history.
 
 A lost broker message (Redis restarted without persistence, a worker killed between claim and send) must
-never lose an email: deliveries stuck in ``sending`` past their lease go back to ``queued``, and queued
-deliveries nobody touched for a while are handed to send tasks again. Claims are atomic
+never lose an email: deliveries stuck in ``sending`` past their lease go back to ``queued``, queued
+deliveries nobody touched for a while are handed to send tasks again, and a fan-out that stopped
+advancing (its worker died between chunks) is resumed. Claims are atomic
 (queued -> sending), so re-queueing work that is in fact still on the broker costs a no-op task, never a
 second email.
 """
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from alerts import fanout
 from alerts.db import transaction
 from alerts.matching import batch_ranges
 from alerts.models import (
@@ -38,6 +40,7 @@ from alerts.models import (
 class MaintenanceReport:
     leases_expired: int = 0
     batches_requeued: int = 0
+    fan_outs_resumed: int = 0
     pending_expired: int = 0
     deliveries_pruned: int = 0
 
@@ -160,8 +163,16 @@ def run(
     stale_after_s: int,
     pending_days: int,
     retention_days: int,
+    enqueue_fan_out: Callable[[int], None] | None = None,
+    fanout_stale_s: int = 120,
 ) -> MaintenanceReport:
     report = MaintenanceReport()
+    if enqueue_fan_out is not None:
+        with transaction(engine) as session:
+            resumed = fanout.stale_fan_outs(session, fanout_stale_s)
+        for event_id in resumed:
+            enqueue_fan_out(event_id)
+        report.fan_outs_resumed = len(resumed)
     with transaction(engine) as session:
         report.leases_expired, events = release_expired_leases(session)
     with transaction(engine) as session:

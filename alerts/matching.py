@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Executable,
     Integer,
@@ -143,18 +144,29 @@ def _passes(kind: str, values: bool) -> ColumnElement[bool]:
 
 @functools.cache
 def _matching_insert(
-    kind: SubscriptionKind, broader: bool, recruiting: bool, countries: bool, phases: bool, select_only: bool = False
+    kind: SubscriptionKind,
+    broader: bool,
+    recruiting: bool,
+    countries: bool,
+    phases: bool,
+    select_only: bool = False,
+    chunked: bool = False,
 ) -> Executable:
     """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
 
     Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
-    country_values, phase_values.
+    country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers).
     """
     where: list[ColumnElement[bool]] = [
         Subscription.kind == kind.value,
         Subscription.target.in_(bindparam("targets", expanding=True)),
         Subscription.status == SubscriptionStatus.ACTIVE.value,
     ]
+    if chunked:
+        # Keyset over subscribers: all of one subscriber's subscriptions fall in the same chunk, so the
+        # oldest-owns-the-delivery rank below stays right; the planner walks subscribers in order from
+        # here and stops after the chunk (LIMIT), so each chunk costs its own size, not what is left.
+        where.append(Subscription.subscriber_id > bindparam("after", type_=BigInteger()))
     if broader:
         where.append(
             or_(Subscription.target.in_(bindparam("direct", expanding=True)), Subscription.include_narrower.is_(True))
@@ -197,6 +209,8 @@ def _matching_insert(
         # Keyset order: delivery ids follow subscriber ids, so batches read the index in order.
         .order_by(candidates.c.subscriber_id)
     )
+    if chunked:
+        matches = matches.limit(bindparam("chunk", type_=Integer()))
     columns = [
         "event_id",
         "subscriber_id",
@@ -221,6 +235,7 @@ def _statement(
     broader_targets: Sequence[str],
     facts: TrialFacts | None,
     select_only: bool,
+    chunked: bool = False,
 ) -> tuple[Executable | None, dict[str, Any]]:
     direct = list(dict.fromkeys(targets))
     broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
@@ -229,7 +244,13 @@ def _statement(
     facts = facts or TrialFacts()
     condition = kind == SubscriptionKind.CONDITION
     statement = _matching_insert(
-        kind, bool(broader), facts.recruiting or not condition, bool(facts.countries), bool(facts.phases), select_only
+        kind,
+        bool(broader),
+        facts.recruiting or not condition,
+        bool(facts.countries),
+        bool(facts.phases),
+        select_only,
+        chunked,
     )
     params = {
         "event_id": event_id,
@@ -294,16 +315,55 @@ def create_deliveries(
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """What one chunk of a fan-out created."""
+
+    created: int  # deliveries
+    last_subscriber_id: int  # where the next chunk starts (unchanged when nothing was left)
+    after_id: int  # the new deliveries are after_id < id <= upto_id
+    upto_id: int
+    complete: bool  # fewer subscribers than asked were left: the fan-out is done
+
+
+def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, after: int, chunk: int) -> Chunk:
+    """The next ``chunk`` subscribers after subscriber id ``after`` who should get the event: their rows.
+
+    The same matching, filters and deduplication as ``create_deliveries``, over a keyset slice of the
+    subscribers, so a large fan-out commits (and starts sending) chunk by chunk. The caller must hold the
+    event's row lock (``alerts.fanout``): chunks of one event never run side by side, so the rows after
+    this event's highest delivery id are exactly this chunk's.
+    """
+    newest = select(func.max(Delivery.id)).where(Delivery.event_id == event_id)
+    before = int(session.scalar(newest) or 0)
+    statement, params = _statement(
+        event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, False, chunked=True
+    )
+    if statement is None:
+        return Chunk(0, after, before, before, True)
+    session.connection().execute(statement, params | {"after": after, "chunk": chunk})
+    # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index reads the
+    # chunk's rows back cheaply.
+    created, last, upto = session.execute(
+        select(func.count(), func.max(Delivery.subscriber_id), func.max(Delivery.id)).where(
+            Delivery.event_id == event_id, Delivery.id > before
+        )
+    ).one()
+    created = int(created or 0)
+    return Chunk(created, int(last) if last is not None else after, before, int(upto or before), created < chunk)
+
+
 def batch_ranges(
-    session: Session, event_id: int, batch_size: int, status: DeliveryStatus | None = None
+    session: Session, event_id: int, batch_size: int, status: DeliveryStatus | None = None, after_id: int = 0
 ) -> Iterator[tuple[int, int]]:
     """(after_id, upto_id] ranges of at most ``batch_size`` deliveries of an event, in id order.
 
     One window-function query returns only every batch_size-th id, so memory is N/batch_size ids, and
     each send task claims its range through the (event_id, id) index. With ``status``, only rows in that
-    status count (re-queueing what is left of a half-sent event).
+    status count (re-queueing what is left of a half-sent event); with ``after_id``, only rows after it
+    (the chunk a fan-out just created).
     """
-    condition = Delivery.event_id == event_id
+    condition = (Delivery.event_id == event_id) & (Delivery.id > after_id)
     if status is not None:
         condition = condition & (Delivery.status == status.value)
     # One pass: each row's position and the total come from window functions over the same scan.
@@ -321,7 +381,7 @@ def batch_ranges(
         .where((numbered.c.rn % batch_size == 0) | (numbered.c.rn == numbered.c.total))
         .order_by(numbered.c.id)
     )
-    after = 0
+    after = after_id
     for upto in session.scalars(ends):
         yield after, int(upto)
         after = int(upto)

@@ -76,6 +76,7 @@ class SubscriptionStatus(enum.StrEnum):
 
 class EventStatus(enum.StrEnum):
     FANNED_OUT = "fanned_out"  # deliveries created (possibly zero recipients)
+    FANNING_OUT = "fanning_out"  # a large fan-out, creating its deliveries chunk by chunk (alerts.fanout)
     NO_OP = "no_op"  # valid, but nothing material to tell anyone
 
 
@@ -172,6 +173,10 @@ class Event(Base):
     # How the event was matched (kind, targets, broader targets, trial facts, dedupe key), so an operator
     # can replay it later (alerts replay) against today's subscriptions.
     match: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    # While fanning out: the subscriber id the next chunk starts after, and when the last chunk committed
+    # (maintenance resumes a fan-out whose worker died). Both None once every delivery exists.
+    fanout_cursor: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    fanout_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RejectedEvent(Base):

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from alerts import emails
+from alerts import emails, fanout
 from alerts.db import transaction
 from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event, printable
 from alerts.intake import Accepted, accept
 from alerts.matching import batch_ranges
-from alerts.models import RejectedEvent, Subscription, SubscriptionStatus, Suppression
+from alerts.models import EventStatus, RejectedEvent, Subscription, SubscriptionStatus, Suppression
 from alerts.rendering import Content
 from alerts.runtime import Runtime
 from alerts.sending import SendReport, send_range
@@ -78,7 +79,7 @@ def _accept(runtime: Runtime, event: TrialEvent) -> Accepted:
     for attempt in range(3):
         try:
             with transaction(runtime.engine) as session:
-                return accept(session, event, runtime.renderer, runtime.site)
+                return accept(session, event, runtime.renderer, runtime.site, runtime.settings.fanout_first_chunk)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -103,12 +104,18 @@ def ingest(
         return event
     outcome = _accept(runtime, event)
     timings = dict(outcome.timings)
-    if outcome.status == "fanned_out" and outcome.recipients:
+    batches = 0
+    if outcome.status in (EventStatus.FANNED_OUT, EventStatus.FANNING_OUT) and outcome.recipients:
         started = time.perf_counter()
         batches = dispatch(runtime, outcome.event_id, enqueue)
         timings["dispatch_s"] = time.perf_counter() - started
-    else:
-        batches = 0
+    if outcome.status == EventStatus.FANNING_OUT:
+        # A large audience: the first chunk is on its way; create (and queue) the rest chunk by chunk.
+        started = time.perf_counter()
+        report = fan_out(runtime, outcome.event_id, enqueue, outcome.render)
+        timings["fanout_s"] = time.perf_counter() - started
+        batches += report.batches
+        outcome = replace(outcome, status=report.status, recipients=report.recipients, timings=timings)
     log.info(
         "event.accepted",
         event_id=outcome.event_id,
@@ -121,6 +128,24 @@ def ingest(
         timings={k: round(v, 4) for k, v in timings.items()},
     )
     return outcome
+
+
+def fan_out(
+    runtime: Runtime, event_id: int, enqueue: Enqueue, render: Callable[[str | None], Content] | None = None
+) -> fanout.FanOut:
+    """Create (and queue the sending of) what is left of an event's deliveries: see alerts.fanout.
+
+    Without ``render`` this is a resumed fan-out (its first run died): see ``fanout.run``.
+    """
+    return fanout.run(
+        runtime.engine,
+        event_id,
+        chunk_size=runtime.settings.fanout_chunk_size,
+        batch_size=runtime.settings.batch_size,
+        enqueue_batch=enqueue.send_batch,
+        render=render,
+        resume=render is None,
+    )
 
 
 def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> SendReport:

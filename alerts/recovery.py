@@ -8,8 +8,9 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from alerts import contents
 from alerts.matching import batch_ranges
-from alerts.models import Delivery, DeliveryStatus, Event, EventContent, utcnow
+from alerts.models import Delivery, DeliveryStatus, Event, utcnow
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,7 @@ def replay(session: Session, event_id: int, batch_size: int, dry_run: bool) -> R
         broader_targets=plan.broader_targets,
         facts=plan.facts,
     )
-    # A followed label that had no recipient at the time has no rendering of its own: those recipients
-    # get the event's main rendering (the email itself is the same; only the "You follow" line differs).
-    rendered = select(EventContent.variant).where(EventContent.event_id == event_id)
-    session.execute(
-        update(Delivery)
-        .where(Delivery.event_id == event_id, Delivery.id > existing, Delivery.variant.not_in(rendered))
-        .values(variant=None)
-        .execution_options(synchronize_session=False)
-    )
+    # A followed label that had no recipient at the time has no rendering of its own.
+    contents.fall_back_to_main(session, event_id, existing)
     ranges = [(event_id, a, u) for a, u in batch_ranges(session, event_id, batch_size) if u > existing]
     return Replay(event_id, count, sample, ranges)

@@ -112,7 +112,8 @@ def _event_counts(engine: Engine, since: datetime) -> dict[str, int]:
     received = sum(counts.values()) + int(rejected or 0)
     return {
         "received": received,
-        "fanned_out": counts.get("fanned_out", 0),
+        # A large fan-out still creating its rows chunk by chunk (alerts.fanout) has fanned out too.
+        "fanned_out": counts.get("fanned_out", 0) + counts.get("fanning_out", 0),
         "no_op": counts.get("no_op", 0),
         "rejected": int(rejected or 0),
     }

@@ -102,6 +102,7 @@ class InlineEnqueue:
     confirmations: list[int] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     webhooks: list[list[dict[str, Any]]] = field(default_factory=list)
+    fan_outs: list[int] = field(default_factory=list)
 
     def trial_event(self, payload: dict[str, Any]) -> None:
         from alerts.pipeline import ingest
@@ -114,6 +115,12 @@ class InlineEnqueue:
 
         self.batches.append((event_id, after_id, upto_id))
         deliver(self.runtime, event_id, after_id, upto_id)
+
+    def fan_out(self, event_id: int) -> None:
+        from alerts.pipeline import fan_out
+
+        self.fan_outs.append(event_id)
+        fan_out(self.runtime, event_id, self)
 
     def process_webhook(self, events: list[dict[str, Any]]) -> None:
         from alerts.webhooks import apply_events

@@ -1,5 +1,7 @@
 """Event consumers: ``alerts.events.trial_changed`` and ``alerts.events.new_trial_for_condition``.
 
+``alerts.events.fan_out`` (internal, queued by maintenance) resumes a large fan-out whose worker died.
+
 Each takes one argument, the event dict, so producers in any language can publish them.
 """
 
@@ -49,6 +51,13 @@ def _run(
 @app.task(name="alerts.events.trial_changed", **EVENT_TASK_OPTIONS)
 def trial_changed(self: Task, event: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _run(self, TRIAL_CHANGED, event, args, kwargs)
+
+
+@app.task(name="alerts.events.fan_out", **EVENT_TASK_OPTIONS)
+def fan_out(self: Task, event_id: int) -> dict[str, Any]:
+    """Resume a fan-out whose worker died (queued by maintenance); a no-op for an event already done."""
+    report = pipeline.fan_out(get_runtime(), event_id, CeleryEnqueue())
+    return {"event_id": event_id, "status": report.status, "recipients": report.recipients, "created": report.created}
 
 
 @app.task(name="alerts.events.new_trial_for_condition", **EVENT_TASK_OPTIONS)

@@ -14,9 +14,12 @@ from alerts.tasks.enqueue import CeleryEnqueue
 def run() -> dict[str, int]:
     runtime = get_runtime()
     settings = runtime.settings
+    enqueue = CeleryEnqueue()
     report = maintenance.run(
         runtime.engine,
-        CeleryEnqueue().send_batch,
+        enqueue.send_batch,
+        enqueue_fan_out=enqueue.fan_out,
+        fanout_stale_s=settings.send_lease_s,
         batch_size=settings.batch_size,
         stale_after_s=settings.stale_queued_s,
         pending_days=settings.pending_expiry_days,
