@@ -35,5 +35,11 @@ test: lint types pytest
 chaos: $(STAMP) services
 	$(BIN)/python -m chaos
 
+# The performance benchmarks (benchmarks/README.md): minutes; they use this machine's PostgreSQL and Redis.
+bench: $(STAMP) services
+	./scripts/ensure-wrk.sh
+	$(BIN)/python -m benchmarks.fanout --n 100000 --naive --naive-n 1000
+	$(BIN)/python -m benchmarks.web --duration 30 --clients 100
+
 clean:
 	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache
