@@ -100,6 +100,7 @@ def _claim(session: Session, event_id: int, after_id: int, upto_id: int, lease_s
 def _recipients(session: Session, event_id: int, after_id: int, upto_id: int, lease: datetime) -> list[Any]:
     # The rows this claim took: same range, still sending, under exactly this lease (a range predicate on
     # the (event_id, id) index rather than a list of a thousand ids).
+    # _classify and _group_recipients unpack the rows by position: keep the column order in step with them.
     query = (
         select(
             Delivery.id,
@@ -265,6 +266,53 @@ def _record(engine: Engine, results: Sequence[Result], report: SendReport) -> No
         report.retry_after_s = max(report.retry_after_s or 0.0, attempt_report.retry_after_s)
 
 
+def _classify(rows: Sequence[Any]) -> tuple[list[int], list[int], list[Any], set[str | None]]:
+    """Claimed rows -> (ids to skip, ids suppressed, rows to send, their variants), in one pass.
+
+    Skipping (no address, or the subscription is no longer active) wins over suppression, so each row
+    lands in exactly one of the three.
+    """
+    active = SubscriptionStatus.ACTIVE.value  # hoisted: an enum attribute lookup per row adds up
+    skipped: list[int] = []
+    suppressed: list[int] = []
+    sendable: list[Any] = []
+    variants: set[str | None] = set()
+    for row in rows:
+        # By position (the column order of _recipients): reading one attribute of a SQLAlchemy Row costs
+        # ~0.4 us, more than unpacking all seven columns.
+        delivery_id, variant, email, _manage_token, _unsubscribe_token, status, suppression_id = row
+        if email is None or status != active:
+            skipped.append(delivery_id)
+        elif suppression_id is not None:
+            suppressed.append(delivery_id)
+        else:
+            sendable.append(row)
+            variants.add(variant)
+    return skipped, suppressed, sendable, variants
+
+
+def _group_recipients(rows: Sequence[Any], links: Links) -> dict[str | None, list[Recipient]]:
+    """A Recipient per row (its links and Message-ID), by variant. Runs for every recipient of the send."""
+    # The link builders append the token to a fixed prefix, and the Message-ID differs only by the id:
+    # build the fixed parts once, not per row.
+    unsubscribe_prefix = links.unsubscribe("")
+    manage_prefix = links.manage("")
+    message_id_end = f"@{links.domain}>"  # links.message_id("delivery", id) == f"<delivery-{id}" + this
+    groups: dict[str | None, list[Recipient]] = {}
+    for row in rows:
+        delivery_id, variant, email, manage_token, unsubscribe_token, _status, _suppression_id = row
+        values = {
+            "unsubscribe_url": f"{unsubscribe_prefix}{unsubscribe_token}",
+            "manage_url": f"{manage_prefix}{manage_token}",
+        }
+        recipient = Recipient(delivery_id, email, values, f"<delivery-{delivery_id}{message_id_end}")
+        group = groups.get(variant)
+        if group is None:
+            group = groups[variant] = []
+        group.append(recipient)
+    return groups
+
+
 def send_range(
     engine: Engine,
     transport: Transport,
@@ -285,37 +333,16 @@ def send_range(
             return report
         rows = _recipients(session, event_id, after_id, upto_id, lease)
         report.claimed = len(rows)
-        skipped = [r.id for r in rows if r.email is None or r.status != SubscriptionStatus.ACTIVE.value]
-        suppressed = [r.id for r in rows if r.email is not None and r.suppression_id is not None]
+        skipped, suppressed, sendable, variants = _classify(rows)
         _mark(session, skipped, DeliveryStatus.SKIPPED, "subscription ended before sending")
-        _mark(
-            session,
-            [i for i in suppressed if i not in set(skipped)],
-            DeliveryStatus.SUPPRESSED,
-            "address is suppressed",
-        )
-        excluded = set(skipped) | set(suppressed)
+        _mark(session, suppressed, DeliveryStatus.SUPPRESSED, "address is suppressed")
         # One shared rendering per variant (alerts.contents): the event's, or per followed condition.
-        contents = contents_for(session, event_id, {r.variant for r in rows if r.id not in excluded})
+        contents = contents_for(session, event_id, variants)
     report.skipped = len(skipped)
-    report.suppressed = len(set(suppressed) - set(skipped))
+    report.suppressed = len(suppressed)
     report.timings["claim_s"] = clock() - started
     started = clock()
-    groups: dict[str | None, list[Recipient]] = {}
-    for r in rows:
-        if r.id in excluded:
-            continue
-        groups.setdefault(r.variant, []).append(
-            Recipient(
-                delivery_id=r.id,
-                email=r.email,
-                values={
-                    "unsubscribe_url": links.unsubscribe(r.unsubscribe_token),
-                    "manage_url": links.manage(r.manage_token),
-                },
-                message_id=links.message_id("delivery", r.id),
-            )
-        )
+    groups = _group_recipients(sendable, links)
     if not groups:
         return report
     missing = [variant for variant in groups if variant not in contents]
