@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # Redis redelivers a message not acknowledged within this time (a worker that vanished). Longer than any
     # task (a send batch is bounded by half the lease); our tasks are idempotent, so early is safe.
     broker_visibility_timeout_s: int = Field(default=600, gt=0)
+    # Celery task events (task-sent/received/started/succeeded) for every task from the start. Off: each
+    # costs a Redis publish per task (a fifth of a sign-up's web time, measured); Flower turns them on in
+    # the workers it watches by itself, and alerts status / /ops read the database and the broker instead.
+    task_events: bool = False
     # Prefix for every broker key in Redis, so several deployments (or test runs) can share one Redis.
     broker_prefix: str | None = None
     result_backend: str | None = None

@@ -99,9 +99,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         # On a broker reconnect, let running tasks finish: cancelling would cut a send mid-request.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        # Emit task events so Flower works out of the box.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost a Redis publish per task sent and per task state: only when asked for
+        # (ALERTS_TASK_EVENTS); Flower enables them in the workers it watches (see config.task_events).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         enable_utc=True,
         imports=[
             "alerts.tasks.events",
