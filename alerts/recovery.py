@@ -83,6 +83,8 @@ def replay(session: Session, event_id: int, batch_size: int, dry_run: bool) -> R
     event = session.get(Event, event_id)
     if event is None:
         raise CannotReplay(f"no event {event_id}")
+    if event.status == "fanning_out":
+        raise CannotReplay(f"event {event_id} is still fanning out (alerts.fanout); replay it once that is done")
     if event.match is None or event.status != "fanned_out":
         raise CannotReplay(f"event {event_id} was {event.status}: {event.reason or 'nothing was matched'}")
     if event.content is None:
