@@ -1,0 +1,27 @@
+"""The benchmarks keep working: small runs of benchmarks/fanout.py on the real parts.
+
+Only correctness is asserted (everyone reached once, every figure reported); speed is read from the
+benchmarks' output (benchmarks/README.md), never asserted in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.fanout import run_batched, run_naive
+
+
+def test_fanout_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
+    # 2,500 followers: the event's own chunk of 2,000, then one more chunk (alerts.fanout).
+    result = run_batched(2500, tmp_path, timeout_s=120)
+    assert (result["missing"], result["duplicated"]) == (0, 0)
+    assert result["requests"] == 3 and result["wall_s"] is not None
+    assert {"rows_s", "render_s", "fanout_s", "claim_s", "build_s", "http_s", "record_s"} <= set(result["stages_s"])
+    assert set(result["cpu_s"]) == {"worker", "postgres", "standin", "redis"}
+    assert len(result["no_match_event_ms"]) == 5
+    assert all(0 < mib < 1024 for mib in result["worker_peak_rss_mib"].values())
+
+
+def test_naive_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
+    result = run_naive(20, tmp_path, timeout_s=120)
+    assert (result["missing"], result["duplicated"], result["requests"]) == (0, 0, 20)
