@@ -6,6 +6,7 @@ import copy
 import gzip
 import http.client
 import json
+import random
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +38,7 @@ from sendgrid.helpers.mail import (
 )
 
 from tests.support.sendgrid_standin import (
+    _EMAIL_RE,
     MAX_CUSTOM_ARGS_BYTES,
     MAX_SUBSTITUTIONS_BYTES,
     SENDGRID_TEST_VECTOR,
@@ -46,6 +48,7 @@ from tests.support.sendgrid_standin import (
     MailSendValidator,
     SendGridStandIn,
     StandInProcess,
+    _all_valid_addresses,
     generate_webhook_keypair,
     sign_webhook,
 )
@@ -173,6 +176,41 @@ def test_each_request_gets_its_own_message_id_and_counts_add_up(
     stats = standin.stats()
     assert stats["recipients_with_duplicates"] == 1
     assert stats["max_per_recipient"] == 3
+
+
+def test_recipient_summaries_follow_overlapping_requests(standin: SendGridStandIn, client: SendGridAPIClient) -> None:
+    for n in (3, 5, 2, 1):
+        assert client.send(raw_body(n)).status_code == 202
+    upper = raw_body(2)
+    for p in upper["personalizations"]:
+        p["to"][0]["email"] = p["to"][0]["email"].upper()
+    assert client.send(upper).status_code == 202
+    counts = standin.recipient_counts()
+    assert counts == {f"user{n}@example.com": times for n, times in enumerate([5, 4, 2, 1, 1])}
+
+    def summary() -> tuple[int, int, int]:
+        stats = standin.stats()
+        return stats["distinct_recipients"], stats["recipients_with_duplicates"], stats["max_per_recipient"]
+
+    assert summary() == (5, 3, 5)
+    standin.reset()
+    assert summary() == (0, 0, 0)
+
+
+def test_recipient_summaries_stay_exact_for_any_sequence_of_counts() -> None:
+    sg = SendGridStandIn()  # not started: drives the counting directly
+    rng = random.Random(7)
+    for _ in range(500):
+        pool = [f"a{i}@example.com" for i in range(rng.choice([3, 30, 300]))]
+        addresses = [rng.choice(pool) for _ in range(rng.randrange(0, 12))]
+        if rng.random() < 0.7:  # what validation lets through: no address twice in a request
+            addresses = list(dict.fromkeys(addresses))
+        with sg._lock:
+            sg._count_recipients(addresses)
+        counts = sg.recipient_counts().values()
+        stats = sg.stats()
+        assert stats["recipients_with_duplicates"] == sum(1 for c in counts if c > 1)
+        assert stats["max_per_recipient"] == max(counts, default=0)
 
 
 def test_1000_personalizations_are_accepted(standin: SendGridStandIn, client: SendGridAPIClient) -> None:
@@ -607,6 +645,17 @@ def _variants() -> list[tuple[dict[str, Any], bool]]:
     v(lambda b: b["personalizations"][0].update(custom_args={"n": "x" * 9000}), valid=True)
     v(lambda b: b["personalizations"][0].update(substitutions={"-s-": "\x00" * 1700}))
     v(lambda b: b["personalizations"][0].update(substitutions={"-s-": "y" * 1700}), valid=True)
+    # many short values: over the limit together, or under it by a margin the quick size bound cannot see
+    v(lambda b: b["personalizations"][1].update(substitutions={f"-s{i}-": "y" * 300 for i in range(40)}))
+    v(lambda b: b["personalizations"][1].update(substitutions={f"-s{i}-": "y" * 300 for i in range(20)}), True)
+    v(lambda b: b["personalizations"][2].update(custom_args={f"a{i}": "z" * 300 for i in range(40)}))
+    v(lambda b: b["personalizations"][2].update(custom_args={f"a{i}": "z" * 300 for i in range(20)}), True)
+    v(
+        lambda b: (
+            b.update(custom_args={"t": "t" * 5000}),
+            b["personalizations"][2].update(custom_args={"u": "u" * 5000}),
+        )
+    )
     v(lambda b: b["personalizations"][0].update({"from": {"email": "bounce-me@example.com"}}))
     v(lambda b: b["personalizations"][0].update({"from": {"email": "ok@example.com"}}), valid=True)
     v(lambda b: b["personalizations"][0].update(send_at=2**40))
@@ -639,6 +688,41 @@ def test_the_fast_personalization_screen_never_hides_an_error() -> None:
         validator._personalization_errors(body, bad, detailed.append)
         if detailed:
             assert not validator._personalizations_surely_fine(body, bad), detailed
+
+
+def test_check_returns_the_lowercased_recipients_of_a_valid_body() -> None:
+    validator = MailSendValidator.shared()
+    body = raw_body(3)
+    body["personalizations"][0]["to"][0]["email"] = "User0@Example.COM"
+    body["personalizations"][1]["cc"] = [{"email": "CC@example.com"}]
+    body["personalizations"][2]["bcc"] = [{"email": "Bcc@example.com"}]
+    expected = [f"user{i}@example.com" for i in range(3)] + ["cc@example.com", "bcc@example.com"]
+    assert validator._personalizations_surely_fine(body, frozenset())
+    assert validator.check(body) == ([], expected)
+    body["personalizations"][1]["from"] = {"email": "other@example.com"}  # takes the detailed pass
+    assert not validator._personalizations_surely_fine(body, frozenset())
+    assert validator.check(body) == ([], expected)
+    body["personalizations"][1]["cc"][0]["email"] = "USER2@example.com"
+    errors, recipients = validator.check(body)
+    assert errors and recipients == []
+
+
+def test_the_one_match_address_check_agrees_with_the_address_pattern() -> None:
+    def agree(addresses: list[str]) -> None:
+        assert _all_valid_addresses(addresses) == all(map(_EMAIL_RE.match, addresses)), addresses
+
+    agree([])
+    bases = ["a@b.co", "first.last@mail.example.org"]
+    for char in [chr(code) for code in range(128)] + ["\xa0", "\u2028", "é", "\U0001f600"]:
+        for base in bases:
+            for at in range(len(base) + 1):
+                for address in (base[:at] + char + base[at:], base[:at] + char + base[at + 1 :]):
+                    agree([address])
+                    agree([address, "q@r.st"])
+                    agree(["q@r.st", address, "x@y.zz"])
+    for odd in ["a@b.co\n", "a@b.co\nc@d.co", "\na@b.co", "", "a@b.c", "a@b..co", ".a@b.co", "a.@b.co"]:
+        agree([odd])
+        agree(["q@r.st", odd])
 
 
 # -- event webhook signing -------------------------------------------------------------------------
