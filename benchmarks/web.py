@@ -1,6 +1,6 @@
 """Web benchmark: the sign-up API and one-click unsubscribe under 100 concurrent clients on loopback.
 
-The real app under uvicorn (2 worker processes) on PostgreSQL, rate limits in Redis, confirmations queued
+The real app under uvicorn (2 worker processes per core) on PostgreSQL, rate limits in Redis, confirmations queued
 on Redis. Prints requests/s, p50/p99 latency and the answers by status for each endpoint.
 
 The load comes from wrk (Debian's ``wrk`` package; ``make bench`` installs it): a load generator in
@@ -123,7 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per endpoint")
     parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="uvicorn worker processes (default: 2 per core, as docs/operations.md recommends)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (the load generator's)")
     parser.add_argument("--subscribers", type=int, default=200_000, help="existing subscribers (unsubscribe tokens)")
     parser.add_argument(
