@@ -37,7 +37,7 @@ chaos: $(STAMP) services
 
 # The performance benchmarks (benchmarks/README.md): minutes; they use this machine's PostgreSQL and Redis.
 bench: $(STAMP) services
-	./scripts/ensure-wrk.sh
+	./scripts/ensure-package.sh wrk wrk
 	$(BIN)/python -m benchmarks.fanout --n 100000 --naive --naive-n 1000
 	$(BIN)/python -m benchmarks.web --duration 30 --clients 100
 

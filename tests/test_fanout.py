@@ -30,6 +30,11 @@ def chunked(runtime: Runtime) -> Runtime:
     return runtime
 
 
+def followers(runtime: Runtime, prefix: str, condition: str, count: int) -> None:
+    for n in range(count):
+        follow(runtime, f"{prefix}{n}@example.org", condition=condition)
+
+
 def event_row(runtime: Runtime, event_id: int) -> Event:
     with transaction(runtime.engine) as session:
         row = session.get(Event, event_id)
@@ -53,8 +58,7 @@ def accept_only(runtime: Runtime, condition: str = "Herniated Disc") -> int:
 def test_chunked_fan_out_reaches_everyone_once(
     chunked: Runtime, inline: InlineEnqueue, memory: MemoryTransport
 ) -> None:
-    for n in range(10):
-        follow(chunked, f"p{n}@example.org", condition="Herniated Disc")
+    followers(chunked, "p", "Herniated Disc", 10)
     # Two matching subscriptions: still one delivery, owned by the older one.
     follow(chunked, "both@example.org", condition="Sciatica")
     follow(chunked, "both@example.org", condition="Herniated Disc")
@@ -73,10 +77,8 @@ def test_chunked_fan_out_reaches_everyone_once(
 def test_a_label_first_met_in_a_later_chunk_gets_its_own_rendering(
     chunked: Runtime, inline: InlineEnqueue, memory: MemoryTransport
 ) -> None:
-    for n in range(2):
-        follow(chunked, f"disc{n}@example.org", condition="Herniated Disc")
-    for n in range(4):
-        follow(chunked, f"sciatica{n}@example.org", condition="Sciatica")
+    followers(chunked, "disc", "Herniated Disc", 2)
+    followers(chunked, "sciatica", "Sciatica", 4)
     ingest(chunked, new_trial_event(study("NCT00124774"), "Sciatica"), inline, "t")
     texts = {str(m["To"]): m.get_body(("plain",)).get_content() for m in memory.messages}  # type: ignore[union-attr]
     assert len(texts) == 6
@@ -85,8 +87,7 @@ def test_a_label_first_met_in_a_later_chunk_gets_its_own_rendering(
 
 
 def test_small_audiences_are_applied_in_the_event_transaction(runtime: Runtime) -> None:
-    for n in range(3):
-        follow(runtime, f"p{n}@example.org", condition="Herniated Disc")
+    followers(runtime, "p", "Herniated Disc", 3)
     event_id = accept_only(runtime)
     row = event_row(runtime, event_id)
     assert (row.status, row.recipients, row.fanout_cursor) == ("fanned_out", 3, None)
@@ -95,10 +96,8 @@ def test_small_audiences_are_applied_in_the_event_transaction(runtime: Runtime) 
 def test_a_fan_out_whose_worker_died_is_resumed_by_maintenance(
     chunked: Runtime, inline: InlineEnqueue, memory: MemoryTransport
 ) -> None:
-    for n in range(2):
-        follow(chunked, f"disc{n}@example.org", condition="Herniated Disc")
-    for n in range(5):
-        follow(chunked, f"sciatica{n}@example.org", condition="Sciatica")
+    followers(chunked, "disc", "Herniated Disc", 2)
+    followers(chunked, "sciatica", "Sciatica", 5)
     event_id = accept_only(chunked, "Sciatica")
     row = event_row(chunked, event_id)
     assert (row.status, row.recipients) == ("fanning_out", 2) and row.fanout_cursor is not None
@@ -134,8 +133,7 @@ def test_a_fan_out_whose_worker_died_is_resumed_by_maintenance(
 
 
 def test_a_fanning_out_event_cannot_be_replayed_yet(chunked: Runtime) -> None:
-    for n in range(4):
-        follow(chunked, f"p{n}@example.org", condition="Herniated Disc")
+    followers(chunked, "p", "Herniated Disc", 4)
     event_id = accept_only(chunked)
     with transaction(chunked.engine) as session, pytest.raises(CannotReplay, match="still fanning out"):
         replay(session, event_id, 2, dry_run=True)
@@ -143,8 +141,7 @@ def test_a_fanning_out_event_cannot_be_replayed_yet(chunked: Runtime) -> None:
 
 def test_two_runs_over_one_event_take_turns(chunked: Runtime, inline: InlineEnqueue) -> None:
     """A resumed fan-out racing the original one: the event's row lock serializes their chunks."""
-    for n in range(12):
-        follow(chunked, f"p{n}@example.org", condition="Herniated Disc")
+    followers(chunked, "p", "Herniated Disc", 12)
     event_id = accept_only(chunked)
     queued: list[tuple[int, int, int]] = []
     lock = threading.Lock()
@@ -178,8 +175,7 @@ def test_two_runs_over_one_event_take_turns(chunked: Runtime, inline: InlineEnqu
 
 
 def test_stale_fan_outs_are_touched_when_queued(chunked: Runtime) -> None:
-    for n in range(4):
-        follow(chunked, f"p{n}@example.org", condition="Herniated Disc")
+    followers(chunked, "p", "Herniated Disc", 4)
     event_id = accept_only(chunked)
     with transaction(chunked.engine) as session:
         assert fanout.stale_fan_outs(session, 0) == [event_id]
