@@ -8,8 +8,9 @@ recipients that overlaps most of the insert with sending.
 
 Each chunk holds the event's row lock and its trial's (events of one trial share dedupe keys, see
 ``matching.create_deliveries``), so two runs over one event (a resumed fan-out racing a slow one) take
-turns and never create a row twice. A run that dies leaves the cursor at its last committed chunk;
-maintenance (``stale_fan_outs``) queues ``alerts.events.fan_out`` for events that stopped advancing.
+turns and never create a row twice. A run that dies leaves the cursor at its last committed chunk; the
+event's redelivered message carries on from there (``pipeline.ingest``), and maintenance
+(``stale_fan_outs``) queues ``alerts.events.fan_out`` for events that stopped advancing anyway.
 """
 
 from __future__ import annotations

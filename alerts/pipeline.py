@@ -21,7 +21,7 @@ from alerts.db import transaction
 from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event, printable
 from alerts.intake import Accepted, accept
 from alerts.matching import batch_ranges
-from alerts.models import EventStatus, RejectedEvent, Subscription, SubscriptionStatus, Suppression
+from alerts.models import Event, EventStatus, RejectedEvent, Subscription, SubscriptionStatus, Suppression
 from alerts.rendering import Content
 from alerts.runtime import Runtime
 from alerts.sending import SendReport, send_range
@@ -105,6 +105,10 @@ def ingest(
     outcome = _accept(runtime, event)
     timings = dict(outcome.timings)
     batches = 0
+    if outcome.status == "duplicate" and _fanning_out(runtime, outcome.event_id):
+        # Redelivered (the worker that took it died mid fan-out) or published twice while it fans out:
+        # carry on from the last committed chunk; runs over one event take turns (alerts.fanout).
+        batches = fan_out(runtime, outcome.event_id, enqueue).batches
     if outcome.status in (EventStatus.FANNED_OUT, EventStatus.FANNING_OUT) and outcome.recipients:
         started = time.perf_counter()
         batches = dispatch(runtime, outcome.event_id, enqueue)
@@ -128,6 +132,11 @@ def ingest(
         timings={k: round(v, 4) for k, v in timings.items()},
     )
     return outcome
+
+
+def _fanning_out(runtime: Runtime, event_id: int) -> bool:
+    with transaction(runtime.engine) as session:
+        return session.scalar(select(Event.status).where(Event.id == event_id)) == EventStatus.FANNING_OUT
 
 
 def fan_out(

@@ -132,6 +132,26 @@ def test_a_fan_out_whose_worker_died_is_resumed_by_maintenance(
     assert fan_out(chunked, event_id, inline).created == 0
 
 
+def test_a_redelivered_event_carries_on_with_its_fan_out(
+    chunked: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """The worker died after the event's transaction; the broker gives the message to another one."""
+    followers(chunked, "p", "Herniated Disc", 7)
+    payload = new_trial_event(study("NCT00124774"), "Herniated Disc", event_id="redelivered-1")
+    event = parse_event(payload)
+    with transaction(chunked.engine) as session:
+        event_id = accept(session, event, chunked.renderer, chunked.site, 2).event_id
+    assert event_row(chunked, event_id).status == "fanning_out"
+    outcome = ingest(chunked, payload, inline, "t")
+    assert not isinstance(outcome, Rejected) and outcome.status == "duplicate"
+    row = event_row(chunked, event_id)
+    assert (row.status, row.recipients) == ("fanned_out", 7)
+    assert per_recipient(memory) == Counter({f"p{n}@example.org": 1 for n in range(7)})
+    # Another copy later: nothing more to do.
+    ingest(chunked, payload, inline, "t")
+    assert sum(per_recipient(memory).values()) == 7
+
+
 def test_a_fanning_out_event_cannot_be_replayed_yet(chunked: Runtime) -> None:
     followers(chunked, "p", "Herniated Disc", 4)
     event_id = accept_only(chunked)
