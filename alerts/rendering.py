@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import premailer
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -68,6 +67,10 @@ class Renderer:
         subject = " ".join(subject.split())
         text = self._text.get_template(f"{name}/body.txt").render(ctx)
         raw_html = self._html.get_template(f"{name}/body.html").render(ctx | {"subject": subject})
+        # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
+        # main process, a worker that only sends) never render.
+        import premailer
+
         inlined = premailer.Premailer(
             raw_html,
             remove_classes=False,
