@@ -32,6 +32,7 @@ from benchmarks.support import (
     pg_schema,
     pids_named,
     process_tree,
+    pss_kib,
     rss_kib,
 )
 from tests.support.sendgrid_standin import StandInProcess
@@ -99,15 +100,18 @@ def start_worker(
     return worker
 
 
-def stop(worker: subprocess.Popen[bytes]) -> dict[int, int]:
-    """Peak resident memory of every process of the worker, read from the kernel before they exit."""
-    peaks = {pid: rss_kib(pid) for pid in process_tree(worker.pid)}
+def stop(worker: subprocess.Popen[bytes]) -> tuple[dict[int, int], int]:
+    """Peak resident memory of every process of the worker, and their proportional memory (PSS) summed,
+    read from the kernel before they exit."""
+    pids = process_tree(worker.pid)
+    peaks = {pid: rss_kib(pid) for pid in pids}
+    shared_once = sum(pss_kib(pid) for pid in pids)
     worker.terminate()
     try:
         worker.wait(timeout=30)
     except subprocess.TimeoutExpired:
         worker.kill()
-    return peaks
+    return peaks, shared_once
 
 
 def wait_accepted(standin: StandInProcess, n: int, timeout_s: float) -> tuple[float | None, float | None]:
@@ -203,7 +207,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
                 time.sleep(0.5)
             time.sleep(1.0)
         finally:
-            peaks = stop(worker)
+            peaks, pss = stop(worker)
     quiet_times = task_seconds(log_path, "alerts.events.new_trial_for_condition")[1:]
     return {
         "n": n,
@@ -215,6 +219,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
         "duplicated": stats["recipients_with_duplicates"],
         "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
         "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
+        "worker_pss_total_mib": round(pss / 1024, 1),
         "stages_s": {k: round(v, 3) for k, v in sorted(stages(log_path).items())},
         "cpu_s": cpu,
         "no_match_event_ms": [round(t * 1000, 1) for t in quiet_times],
@@ -241,7 +246,7 @@ def run_naive(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
             wall = time.perf_counter() - published if last is not None else None
             stats = standin.stats()
         finally:
-            peaks = stop(worker)
+            peaks, _ = stop(worker)
     return {
         "n": n,
         "wall_s": wall,
@@ -272,7 +277,8 @@ def main() -> None:
             f"\nbatched  N={r['n']:,}  wall={r['wall_s']:.2f}s  {r['emails_per_s']:,.0f} emails/s  "
             f"first={r['first_acceptance_s']:.2f}s  requests={r['requests']}  missing={r['missing']}  "
             f"duplicated={r['duplicated']}  worker peak RSS={r['worker_peak_rss_total_mib']} MiB "
-            f"(per process {r['worker_peak_rss_mib']})"
+            f"(per process {r['worker_peak_rss_mib']}; PSS at the end, shared pages once: "
+            f"{r['worker_pss_total_mib']} MiB)"
         )
         print(f"         stages (worker seconds, summed over both processes): {r['stages_s']}")
         print(f"         CPU seconds from publish to last acceptance, by process group: {r['cpu_s']}")

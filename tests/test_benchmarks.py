@@ -20,6 +20,7 @@ def test_fanout_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
     assert set(result["cpu_s"]) == {"worker", "postgres", "standin", "redis"}
     assert len(result["no_match_event_ms"]) == 5
     assert all(0 < mib < 1024 for mib in result["worker_peak_rss_mib"].values())
+    assert 0 < result["worker_pss_total_mib"] <= result["worker_peak_rss_total_mib"]
 
 
 def test_naive_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
