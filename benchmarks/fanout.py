@@ -17,6 +17,8 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +159,30 @@ def task_seconds(log_path: Path, task: str) -> list[float]:
     return found
 
 
-def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
+@contextmanager
+def followers(n: int, tmp: Path) -> Iterator[tuple[StandInProcess, str, Settings]]:
+    """A private schema with N followers of CONDITION and a running stand-in: (stand-in, target, settings)."""
     with pg_schema() as url, StandInProcess(args=["--no-record-bodies", "--no-record-custom-args"]) as standin:
         target = prepare_vocabulary(url)
         bulk_subscribers(url, n, "condition", target, CONDITION)
-        settings = bench_settings(url, standin.url, tmp)
+        yield standin, target, bench_settings(url, standin.url, tmp)
+
+
+def delivery_figures(n: int, wall: float | None, first: float | None, stats: dict[str, Any]) -> dict[str, Any]:
+    """What both designs report: wall time from publish, emails/s, and the stand-in's count of recipients."""
+    return {
+        "n": n,
+        "wall_s": wall,
+        "emails_per_s": n / wall if wall else None,
+        "first_acceptance_s": first,
+        "requests": stats["requests_total"],
+        "missing": n - stats["distinct_recipients"],
+        "duplicated": stats["recipients_with_duplicates"],
+    }
+
+
+def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
+    with followers(n, tmp) as (standin, _target, settings):
         log_path = tmp / f"worker-{n}.log"
         worker = start_worker(settings, log_path)
         try:
@@ -209,14 +230,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
         finally:
             peaks, pss = stop(worker)
     quiet_times = task_seconds(log_path, "alerts.events.new_trial_for_condition")[1:]
-    return {
-        "n": n,
-        "wall_s": wall,
-        "emails_per_s": n / wall if wall else None,
-        "first_acceptance_s": first,
-        "requests": stats["requests_total"],
-        "missing": n - stats["distinct_recipients"],
-        "duplicated": stats["recipients_with_duplicates"],
+    return delivery_figures(n, wall, first, stats) | {
         "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
         "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
         "worker_pss_total_mib": round(pss / 1024, 1),
@@ -228,10 +242,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
 
 
 def run_naive(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
-    with pg_schema() as url, StandInProcess(args=["--no-record-bodies", "--no-record-custom-args"]) as standin:
-        target = prepare_vocabulary(url)
-        bulk_subscribers(url, n, "condition", target, CONDITION)
-        settings = bench_settings(url, standin.url, tmp)
+    with followers(n, tmp) as (standin, target, settings):
         log_path = tmp / f"naive-{n}.log"
         worker = start_worker(settings, log_path, app_module="benchmarks.naive", queues="naive")
         try:
@@ -247,16 +258,7 @@ def run_naive(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
             stats = standin.stats()
         finally:
             peaks, _ = stop(worker)
-    return {
-        "n": n,
-        "wall_s": wall,
-        "emails_per_s": n / wall if wall else None,
-        "first_acceptance_s": first,
-        "requests": stats["requests_total"],
-        "missing": n - stats["distinct_recipients"],
-        "duplicated": stats["recipients_with_duplicates"],
-        "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
-    }
+    return delivery_figures(n, wall, first, stats) | {"worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1)}
 
 
 def main() -> None:
