@@ -49,7 +49,12 @@ class Links:
 
     def message_id(self, kind: str, object_id: int) -> str:
         # Stable per delivery: a retried send carries the same Message-ID, so mail systems can dedupe.
-        return f"<{kind}-{object_id}@{self.domain}>"
+        head, tail = self.message_id_parts(kind)
+        return f"{head}{object_id}{tail}"
+
+    def message_id_parts(self, kind: str) -> tuple[str, str]:
+        """What comes before and after the object id in ``message_id``: built once per batch when sending."""
+        return f"<{kind}-", f"@{self.domain}>"
 
 
 @dataclass
@@ -297,7 +302,7 @@ def _group_recipients(rows: Sequence[Any], links: Links) -> dict[str | None, lis
     # build the fixed parts once, not per row.
     unsubscribe_prefix = links.unsubscribe("")
     manage_prefix = links.manage("")
-    message_id_end = f"@{links.domain}>"  # links.message_id("delivery", id) == f"<delivery-{id}" + this
+    message_id_head, message_id_tail = links.message_id_parts("delivery")
     groups: dict[str | None, list[Recipient]] = {}
     for row in rows:
         delivery_id, variant, email, manage_token, unsubscribe_token, _status, _suppression_id = row
@@ -305,7 +310,7 @@ def _group_recipients(rows: Sequence[Any], links: Links) -> dict[str | None, lis
             "unsubscribe_url": f"{unsubscribe_prefix}{unsubscribe_token}",
             "manage_url": f"{manage_prefix}{manage_token}",
         }
-        recipient = Recipient(delivery_id, email, values, f"<delivery-{delivery_id}{message_id_end}")
+        recipient = Recipient(delivery_id, email, values, f"{message_id_head}{delivery_id}{message_id_tail}")
         group = groups.get(variant)
         if group is None:
             group = groups[variant] = []
