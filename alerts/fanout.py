@@ -32,7 +32,6 @@ from alerts.rendering import Content
 @dataclass
 class FanOut:
     created: int = 0  # deliveries this run created
-    chunks: int = 0
     batches: int = 0  # send tasks queued
     recipients: int = 0  # the event's total when the run ended
     status: str = ""  # the event's status when the run ended
@@ -105,7 +104,6 @@ def run(
         for after_id, upto_id in ranges:
             enqueue_batch(event_id, after_id, upto_id)
         report.created += chunk.created
-        report.chunks += 1
         report.batches += len(ranges)
 
 
