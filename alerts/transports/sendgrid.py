@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
 
@@ -52,8 +52,6 @@ _HTML_UNSAFE = re.compile(r"[&<>\"'\x00-\x1f\x7f]")
 # ASCII text, which per-recipient values (URLs) are.
 _HTML_UNSAFE_BYTES = b"&<>\"'" + bytes(range(0x20)) + b"\x7f"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# A header template with one placeholder and no other "%" (see _HeaderFill).
-_ONE_PLACEHOLDER = re.compile(r"([^%]*)%%([^%]+)%%([^%]*)")
 _PERSONALIZATION_FIELD = re.compile(r"^personalizations(?:\.|\[)(\d+)")
 
 # Privacy: no tracking pixel, no rewritten links, no SendGrid-inserted unsubscribe footer (we have our own).
@@ -98,29 +96,6 @@ def _json_bound(chars: int) -> int:
     return 12 * chars + 256
 
 
-class _HeaderFill(NamedTuple):
-    """A header template with placeholders, filled per recipient.
-
-    When the template is ``prefix%%name%%suffix`` with no other ``%`` in it (the one-click unsubscribe
-    header), concatenating prefix, value and suffix gives exactly what fill() gives, provided the value
-    has no ``%`` either: no other placeholder can match before the replacement, nor after it. ``name`` is
-    None for any other template: fill() it is.
-    """
-
-    header: str
-    template: str
-    name: str | None
-    prefix: str = ""
-    suffix: str = ""
-
-    @classmethod
-    def of(cls, header: str, template: str) -> _HeaderFill:
-        match = _ONE_PLACEHOLDER.fullmatch(template)
-        if match is None:
-            return cls(header, template, None)
-        return cls(header, template, match[2], match[1], match[3])
-
-
 def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
     """Personalizations for every sendable recipient, and FAILED results for the ones that cannot be sent.
 
@@ -135,7 +110,7 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
     # Each recipient's headers start as a copy of the templates (overwriting a key keeps its place, so the
     # order stays the batch's); the ones with placeholders are then filled in.
     fixed_headers = dict(templates)
-    header_fills = [_HeaderFill.of(name, template) for name, template in templates if "%%" in template]
+    templated = [(name, template) for name, template in templates if "%%" in template]
     alert = batch.category == "alert"
     ref_prefix = f"{batch.category}-"
     # Size bound of the JSON around the per-recipient strings: _json_bound is linear (12 * chars + c), so
@@ -176,10 +151,8 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
             failed.append(_fail(r, "the Message-ID would contain a line break"))
             continue
         headers = fixed_headers.copy()
-        by_concat = "%" not in joined  # else a value could form a placeholder itself: fill() decides
-        for header, template, placeholder, prefix, suffix in header_fills:
-            filler = values.get(placeholder) if by_concat and placeholder is not None else None
-            headers[header] = fill(template, values) if filler is None else prefix + filler + suffix
+        for header, template in templated:
+            headers[header] = fill(template, values)
         headers["Message-ID"] = message_id
         # custom_args: a few ASCII bytes, far below SendGrid's 10,000.
         args = {"delivery_id": str(r.delivery_id)} if alert else {"ref": ref_prefix + str(r.delivery_id)}
