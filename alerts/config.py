@@ -14,6 +14,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "dev-insecure-change-me"  # noqa: S105 - a known placeholder, refused outside dev
+# Values that were never meant to be used: the built-in placeholder and .env.example's "change-me...".
+PLACEHOLDER_MARK = "change-me"
+# Secrets in production: at least this many characters (a random 32-character token is beyond guessing).
+MIN_SECRET_CHARS = 32
 VAR_DIR = Path("var")
 
 
@@ -116,6 +120,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secrets(self) -> Settings:
+        if self.env == "prod":
+            self._production_secrets()
         if self.env != "dev" and self.secret_key == PLACEHOLDER_SECRET:
             raise ValueError("ALERTS_SECRET_KEY is still the placeholder; set a long random value")
         if len(self.secret_key) < 16:
@@ -123,6 +129,38 @@ class Settings(BaseSettings):
         if self.email_backend == "sendgrid" and not self.sendgrid_api_key:
             raise ValueError("ALERTS_EMAIL_BACKEND=sendgrid needs ALERTS_SENDGRID_API_KEY")
         return self
+
+    def _production_secrets(self) -> None:
+        """Production refuses copied placeholders and short secrets, naming every bad one at once."""
+        secrets = {
+            "ALERTS_SECRET_KEY": self.secret_key,
+            "ALERTS_OPS_TOKEN": self.ops_token,
+            "ALERTS_INGEST_TOKEN": self.ingest_token,
+        }
+        bad = []
+        for name, value in secrets.items():
+            if value is None:
+                continue  # an unset token closes its endpoint
+            if PLACEHOLDER_MARK in value.lower():
+                bad.append(f"{name} is still a placeholder")
+            elif len(value) < MIN_SECRET_CHARS:
+                bad.append(f"{name} is {len(value)} characters; use at least {MIN_SECRET_CHARS} random ones")
+        if self.sendgrid_api_key and PLACEHOLDER_MARK in self.sendgrid_api_key.lower():
+            bad.append("ALERTS_SENDGRID_API_KEY is still a placeholder")
+        if bad:
+            hint = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+            raise ValueError("; ".join(bad) + f" ({hint})")
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """Settings that work but leave something important off; logged at start and shown by ``alerts status``."""
+    warnings = []
+    if settings.email_backend == "sendgrid" and not settings.sendgrid_webhook_public_key:
+        warnings.append(
+            "bounces and spam reports will not be applied: ALERTS_SENDGRID_WEBHOOK_PUBLIC_KEY is unset, "
+            "so the SendGrid event webhook refuses every event"
+        )
+    return warnings
 
 
 def environment(settings: Settings) -> dict[str, str]:

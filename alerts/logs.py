@@ -73,3 +73,11 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+
+
+def warn_at_start(settings: Settings, process: str) -> None:
+    """Say once, when a process starts, what its settings leave off (``config.startup_warnings``)."""
+    from alerts.config import startup_warnings
+
+    for warning in startup_warnings(settings):
+        structlog.get_logger("alerts.config").warning("config.warning", process=process, warning=warning)

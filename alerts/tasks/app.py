@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
+from celery.signals import beat_init, setup_logging, task_postrun, task_prerun, worker_process_init, worker_ready
 from kombu.entity import Exchange, Queue
 
 from alerts.config import Settings, get_settings
@@ -145,6 +145,14 @@ def _logging(**_: Any) -> None:
     from alerts.logs import configure_logging
 
     configure_logging(get_settings())
+
+
+@worker_ready.connect
+@beat_init.connect
+def _warn_at_start(sender: Any = None, **_: Any) -> None:
+    from alerts.logs import warn_at_start
+
+    warn_at_start(get_settings(), "beat" if type(sender).__name__ == "Service" else "worker")
 
 
 @task_prerun.connect
