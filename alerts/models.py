@@ -353,3 +353,34 @@ class TrialVocabulary(Base):
     nct_id: Mapped[str] = mapped_column(String(11), primary_key=True)
     learned: Mapped[dict[str, Any]] = mapped_column(Json)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- operator counters and the installation's identity (alerts.counters, alerts.installation) ----------
+
+
+class CounterIncrement(Base):
+    """One increment of a count that only grows: provider answers by code, emails sent, ambiguous re-sends.
+
+    Appended (never updated) by whoever counted, in the transaction that recorded what it counts, so every
+    process adds to the same totals without a hot row to lock. A total is a sum; a recent window ("429s in
+    the last hour") is a sum over ``at``; maintenance folds old increments into one row per counter.
+    """
+
+    __tablename__ = "counter_increments"
+    __table_args__ = (Index("ix_counter_increments_name_at", "name", "at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+    label: Mapped[str] = mapped_column(String(40), default="")
+    value: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Installation(Base):
+    """This database's identity, generated once: makes Message-IDs unique across installations."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1: one row
+    installation_id: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -47,8 +47,10 @@ class Runtime:
 
     @cached_property
     def links(self) -> Links:
+        from alerts.installation import installation_id
+
         domain = self.settings.from_email.rpartition("@")[2] or "localhost"
-        return Links(self.settings.base_url, domain)
+        return Links(self.settings.base_url, domain, installation_id(self.engine))
 
     @property
     def sender(self) -> tuple[str, str]:

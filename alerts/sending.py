@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Engine, any_, bindparam, select, update
@@ -37,6 +38,9 @@ from alerts.transports.base import Batch, Outcome, Recipient, Result, Transport
 class Links:
     base_url: str
     domain: str
+    # This installation's id (alerts.installation): a Message-ID never repeats across installations or
+    # database rebuilds. Empty: ids without it (tests of the link format only).
+    installation: str = ""
 
     def unsubscribe(self, token: str) -> str:
         return f"{self.base_url}/unsubscribe/{token}"
@@ -54,7 +58,13 @@ class Links:
 
     def message_id_parts(self, kind: str) -> tuple[str, str]:
         """What comes before and after the object id in ``message_id``: built once per batch when sending."""
-        return f"<{kind}-", f"@{self.domain}>"
+        return f"<{kind}-", self._message_id_tail
+
+    @cached_property
+    def _message_id_tail(self) -> str:
+        # The per-installation part, built once per process (cached_property writes the instance dict
+        # directly, which a frozen dataclass allows).
+        return f".{self.installation}@{self.domain}>" if self.installation else f"@{self.domain}>"
 
 
 @dataclass
