@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # "filesystem://" is Celery's embedded broker: messages are files under broker_dir.
     broker_url: str = "filesystem://"
     broker_dir: Path = VAR_DIR / "broker"
+    # Filesystem broker: a message file still unreadable (empty, not JSON) after this long is moved to
+    # <broker_dir>/quarantine instead of stopping the worker (alerts.tasks.filesystem_broker).
+    broker_unreadable_grace_s: float = Field(default=30.0, gt=0)
     # Redis redelivers a message not acknowledged within this time (a worker that vanished). Longer than any
     # task (a send batch is bounded by half the lease); our tasks are idempotent, so early is safe.
     broker_visibility_timeout_s: int = Field(default=600, gt=0)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from alerts import fanout
+from alerts import counters, fanout
 from alerts.db import transaction
 from alerts.matching import batch_ranges
 from alerts.models import (
@@ -43,6 +43,7 @@ class MaintenanceReport:
     fan_outs_resumed: int = 0
     pending_expired: int = 0
     deliveries_pruned: int = 0
+    counter_rows_folded: int = 0
 
 
 def _rowcount(result: object) -> int:
@@ -67,6 +68,7 @@ def release_expired_leases(session: Session) -> tuple[int, set[int]]:
         .execution_options(synchronize_session=False)
     )
     events = [int(e) for e in result.scalars()]
+    counters.add(session, {(counters.AMBIGUOUS_RESENDS, "lease_expired"): len(events)}, now)
     return len(events), set(events)
 
 
@@ -186,4 +188,6 @@ def run(
         report.pending_expired = expire_pending(session, pending_days)
     with transaction(engine) as session:
         report.deliveries_pruned = prune_history(session, retention_days)
+    with transaction(engine) as session:
+        report.counter_rows_folded = counters.fold(session)
     return report

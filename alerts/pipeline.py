@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from alerts import emails, fanout
+from alerts import counters, emails, fanout
 from alerts.db import transaction
 from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event, printable
 from alerts.intake import Accepted, accept
@@ -24,7 +24,7 @@ from alerts.matching import batch_ranges
 from alerts.models import Event, EventStatus, RejectedEvent, Subscription, SubscriptionStatus, Suppression
 from alerts.rendering import Content
 from alerts.runtime import Runtime
-from alerts.sending import SendReport, send_range
+from alerts.sending import SendReport, answers_since, answers_snapshot, send_increments, send_range
 from alerts.subscriptions import describe
 from alerts.tokens import Purpose
 from alerts.transports.base import Batch, Outcome, Recipient
@@ -220,7 +220,10 @@ def send_confirmation(runtime: Runtime, subscription_id: int) -> str:
         from_name=runtime.sender[1],
         category="confirm",
     )
+    answered_before = answers_snapshot(runtime.transport)
     result = runtime.transport.send(batch)[0]
+    with transaction(runtime.engine) as session:
+        counters.add(session, send_increments([result], answers_since(runtime.transport, answered_before)))
     log.info("confirmation.sent", subscription_id=subscription_id, outcome=result.outcome.value)
     if result.outcome is Outcome.RETRY:
         raise RuntimeError(f"confirmation email not accepted: {result.error}")

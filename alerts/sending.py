@@ -8,8 +8,8 @@ Results are recorded right after the transport returns.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from alerts import counters
 from alerts.contents import contents_for
 from alerts.db import transaction
 from alerts.models import (
@@ -31,7 +32,7 @@ from alerts.models import (
     Suppression,
     utcnow,
 )
-from alerts.transports.base import Batch, Outcome, Recipient, Result, Transport
+from alerts.transports.base import TIMEOUT, UNREACHABLE, Batch, Outcome, Recipient, Result, Transport
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,44 @@ def _id_in(session: Session, ids: Sequence[int]) -> ColumnElement[bool]:
     return Delivery.id.in_(ids)
 
 
-def record_results(session: Session, results: Sequence[Result], report: SendReport) -> None:
-    """One UPDATE per distinct outcome, not one per recipient.
+def send_increments(results: Sequence[Result], answers: Mapping[str, int] | None = None) -> dict[counters.Key, int]:
+    """What one send adds to the counters (alerts.counters): recipients accepted, recipients put back after a
+    request whose acceptance is unknown, and the provider's answers to the requests made (``answers``, from
+    the transport: see transports.base)."""
+    increments: dict[counters.Key, int] = {
+        (counters.SENT, ""): sum(1 for r in results if r.outcome is Outcome.SENT),
+        (counters.AMBIGUOUS_RESENDS, "timeout"): sum(1 for r in results if r.ambiguous),
+    }
+    for code, n in (answers or {}).items():
+        if code == TIMEOUT:
+            increments[(counters.PROVIDER_TIMEOUTS, "")] = n
+        elif code == UNREACHABLE:
+            increments[(counters.PROVIDER_UNREACHABLE, "")] = n
+        else:
+            increments[(counters.PROVIDER_ANSWERS, code[:40])] = n
+    return increments
+
+
+def answers_since(transport: object, before: Mapping[str, int] | None) -> dict[str, int] | None:
+    """What the transport's ``answers`` counter gained since ``before`` (a copy taken before sending)."""
+    answers = getattr(transport, "answers", None)
+    if not isinstance(answers, Counter) or before is None:
+        return None
+    return {code: n - before.get(code, 0) for code, n in answers.items() if n != before.get(code, 0)}
+
+
+def answers_snapshot(transport: object) -> dict[str, int] | None:
+    answers = getattr(transport, "answers", None)
+    return dict(answers) if isinstance(answers, Counter) else None
+
+
+def record_results(
+    session: Session, results: Sequence[Result], report: SendReport, answers: Mapping[str, int] | None = None
+) -> None:
+    """One UPDATE per distinct outcome, not one per recipient, and the batch's counters in one INSERT.
 
     A provider accepts a whole batch under one message id, so a 1000-recipient batch usually records in a
-    single statement.
+    single statement. The counters are written in the same transaction: counted exactly when recorded.
     """
     now = utcnow()
     groups: dict[tuple[Outcome, str | None, str | None, int | None, bool], list[int]] = defaultdict(list)
@@ -230,6 +264,7 @@ def record_results(session: Session, results: Sequence[Result], report: SendRepo
             .values(**values)
             .execution_options(synchronize_session=False)
         )
+    counters.add(session, send_increments(results, answers), now)
     report.sent += sum(1 for r in results if r.outcome is Outcome.SENT)
     report.failed += sum(1 for r in results if r.outcome is Outcome.FAILED)
     report.retry += sum(1 for r in results if r.outcome is Outcome.RETRY)
@@ -253,7 +288,9 @@ def give_up(engine: Engine, ids: Sequence[int], error: str) -> None:
 RECORD_PATIENCE_S = 300.0
 
 
-def _record(engine: Engine, results: Sequence[Result], report: SendReport) -> None:
+def _record(
+    engine: Engine, results: Sequence[Result], report: SendReport, answers: Mapping[str, int] | None = None
+) -> None:
     """The provider has answered: the acceptance must reach the database, or the rows would be sent again.
 
     So a database outage is waited out (up to RECORD_PATIENCE_S), retrying often so that once the
@@ -266,7 +303,7 @@ def _record(engine: Engine, results: Sequence[Result], report: SendReport) -> No
         try:
             attempt_report = SendReport()
             with transaction(engine) as session:
-                record_results(session, results, attempt_report)
+                record_results(session, results, attempt_report, answers)
             break
         except (OperationalError, InterfaceError):
             if time.monotonic() > deadline:
@@ -377,6 +414,7 @@ def send_range(
             headers=alert_headers(),
         )
         started = clock()
+        answered_before = answers_snapshot(transport)
         try:
             results = transport.send(batch)
         except Exception as exc:
@@ -385,7 +423,7 @@ def send_range(
             results = [Result(r.delivery_id, Outcome.RETRY, error=error) for r in recipients]
         report.timings["transport_s"] = report.timings.get("transport_s", 0.0) + clock() - started
         started = clock()
-        _record(engine, results, report)
+        _record(engine, results, report, answers_since(transport, answered_before))
         report.timings["record_s"] = report.timings.get("record_s", 0.0) + clock() - started
     if isinstance(transport_timings, dict):
         for name, value in transport_timings.items():

@@ -6,17 +6,21 @@ Every part that cannot be read (broker down, broadcast unsupported) says so inst
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import ChannelError
 from sqlalchemy import Engine, func, select
 
+from alerts import counters
+from alerts.config import Settings, startup_warnings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent, Suppression, utcnow
-from alerts.tasks.app import DELIVERIES_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE
+from alerts.tasks.app import DELIVERIES_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, quarantine_folder
 
 QUEUES = (EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE)
 UNDELIVERED = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
@@ -31,9 +35,34 @@ class Workers:
 
 
 @dataclass
+class MailFlow:
+    """Is mail leaving now? From the counters every sending process writes (alerts.counters)."""
+
+    last_sent_at: str | None  # when the provider last accepted an email (ISO 8601), None: never
+    last_sent_ago_s: float | None
+    sent_last_5_min: int
+    per_minute_last_5_min: float
+    # Requests the provider answered 429 ("slow down") in the last hour; sends wait and retry.
+    throttled_last_hour: int
+    provider_answers_last_hour: dict[str, int]  # status code -> requests
+    provider_timeouts_last_hour: int
+    # Recipients sent again in the last 24 hours after a request whose acceptance was unknown (a timeout)
+    # or a worker that died mid-send: some of them may have received the email twice.
+    possible_duplicates_last_day: int
+
+
+@dataclass
+class Quarantine:
+    """Filesystem broker only: message files that stayed unreadable, moved aside (alerts.tasks.filesystem)."""
+
+    folder: str
+    files: int
+
+
+@dataclass
 class Status:
     generated_at: str
-    queues: dict[str, int | None]
+    queues: dict[str, int | None]  # None: could not be read ("unknown"), never shown as 0
     broker_error: str | None
     workers: Workers
     events: dict[str, dict[str, int]]  # window -> outcome -> count
@@ -43,45 +72,118 @@ class Status:
     ambiguous_retries: int
     top_failures: list[dict[str, Any]]
     suppressions: int
+    mail: MailFlow | None = None
+    quarantine: Quarantine | None = None
+    warnings: list[str] = field(default_factory=list)  # settings that leave something off (config)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        problems = self.problems
+        data["attention"] = problems
+        data["all_clear"] = not problems
+        return data
 
     @property
     def problems(self) -> list[str]:
-        """Plain-language list of what needs attention, for the CLI and the ops page."""
-        found = []
-        if self.broker_error:
-            found.append(f"broker unreachable: {self.broker_error}")
-        if self.workers.available and not self.workers.online:
-            found.append("no worker online")
-        if self.oldest_undelivered_s is not None and self.oldest_undelivered_s > 900:
-            found.append(f"oldest undelivered email waiting {self.oldest_undelivered_s / 60:.0f} min")
-        if self.stuck_sending:
-            found.append(f"{self.stuck_sending} deliveries stuck in 'sending' past their lease")
-        if self.deliveries.get(DeliveryStatus.FAILED.value):
-            found.append(f"{self.deliveries[DeliveryStatus.FAILED.value]} failed deliveries (alerts deliveries failed)")
-        if self.events["hour"].get("rejected"):
-            found.append(f"{self.events['hour']['rejected']} events rejected in the last hour (alerts events rejected)")
+        """Plain-language list of what needs attention, for the CLI and the ops page: one function per section."""
+        found: list[str] = []
+        for section in PROBLEM_SECTIONS:
+            found += section(self)
         return found
 
 
+def _broker_problems(status: Status) -> list[str]:
+    found = []
+    if status.broker_error:
+        found.append(f"broker unreachable: {status.broker_error}")
+    unknown = [name for name, depth in status.queues.items() if depth is None]
+    if unknown and not status.broker_error:
+        found.append(f"queue depth unknown for {', '.join(unknown)}")
+    if status.workers.available and not status.workers.online:
+        found.append("no worker online")
+    if status.quarantine is not None and status.quarantine.files:
+        found.append(
+            f"{status.quarantine.files} unreadable broker message file(s) moved to {status.quarantine.folder}: "
+            "read them, republish what they held, then delete them"
+        )
+    return found
+
+
+def _delivery_problems(status: Status) -> list[str]:
+    found = []
+    if status.oldest_undelivered_s is not None and status.oldest_undelivered_s > 900:
+        found.append(f"oldest undelivered email waiting {status.oldest_undelivered_s / 60:.0f} min")
+    if status.stuck_sending:
+        found.append(f"{status.stuck_sending} deliveries stuck in 'sending' past their lease")
+    if status.deliveries.get(DeliveryStatus.FAILED.value):
+        found.append(f"{status.deliveries[DeliveryStatus.FAILED.value]} failed deliveries (alerts deliveries failed)")
+    return found
+
+
+def _mail_problems(status: Status) -> list[str]:
+    mail = status.mail
+    if mail is None:
+        return []
+    found = []
+    if mail.possible_duplicates_last_day:
+        found.append(
+            f"possible duplicates: {mail.possible_duplicates_last_day} emails sent again in the last 24 h after a "
+            "request stalled or a worker died (the first try may have arrived)"
+        )
+    if mail.throttled_last_hour:
+        found.append(f"provider throttling: {mail.throttled_last_hour} requests answered 429 in the last hour")
+    waiting = sum(status.deliveries.get(s, 0) for s in UNDELIVERED)
+    if waiting and not mail.sent_last_5_min and (status.oldest_undelivered_s or 0) > 300:
+        found.append(f"mail is not flowing: nothing sent in the last 5 minutes while {waiting} emails wait")
+    return found
+
+
+def _event_problems(status: Status) -> list[str]:
+    rejected = status.events["hour"].get("rejected")
+    return [f"{rejected} events rejected in the last hour (alerts events rejected)"] if rejected else []
+
+
+def _config_problems(status: Status) -> list[str]:
+    return list(status.warnings)
+
+
+PROBLEM_SECTIONS: list[Callable[[Status], list[str]]] = [
+    _broker_problems,
+    _delivery_problems,
+    _mail_problems,
+    _event_problems,
+    _config_problems,
+]
+
+
 def queue_depths(app: Celery) -> tuple[dict[str, int | None], str | None]:
+    """Messages waiting per queue; None where it could not be read (shown as "unknown", never as 0)."""
     depths: dict[str, int | None] = dict.fromkeys(QUEUES)
     try:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             channel = conn.default_channel
             for name in QUEUES:
-                try:
-                    declared = channel.queue_declare(queue=name, passive=True)
-                    depths[name] = int(declared.message_count)
-                except ChannelError:
-                    # Redis keeps no key for an empty, never-used queue: nothing waiting.
-                    depths[name] = 0
+                depths[name] = _depth(channel, name)
     except Exception as exc:  # any broker problem is shown, not raised
         return depths, f"{type(exc).__name__}: {exc}"[:300]
     return depths, None
+
+
+def _depth(channel: Any, queue: str) -> int | None:
+    # kombu's virtual transports (Redis, filesystem) count a queue with _size: LLEN of each priority list on
+    # Redis, through the client that adds ALERTS_BROKER_PREFIX. A passive declare is no substitute: on Redis
+    # it asks EXISTS, which kombu does not prefix, so under a prefix every queue looked missing (and was
+    # shown as 0 while Redis held the messages). A missing list has LLEN 0: truly nothing waiting.
+    size = getattr(channel, "_size", None)
+    try:
+        if size is not None:
+            return int(size(queue))
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError:
+        return None  # "not found" is not "empty": unknown
+    except Exception:
+        return None
 
 
 def workers(app: Celery, timeout_s: float = 1.0) -> Workers:
@@ -147,7 +249,43 @@ def delivery_figures(engine: Engine) -> tuple[dict[str, int], float | None, int,
     return by_status, age, int(stuck or 0), int(ambiguous or 0), top, int(suppressions or 0)
 
 
-def collect(engine: Engine, app: Celery, inspect_workers: bool = True) -> Status:
+def mail_flow(engine: Engine, now: datetime | None = None) -> MailFlow:
+    """Last send, sends per minute over the last 5 minutes, provider answers and re-sends (alerts.counters)."""
+    now = now or utcnow()
+    with transaction(engine) as session:
+        last = counters.last(session, counters.SENT)
+        sent_5 = counters.since(session, counters.SENT, now - timedelta(minutes=5)).get("", 0)
+        answers = counters.since(session, counters.PROVIDER_ANSWERS, now - timedelta(hours=1))
+        timeouts = counters.since(session, counters.PROVIDER_TIMEOUTS, now - timedelta(hours=1)).get("", 0)
+        resends = counters.since(session, counters.AMBIGUOUS_RESENDS, now - timedelta(days=1))
+    return MailFlow(
+        last_sent_at=last.isoformat() if last else None,
+        last_sent_ago_s=max(0.0, (now - last).total_seconds()) if last else None,
+        sent_last_5_min=sent_5,
+        per_minute_last_5_min=round(sent_5 / 5, 1),
+        throttled_last_hour=answers.get("429", 0),
+        provider_answers_last_hour=dict(sorted(answers.items())),
+        provider_timeouts_last_hour=timeouts,
+        possible_duplicates_last_day=sum(resends.values()),
+    )
+
+
+def ambiguous_resends_total(engine: Engine) -> int:
+    with transaction(engine) as session:
+        return sum(n for (name, _), n in counters.totals(session).items() if name == counters.AMBIGUOUS_RESENDS)
+
+
+def quarantine(settings: Settings) -> Quarantine | None:
+    """Files the filesystem broker moved aside because they stayed unreadable; None for other brokers."""
+    if not settings.broker_url.startswith("filesystem"):
+        return None
+    folder = quarantine_folder(settings)
+    files = sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    return Quarantine(folder=str(Path(folder)), files=files)
+
+
+def collect(engine: Engine, app: Celery, inspect_workers: bool = True, settings: Settings | None = None) -> Status:
+    """Every section; ``settings`` adds the ones that depend on them (config warnings, broker quarantine)."""
     now = utcnow()
     depths, broker_error = queue_depths(app)
     worker_info = (
@@ -155,7 +293,8 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True) -> Status
         if inspect_workers and broker_error is None
         else Workers(available=False, note="skipped" if broker_error is None else "broker unreachable")
     )
-    by_status, age, stuck, ambiguous, top, suppressions = delivery_figures(engine)
+    by_status, age, stuck, _per_row_retries, top, suppressions = delivery_figures(engine)
+    ambiguous = ambiguous_resends_total(engine)
     return Status(
         generated_at=now.isoformat(),
         queues=depths,
@@ -171,6 +310,9 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True) -> Status
         ambiguous_retries=ambiguous,
         top_failures=top,
         suppressions=suppressions,
+        mail=mail_flow(engine, now),
+        quarantine=quarantine(settings) if settings is not None else None,
+        warnings=startup_warnings(settings) if settings is not None else [],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
@@ -44,6 +45,15 @@ def worker_command(
     return command
 
 
+# The filesystem broker with safe reads of message files (see that module); kombu's own otherwise.
+FILESYSTEM_TRANSPORT = "alerts.tasks.filesystem_broker:Transport"
+
+
+def quarantine_folder(settings: Settings) -> Path:
+    """Where the filesystem broker moves message files that stayed unreadable (alerts status counts them)."""
+    return settings.broker_dir / "quarantine"
+
+
 def broker_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem"):
         folder = settings.broker_dir / "messages"
@@ -57,6 +67,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(processed),
             "control_folder": str(control),
             "store_processed": False,
+            "quarantine_folder": str(quarantine_folder(settings)),
+            "unreadable_grace_s": settings.broker_unreadable_grace_s,
         }
     # Redis: a message not acked within this time is redelivered (see docs/operations.md).
     options: dict[str, Any] = {
@@ -76,6 +88,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("alerts")
     app.conf.update(
         broker_url=settings.broker_url,
+        # Given explicitly, the transport wins over the URL's scheme (kombu.Connection).
+        broker_transport=FILESYSTEM_TRANSPORT if settings.broker_url.startswith("filesystem") else None,
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
         task_serializer="json",

@@ -53,6 +53,13 @@ class Result:
     ambiguous: bool = False
 
 
+# A transport may also keep ``answers``, a collections.Counter of what the provider answered to each request
+# it made: the status code as text ("202", "429", "250"), or one of these two. The sender records what changed
+# during each batch (alerts.counters), so operators see real counts of provider answers.
+TIMEOUT = "timeout"  # the request went out and no answer came in time: acceptance unknown
+UNREACHABLE = "unreachable"  # the request could not be made (connection refused, DNS...)
+
+
 class Transport(Protocol):
     name: str
 

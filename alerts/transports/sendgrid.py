@@ -27,7 +27,7 @@ import logging
 import re
 import time
 import urllib.error
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
@@ -36,7 +36,7 @@ from typing import Any
 import structlog
 
 from alerts.logs import redact
-from alerts.transports.base import Batch, Outcome, Recipient, Result, fill
+from alerts.transports.base import TIMEOUT, UNREACHABLE, Batch, Outcome, Recipient, Result, fill
 
 log = structlog.get_logger("alerts.transports.sendgrid")
 
@@ -282,6 +282,9 @@ class SendGridTransport:
         self._clock = clock
         # Cumulative seconds building requests and waiting for HTTP; the sender reports the difference.
         self.timings: dict[str, float] = {"build_s": 0.0, "http_s": 0.0}
+        # What SendGrid answered to each request, by status code (see transports.base): one increment per
+        # request, not per recipient.
+        self.answers: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"SendGridTransport(host={self._client.host!r})"
@@ -373,6 +376,7 @@ class SendGridTransport:
             self.timings["http_s"] += time.monotonic() - started
         except HTTPError as exc:
             status = int(exc.status_code)
+            self.answers[str(status)] += 1
             errors = _provider_errors(exc.body)
             text = _describe(status, errors)
             log.warning("sendgrid.refused", status=status, recipients=len(chunk), error=text)
@@ -381,18 +385,21 @@ class SendGridTransport:
             return _Answer("failed", status, error=text, errors=errors)
         except urllib.error.URLError as exc:
             # Raised while connecting or sending the request: SendGrid cannot have accepted it.
+            self.answers[UNREACHABLE] += 1
             reason = exc.reason
             error = f"SendGrid unreachable: {type(reason).__name__}: {reason}"[:500]
             log.warning("sendgrid.unreachable", recipients=len(chunk), error=error)
             return _Answer("retry", error=error)
         except (TimeoutError, http.client.HTTPException, OSError) as exc:
             # The request went out and no complete answer came back: it may have been accepted.
+            self.answers[TIMEOUT] += 1
             error = f"no answer from SendGrid ({type(exc).__name__}); acceptance unknown"
             log.warning("sendgrid.ambiguous", recipients=len(chunk), error=error, waited_s=time.monotonic() - started)
             return _Answer("retry", error=error, ambiguous=True)
         # Accepted: nothing below may raise, or the batch would be retried and sent twice.
         message_id: str | None = None
         try:
+            self.answers[str(response.status_code)] += 1
             raw_id = response.headers.get("X-Message-Id")
             message_id = str(raw_id)[:200] if raw_id else None
             log.info("sendgrid.accepted", status=response.status_code, recipients=len(chunk), message_id=message_id)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import smtplib
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from email.policy import SMTP as SMTP_POLICY
 
 import structlog
 
 from alerts.logs import redact
-from alerts.transports.base import Batch, Outcome, Recipient, Result
+from alerts.transports.base import TIMEOUT, UNREACHABLE, Batch, Outcome, Recipient, Result
 from alerts.transports.mime import build_message
 
 log = structlog.get_logger("alerts.transports.smtp")
@@ -44,6 +45,8 @@ class SMTPTransport:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        # The server's reply code to each message ("250", "451"...), see transports.base.
+        self.answers: Counter[str] = Counter()
         self.port = port
         self.username = username
         self._password = password
@@ -78,6 +81,7 @@ class SMTPTransport:
         try:
             conn = self._connect()
         except (OSError, smtplib.SMTPException) as exc:
+            self.answers[UNREACHABLE] += 1
             error = f"SMTP server unavailable: {type(exc).__name__}: {redact(str(exc))}"[:500]
             log.warning("smtp.unavailable", host=self.host, port=self.port, error=error)
             return [Result(r.delivery_id, Outcome.RETRY, error=error) for r in batch.recipients]
@@ -91,6 +95,7 @@ class SMTPTransport:
                     break
                 result, connection_ok = self._send_one(conn, batch, recipient)
                 results.append(result)
+                self._count(result)
                 if not connection_ok:
                     error = f"not tried: an earlier message of this batch failed: {result.error}"[:500]
                     results += [
@@ -110,6 +115,14 @@ class SMTPTransport:
             retry=sum(1 for r in results if r.outcome is Outcome.RETRY),
         )
         return results
+
+    def _count(self, result: Result) -> None:
+        if result.outcome is Outcome.SENT:
+            self.answers["250"] += 1
+        elif result.error_code is not None:
+            self.answers[str(result.error_code)] += 1
+        elif result.ambiguous:
+            self.answers[TIMEOUT] += 1
 
     def _send_one(self, conn: smtplib.SMTP, batch: Batch, recipient: Recipient) -> tuple[Result, bool]:
         """Send one message. Returns its result and whether the connection is still usable."""
