@@ -1,7 +1,14 @@
 """Prometheus metrics, computed from the database and the broker at scrape time.
 
 Web and worker processes are many; the database is the one place that knows every event and delivery, so
-the figures are read from it rather than from per-process counters that would each see a slice.
+the figures are read from it rather than from per-process counters that would each see a slice. Counters of
+things that happen (provider answers, timeouts, emails sent, ambiguous re-sends) are appended to the
+database by whoever counted them (alerts.counters), so any web process reports the same totals.
+
+A figure that cannot be read is left out of the scrape (absent, not 0 and not NaN): ``alerts_queue_depth``
+for a queue the broker did not answer for, ``alerts_workers_online`` when workers cannot be asked (the
+filesystem broker, or the broker down), ``alerts_last_send_timestamp_seconds`` before the first send.
+Alert on ``absent(...)`` where that matters; ``alerts_broker_up`` says whether the broker answered.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from alerts import counters
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent
-from alerts.status import delivery_figures, latency_histogram, queue_depths
+from alerts.status import delivery_figures, latency_histogram, queue_depths, workers
 
 
 class AlertsCollector(Collector):
@@ -36,19 +44,28 @@ class AlertsCollector(Collector):
                 select(RejectedEvent.event_type, func.count()).group_by(RejectedEvent.event_type)
             ):
                 events.add_metric([str(event_type or "unknown"), "rejected"], int(n))
-            errors = CounterMetricFamily(
-                "alerts_provider_errors", "Failed deliveries by provider status code", labels=["code"]
+            failed_now = GaugeMetricFamily(
+                "alerts_failed_deliveries", "Deliveries failed now (until retried), by provider code", labels=["code"]
             )
             for code, n in session.execute(
                 select(Delivery.error_code, func.count())
                 .where(Delivery.status == DeliveryStatus.FAILED.value)
                 .group_by(Delivery.error_code)
             ):
-                errors.add_metric([str(code or "none")], int(n))
+                failed_now.add_metric([str(code or "none")], int(n))
+            totals = counters.totals(session)
+            last_sent = counters.last(session, counters.SENT)
         yield events
-        yield errors
+        yield failed_now
+        yield from self._counters(totals)
+        if last_sent is not None:
+            yield GaugeMetricFamily(
+                "alerts_last_send_timestamp_seconds",
+                "When the provider last accepted an email (Unix time)",
+                value=last_sent.timestamp(),
+            )
 
-        by_status, oldest, stuck, ambiguous, _top, suppressions = delivery_figures(self.engine)
+        by_status, oldest, stuck, _per_row_retries, _top, suppressions = delivery_figures(self.engine)
         deliveries = GaugeMetricFamily("alerts_deliveries", "Deliveries by status", labels=["status"])
         for status, n in by_status.items():
             deliveries.add_metric([status], n)
@@ -57,9 +74,6 @@ class AlertsCollector(Collector):
             "alerts_oldest_undelivered_seconds", "Age of the oldest queued or sending delivery", value=oldest or 0.0
         )
         yield GaugeMetricFamily("alerts_stuck_sending", "Deliveries in sending past their lease", value=stuck)
-        yield CounterMetricFamily(
-            "alerts_ambiguous_retries", "Sends retried after a timeout (acceptance unknown)", value=ambiguous
-        )
         yield GaugeMetricFamily("alerts_suppressions", "Suppressed addresses", value=suppressions)
 
         buckets, count, total = latency_histogram(self.engine)
@@ -76,3 +90,54 @@ class AlertsCollector(Collector):
                 queue.add_metric([name], depth)
         yield queue
         yield GaugeMetricFamily("alerts_broker_up", "1 if the broker answered", value=0 if broker_error else 1)
+        if broker_error is None:
+            online = workers(self.app)
+            if online.available:
+                yield GaugeMetricFamily(
+                    "alerts_workers_online", "Celery workers that answered a ping", value=len(online.online)
+                )
+
+    @staticmethod
+    def _counters(totals: dict[counters.Key, int]) -> Iterator[Metric]:
+        answers = CounterMetricFamily(
+            "alerts_provider_answers", "Requests the provider answered, by status code", labels=["code"]
+        )
+        errors = CounterMetricFamily(
+            "alerts_provider_errors", "Provider answers with an error status (4xx, 5xx), by code", labels=["code"]
+        )
+        resends = CounterMetricFamily(
+            "alerts_ambiguous_resends",
+            "Recipients sent again though the first try may have been accepted, by reason (timeout, lease_expired)",
+            labels=["reason"],
+        )
+        by_reason = {"timeout": 0, "lease_expired": 0}
+        for (name, label), value in sorted(totals.items()):
+            if name == counters.PROVIDER_ANSWERS:
+                answers.add_metric([label], value)
+                if label.isdigit() and int(label) >= 400:
+                    errors.add_metric([label], value)
+            elif name == counters.AMBIGUOUS_RESENDS:
+                by_reason[label] = by_reason.get(label, 0) + value
+        for reason, value in by_reason.items():
+            resends.add_metric([reason], value)
+        yield answers
+        yield errors
+        yield resends
+        yield CounterMetricFamily(
+            "alerts_ambiguous_retries",
+            "All ambiguous re-sends (the sum of alerts_ambiguous_resends_total)",
+            value=sum(by_reason.values()),
+        )
+        yield CounterMetricFamily(
+            "alerts_provider_timeouts",
+            "Requests sent without an answer in time (acceptance unknown)",
+            value=totals.get((counters.PROVIDER_TIMEOUTS, ""), 0),
+        )
+        yield CounterMetricFamily(
+            "alerts_provider_unreachable",
+            "Requests that could not be made (connection refused, DNS)",
+            value=totals.get((counters.PROVIDER_UNREACHABLE, ""), 0),
+        )
+        yield CounterMetricFamily(
+            "alerts_emails_sent", "Emails the provider accepted", value=totals.get((counters.SENT, ""), 0)
+        )

@@ -41,6 +41,39 @@ def failed_deliveries(session: Session, since: datetime | None = None, limit: in
     ]
 
 
+@dataclass(frozen=True)
+class FailureReason:
+    error_code: int | None
+    error: str | None
+    count: int
+    events: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+
+def failure_reasons(session: Session, since: datetime | None = None) -> list[FailureReason]:
+    """Failed deliveries grouped by the provider's code and reason, most frequent first (one GROUP BY)."""
+    query = (
+        select(
+            Delivery.error_code,
+            Delivery.error,
+            func.count(),
+            func.count(func.distinct(Delivery.event_id)),
+            func.min(Delivery.updated_at),
+            func.max(Delivery.updated_at),
+        )
+        .where(Delivery.status == DeliveryStatus.FAILED.value)
+        .group_by(Delivery.error_code, Delivery.error)
+        .order_by(func.count().desc(), func.max(Delivery.updated_at).desc())
+    )
+    if since is not None:
+        query = query.where(Delivery.updated_at >= since)
+    return [
+        FailureReason(code, error, int(n), int(events), first, last)
+        for code, error, n, events, first, last in session.execute(query)
+    ]
+
+
 def requeue_failed(session: Session, batch_size: int, since: datetime | None = None) -> list[tuple[int, int, int]]:
     """Failed deliveries (optionally only those failed since ``since``) go back to queued.
 
