@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     pending_expiry_days: int = Field(default=14, gt=0)
     retention_days: int = Field(default=180, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
+    # Celery beat touches this file after every tick (at least every 30 s): its health check reads the age.
+    beat_heartbeat_file: Path | None = None
     # First retry of a failed send waits about this long; each further retry doubles it (capped at 300 s).
     send_retry_base_s: float = Field(default=2.0, gt=0)
 

@@ -17,6 +17,8 @@ EVENTS_QUEUE = "events"
 DELIVERIES_QUEUE = "deliveries"
 MAINTENANCE_QUEUE = "maintenance"
 ALL_QUEUES = ",".join((EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE))
+# Longest beat sleeps between looks at its schedule; its heartbeat is never older than this plus a tick.
+BEAT_MAX_LOOP_S = 30
 
 
 def worker_command(
@@ -125,6 +127,9 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.tasks.maintenance",
             "alerts.tasks.webhooks",
         ],
+        # Beat's scheduler touches ALERTS_BEAT_HEARTBEAT_FILE after each tick, and ticks at least every 30 s.
+        beat_scheduler="alerts.tasks.beat:HeartbeatScheduler",
+        beat_max_loop_interval=BEAT_MAX_LOOP_S,
         beat_schedule={
             "maintenance": {
                 "task": "alerts.maintenance.run",

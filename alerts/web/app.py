@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from alerts import __version__
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, conditions, links, ops, pages, signup, webhooks
+from alerts.web import api_events, conditions, health, links, ops, pages, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
 
 
@@ -32,6 +32,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.include_router(health.router)
     app.include_router(api_events.router)
     app.include_router(ops.router)
     app.include_router(signup.router)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 
@@ -32,3 +32,13 @@ def require_token(expected: str | None, given: str | None, realm: str) -> None:
             detail="missing or invalid bearer token",
             headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
         )
+
+
+def celery_app(request: Request) -> Any:
+    """The Celery app this web process talks to the broker with, created on first use."""
+    app = getattr(request.app.state, "celery", None)
+    if app is None:
+        from alerts.tasks.app import create_app
+
+        app = request.app.state.celery = create_app(request.app.state.runtime.settings)
+    return app

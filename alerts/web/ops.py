@@ -17,7 +17,7 @@ from alerts.models import utcnow
 from alerts.rendering import TEMPLATES_DIR
 from alerts.status import collect, timeline
 from alerts.web.charts import line_chart, minute_series
-from alerts.web.deps import RuntimeDep, bearer_token, require_token
+from alerts.web.deps import RuntimeDep, bearer_token, celery_app, require_token
 
 router = APIRouter(tags=["ops"])
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR / "web"))
@@ -35,12 +35,7 @@ def _basic_password(request: Request) -> str | None:
 
 
 def _celery(request: Request) -> Any:
-    app = getattr(request.app.state, "celery", None)
-    if app is None:
-        from alerts.tasks.app import create_app
-
-        app = request.app.state.celery = create_app(request.app.state.runtime.settings)
-    return app
+    return celery_app(request)
 
 
 @router.get("/ops", response_class=HTMLResponse, include_in_schema=False)
