@@ -1,5 +1,6 @@
 # One image for every role (migrate, web, worker, beat, flower); the command picks the role.
-FROM python:3.11-slim-bookworm
+# Pinned to a patch release (pin the digest too when you mirror it).
+FROM python:3.11.10-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,7 +14,8 @@ COPY pyproject.toml README.md ./
 COPY alerts ./alerts
 COPY templates ./templates
 COPY static ./static
-RUN pip install -e . flower
+# Flower at the version pinned in pyproject.toml's "flower" extra.
+RUN pip install -e '.[flower]'
 
 USER alerts
 EXPOSE 8000
