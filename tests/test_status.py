@@ -146,3 +146,12 @@ def test_failed_deliveries_are_grouped_by_reason_within_80_columns(
     assert each.exit_code == 0 and max(len(line) for line in each.output.splitlines()) <= 80
     rows = json.loads(run.invoke(cli, ["deliveries", "failed", "--json"]).output)
     assert len(rows) == 4 and {r["error_code"] for r in rows} == {400, 403}
+
+
+def test_sendgrid_without_a_webhook_key_is_named_in_the_headline(runtime: Runtime) -> None:
+    settings = runtime.settings.model_copy(
+        update={"email_backend": "sendgrid", "sendgrid_api_key": "SG.key", "broker_url": f"{REDIS_URL}/0"}
+    )
+    status = collect(runtime.engine, create_app(settings), inspect_workers=False, settings=settings)
+    assert any("bounces and spam reports will not be applied" in p for p in status.problems)
+    assert status.as_dict()["warnings"] == status.warnings

@@ -86,3 +86,13 @@ def test_metrics_in_prometheus_format(ops_client: TestClient, runtime: Runtime, 
     assert samples[("alerts_queue_depth", (("queue", "events"),))] == 0
     assert samples[("alerts_broker_up", ())] == 1
     assert "alerts_oldest_undelivered_seconds" in families
+
+
+def test_ops_page_says_unknown_when_the_broker_cannot_be_read(runtime: Runtime, inline: InlineEnqueue) -> None:
+    runtime.settings.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    app = create_web(runtime, enqueue=inline)
+    app.state.celery = create_app(runtime.settings)
+    page = TestClient(app).get("/ops", headers=basic("ops-token-for-tests")).text
+    assert "Broker unreachable" in page and "Needs attention" in page
+    for queue in ("events", "deliveries", "maintenance"):
+        assert f'<th scope="row">{queue}</th><td class="n">unknown</td>' in page
