@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Insert, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from alerts.models import CounterIncrement, utcnow
@@ -35,16 +35,26 @@ Key = tuple[str, str]  # (name, label)
 KEEP_RAW = timedelta(days=2)
 
 
-def add(session: Session, increments: Mapping[Key, int], at: datetime | None = None) -> None:
-    """Append the non-zero increments, in one statement."""
+def insert_rows(increments: Mapping[Key, int], at: datetime | None = None) -> Insert | None:
+    """One multi-row INSERT of the non-zero increments (None when there are none).
+
+    A caller already writing in PostgreSQL can attach it to its own statement as a CTE (see
+    sending.record_results) and save the round trip.
+    """
     when = at or utcnow()
     rows = [
         {"name": name, "label": label, "value": value, "at": when}
         for (name, label), value in increments.items()
         if value
     ]
-    if rows:
-        session.execute(insert(CounterIncrement), rows)
+    return insert(CounterIncrement).values(rows) if rows else None
+
+
+def add(session: Session, increments: Mapping[Key, int], at: datetime | None = None) -> None:
+    """Append the non-zero increments, in one statement."""
+    statement = insert_rows(increments, at)
+    if statement is not None:
+        session.execute(statement)
 
 
 def totals(session: Session) -> dict[Key, int]:

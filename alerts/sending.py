@@ -244,6 +244,10 @@ def record_results(
         # Per-recipient message ids (file, SMTP): one executemany by primary key instead of N statements.
         _record_rows(session, results, now)
         groups = {}
+    counted = counters.insert_rows(send_increments(results, answers), now)
+    if counted is not None and (not groups or session.get_bind().dialect.name != "postgresql"):
+        session.execute(counted)
+        counted = None
     for (outcome, message_id, error, error_code, ambiguous), ids in groups.items():
         values: dict[str, Any] = {
             "status": _STATUS_FOR[outcome].value,
@@ -256,7 +260,7 @@ def record_results(
             values |= {"provider_message_id": message_id, "sent_at": now}
         if ambiguous:
             values["ambiguous_retries"] = Delivery.ambiguous_retries + 1
-        session.execute(
+        statement = (
             update(Delivery)
             # 'queued' too: after a database outage maintenance may have put the rows back; recording the
             # acceptance now stops the re-send before a worker claims them.
@@ -264,7 +268,12 @@ def record_results(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-    counters.add(session, send_increments(results, answers), now)
+        if counted is not None:
+            # PostgreSQL: the counters ride along with the first UPDATE as a data-modifying CTE, so counting
+            # costs no round trip of its own.
+            statement = statement.add_cte(counted.cte("counted"))
+            counted = None
+        session.execute(statement)
     report.sent += sum(1 for r in results if r.outcome is Outcome.SENT)
     report.failed += sum(1 for r in results if r.outcome is Outcome.FAILED)
     report.retry += sum(1 for r in results if r.outcome is Outcome.RETRY)
