@@ -103,6 +103,7 @@ def test_only_the_proxy_is_published_and_flower_only_on_loopback(services: dict[
 def test_the_web_app_trusts_exactly_its_proxy(services: dict[str, Any]) -> None:
     proxy_ip = services["proxy"]["networks"]["default"]["ipv4_address"]
     assert services["web"]["environment"]["ALERTS_TRUSTED_PROXIES"] == proxy_ip
+    assert services["web"]["environment"]["ALERTS_ENV"] == "prod"  # the shared settings are still there
     for name, service in services.items():
         if name != "web":
             assert "ALERTS_TRUSTED_PROXIES" not in (service.get("environment") or {})
