@@ -1,7 +1,9 @@
-"""What operators need at a glance: queue depths, workers, event and delivery figures, failures.
+"""What operators need at a glance: queue depths, workers, mail flow, event and delivery figures, failures.
 
 Gathered from the database and the broker; used by ``alerts status``, ``GET /ops`` and ``/metrics``.
-Every part that cannot be read (broker down, broadcast unsupported) says so instead of failing.
+Every part that cannot be read (broker down, broadcast unsupported) says so instead of failing, and a number
+that could not be read is None ("unknown"), never 0. One function gathers each section, and one function per
+section says what in it needs attention (``PROBLEM_SECTIONS``): a new section adds both.
 """
 
 from __future__ import annotations
