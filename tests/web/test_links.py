@@ -25,6 +25,7 @@ from tests.web.journey import (
     snapshot,
     subscription,
     subscriptions_of,
+    teach,
 )
 
 TRIAL = "NCT06740149"
@@ -279,7 +280,8 @@ def test_manage_lists_subscriptions_with_titles_and_status(client: TestClient, r
     follow(runtime, "a@example.org", trial=TRIAL)
     follow(runtime, "a@example.org", trial="NCT99999999")
     follow(runtime, "a@example.org", condition="Acute-On-Chronic Liver Failure")
-    client.post("/api/subscriptions", json={"email": "a@example.org", "condition": "asthma"})
+    teach(runtime)
+    client.post("/api/subscriptions", json={"email": "a@example.org", "condition": "liver failure"})
     follow(runtime, "other@example.org", condition="gout")
     token = manage_token_of(runtime, "a@example.org")
     before = snapshot(runtime)
@@ -290,7 +292,7 @@ def test_manage_lists_subscriptions_with_titles_and_status(client: TestClient, r
     assert "Plasma Exchange for Liver Failure" in text
     assert "Changes to study NCT99999999" in text
     assert "New studies for Acute-On-Chronic Liver Failure" in text
-    assert "New studies for asthma" in text
+    assert "New studies for Liver Failure" in text
     assert "Waiting for you to confirm" in text
     assert text.count(">Active<") == 3
     assert "gout" not in text
