@@ -5,8 +5,7 @@ median): one request told them apart 88% of the time. Now both record the reques
 worker decides. This compares the two paths' median times over interleaved requests: a ratio, not an
 absolute time, so a slow or busy machine does not matter. Measured on this shared 2-core machine: the old
 code 0.54-0.69, this code 0.76-1.04 (and two identical paths 0.84-1.04); the bounds are wide enough not to
-flake and
-narrow enough to catch the old 2x.
+flake and narrow enough to catch the old 2x.
 """
 
 from __future__ import annotations
