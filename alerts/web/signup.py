@@ -45,15 +45,20 @@ CHECK_YOUR_EMAIL = (
 )
 
 
+# What every text field refuses (alerts.text), said in the schema: control characters other than whitespace.
+READABLE = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
+
+
 def _exactly_one_of(schema: dict[str, Any]) -> None:
     # What the model enforces, said in the schema: "trial" or "condition", exactly one, never null.
     properties = schema["properties"]
-    properties["trial"] = {k: v for k, v in properties["trial"].items() if k not in ("anyOf", "default")} | {
-        "type": "string"
-    }
-    properties["condition"] = {k: v for k, v in properties["condition"].items() if k not in ("anyOf", "default")} | {
-        "type": "string"
-    }
+    for name in ("trial", "condition"):
+        field = properties[name]
+        string = next(b for b in field.pop("anyOf") if b.get("type") == "string")
+        field.pop("default", None)
+        properties[name] = string | field
+    properties["email"]["pattern"] = READABLE
+    properties["condition"]["pattern"] = READABLE
     schema["oneOf"] = [{"required": ["trial"]}, {"required": ["condition"]}]
 
 
@@ -68,7 +73,11 @@ class SignupRequest(BaseModel):
         json_schema_extra={"format": "email"},
     )
     trial: str | None = Field(
-        default=None, max_length=20, description="NCT ID of a study to follow", examples=["NCT06740149"]
+        default=None,
+        max_length=20,
+        pattern=r"^\s*[Nn][Cc][Tt][0-9]{8}\s*$",
+        description="NCT ID of a study to follow",
+        examples=["NCT06740149"],
     )
     condition: str | None = Field(
         default=None,
