@@ -35,3 +35,17 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     settings = load_settings()
     assert settings.base_url == "https://alerts.example.org"
     assert settings.database_url == "postgresql+psycopg://u@db/alerts"
+
+
+def test_list_settings_are_words_and_reach_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alerts.config import environment
+
+    monkeypatch.setenv("ALERTS_EMBED_ORIGINS", "https://trials.example.org,https://b.example:8443")
+    monkeypatch.setenv("ALERTS_TRUSTED_PROXIES", "172.18.0.0/16 10.0.0.5")
+    settings = load_settings()
+    assert settings.embed_origins == ("https://trials.example.org", "https://b.example:8443")
+    assert settings.trusted_proxies == ("172.18.0.0/16", "10.0.0.5")
+    for name, value in environment(settings).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings
+    assert load_settings(embed_origins="", trusted_proxies="").embed_origins == ()

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -264,9 +265,8 @@ class TrialOffer:
     checked: bool
 
 
-def _trial_title(session: Any, nct_id: str) -> str | None:
-    title: str | None = session.scalar(select(Trial.title).where(Trial.nct_id == nct_id))
-    return title
+def _trial_title(session: Session, nct_id: str) -> str | None:
+    return session.scalar(select(Trial.title).where(Trial.nct_id == nct_id))
 
 
 def _form_page(
