@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import HTTPException, status
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,10 +52,10 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await self._refuse(scope, receive, send, status.HTTP_400_BAD_REQUEST, "invalid Content-Length")
+                await self._refuse(scope, receive, send, 400, "invalid Content-Length")
                 return
             if int(declared) > limit:
-                await self._refuse(scope, receive, send, status.HTTP_413_CONTENT_TOO_LARGE, _too_large(limit))
+                await self._refuse(scope, receive, send, 413, _too_large(limit))
                 return
         received = 0
 
@@ -66,7 +66,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > limit:
                     # Raised inside the app's own body read: its error handling answers (413, page or JSON).
-                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, _too_large(limit))
+                    raise HTTPException(413, _too_large(limit))
             return message
 
         await self.app(scope, counting_receive, send)

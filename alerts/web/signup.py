@@ -162,7 +162,7 @@ class TooManyRequests(BaseModel):
 
 
 def client_key(runtime: Runtime, request: Request) -> str:
-    """The client IP as a keyed hash (``alerts.web.proxies`` has put the real client there behind a proxy)."""
+    """The client IP as a keyed hash (behind a trusted proxy, ``alerts.web.app`` has put the real client there)."""
     host = request.client.host if request.client else "unknown"
     return runtime.hasher(f"ip:{host}")
 
