@@ -231,12 +231,14 @@ def web(
     _runtime()
     # log_config=None: uvicorn keeps the JSON logging configured above instead of installing its own.
     # No access log: request paths carry link tokens (unsubscribe, manage), which are credentials.
+    # proxy_headers=False: uvicorn would trust X-Forwarded-For from loopback by default; the app trusts
+    # exactly ALERTS_TRUSTED_PROXIES instead (alerts.web.app).
     uvicorn.run(
         "alerts.web.main:app",
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
+        proxy_headers=False,
         log_config=None,
         access_log=False,
     )

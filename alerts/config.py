@@ -6,12 +6,14 @@ Defaults are the embedded ones (SQLite file, Celery's filesystem broker, emails 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "dev-insecure-change-me"  # noqa: S105 - a known placeholder, refused outside dev
 # Values that were never meant to be used: the built-in placeholder and .env.example's "change-me...".
@@ -19,6 +21,16 @@ PLACEHOLDER_MARK = "change-me"
 # Secrets in production: at least this many characters (a random 32-character token is beyond guessing).
 MIN_SECRET_CHARS = 32
 VAR_DIR = Path("var")
+# An origin as CSP's frame-ancestors takes it: scheme, host, optional port; nothing that could end the
+# directive (";", spaces, quotes).
+_ORIGIN = re.compile(r"^https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+
+
+def _words(value: Any) -> Any:
+    """ "a b,c" -> ("a", "b", "c"): list settings are written space- or comma-separated."""
+    if isinstance(value, str):
+        return tuple(w for w in re.split(r"[\s,]+", value) if w)
+    return value
 
 
 class ConfigError(RuntimeError):
@@ -98,12 +110,43 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    # Sites that may show the sign-up form (and every page it leads to) in a frame: CSP frame-ancestors.
+    # Space- or comma-separated origins ("https://trials.example.org"); none: no site may frame any page.
+    embed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Proxies whose X-Forwarded-For names the client (IPs or CIDRs, space- or comma-separated). None by
+    # default: the connecting address is the client, and nobody can choose which per-IP bucket they use.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Request bodies larger than this are refused (413) before they are read: forms and the sign-up API,
+    # and the producers' endpoints (POST /api/events, /webhooks/sendgrid), which carry whole trial records.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_ingest_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("embed_origins", mode="before")
+    @classmethod
+    def _embed_origins(cls, value: Any) -> Any:
+        origins = _words(value)
+        for origin in origins:
+            if not isinstance(origin, str) or not _ORIGIN.match(origin):
+                raise ValueError("each origin is scheme://host[:port], e.g. https://trials.example.org")
+        return tuple(o.rstrip("/") for o in origins)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: Any) -> Any:
+        proxies = _words(value)
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(str(proxy), strict=False)
+            except ValueError:
+                raise ValueError("each entry is an IP address or a CIDR range, e.g. 172.18.0.0/16") from None
+        return tuple(str(p) for p in proxies)
 
     @field_validator("signup_per_ip", "confirm_per_address")
     @classmethod
@@ -174,7 +217,12 @@ def environment(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, tuple | list):
+            text = " ".join(str(v) for v in value)
+        else:
+            text = str(value)
         values[f"ALERTS_{name.upper()}"] = text
     return values
 

@@ -105,5 +105,11 @@ def followed(label: str, condition_label: str) -> dict[str, Any]:
     return {"followed": label, "about": condition_label if same else label}
 
 
-def confirm_subscription(what: str, expires_days: int) -> dict[str, Any]:
-    return {"what": what, "expires_days": expires_days}
+def confirm_subscription(what: str | Sequence[str], expires_days: int) -> dict[str, Any]:
+    """One confirmation email for everything one sign-up asked for: ``items`` lists each alert.
+
+    ``what`` comes from ``alerts.subscriptions.describe``: only names the service vouches for.
+    """
+    items = [what] if isinstance(what, str) else list(what)
+    summary = items[0] if len(items) == 1 else f"{len(items)} alerts"
+    return {"what": summary, "items": items, "expires_days": expires_days}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,18 +19,19 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from alerts import text as text_module
+
 TRIAL_CHANGED: Final = "trial.changed"
 NEW_TRIAL_FOR_CONDITION: Final = "trial.new_for_condition"
 EVENT_TYPES: Final = (TRIAL_CHANGED, NEW_TRIAL_FOR_CONDITION)
 # A full v2 record with results is a few hundred KB; anything near this is hostile or broken.
 MAX_EVENT_BYTES: Final = 4_000_000
 _SCHEMA_BASE = "https://trial-alerts.example.org/schemas/"
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def printable(text: str, limit: int = 300) -> str:
-    """Control characters shown as escapes, length bounded: safe to store, log and show an operator."""
-    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """Control characters and lone surrogates shown as escapes, length bounded: safe to store, log and show."""
+    shown = text_module.escaped(text)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
@@ -121,17 +121,20 @@ def _parse_time(value: str) -> datetime:
 
 
 def _strings_clean(value: Any, path: str, out: list[FieldError]) -> None:
-    """NUL and other control characters in any string are refused (PostgreSQL cannot even store NUL)."""
+    """NUL and other control characters, and lone surrogates, in any string or key are refused (PostgreSQL
+    cannot store NUL; a lone surrogate cannot be written as UTF-8 at all)."""
     if len(out) >= 5:
         return
     if isinstance(value, str):
-        if _CONTROL.search(value):
-            out.append(FieldError(path or "(event)", "contains control characters"))
+        reason = text_module.problem(value)
+        if reason:
+            out.append(FieldError(path or "(event)", reason))
     elif isinstance(value, dict):
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and _CONTROL.search(key):
-                out.append(FieldError(where, "has a key with control characters"))
+            reason = text_module.problem(key) if isinstance(key, str) else None
+            if reason:
+                out.append(FieldError(where, f"has a key that {reason}"))
                 continue
             _strings_clean(item, where, out)
     elif isinstance(value, list):
@@ -148,7 +151,8 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
     if not isinstance(payload, dict):
         raise InvalidEvent([FieldError("(event)", f"must be a JSON object, got {type(payload).__name__}")])
     try:
-        size = len(canonical_json(payload).encode("utf-8"))
+        # surrogatepass: a lone surrogate is reported below with its field, not as an encoding error here.
+        size = len(canonical_json(payload).encode("utf-8", "surrogatepass"))
     except (TypeError, ValueError) as exc:
         raise InvalidEvent([FieldError("(event)", f"is not JSON-serializable: {exc}")]) from None
     if size > MAX_EVENT_BYTES:

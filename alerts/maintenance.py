@@ -18,7 +18,7 @@ from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from alerts import counters, fanout
+from alerts import counters, fanout, signups
 from alerts.db import transaction
 from alerts.matching import batch_ranges
 from alerts.models import (
@@ -44,6 +44,7 @@ class MaintenanceReport:
     pending_expired: int = 0
     deliveries_pruned: int = 0
     counter_rows_folded: int = 0
+    signups_requeued: int = 0
 
 
 def _rowcount(result: object) -> int:
@@ -167,8 +168,16 @@ def run(
     retention_days: int,
     enqueue_fan_out: Callable[[int], None] | None = None,
     fanout_stale_s: int = 120,
+    enqueue_signup: Callable[[int], None] | None = None,
 ) -> MaintenanceReport:
     report = MaintenanceReport()
+    if enqueue_signup is not None:
+        # A sign-up whose message was lost (broker restarted without persistence) is decided after all.
+        with transaction(engine) as session:
+            waiting = signups.stale(session)
+        for request_id in waiting:
+            enqueue_signup(request_id)
+        report.signups_requeued = len(waiting)
     if enqueue_fan_out is not None:
         with transaction(engine) as session:
             resumed = fanout.stale_fan_outs(session, fanout_stale_s)
@@ -186,6 +195,7 @@ def run(
     report.batches_requeued = len(ranges)
     with transaction(engine) as session:
         report.pending_expired = expire_pending(session, pending_days)
+        signups.expire(session, pending_days)
     with transaction(engine) as session:
         report.deliveries_pruned = prune_history(session, retention_days)
     with transaction(engine) as session:

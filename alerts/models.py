@@ -384,3 +384,21 @@ class Installation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1: one row
     installation_id: Mapped[str] = mapped_column(String(32), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SignupRequest(Base):
+    """A sign-up as submitted, waiting for a worker (``alerts.signups``); deleted once the worker decided.
+
+    The web request only records this and queues it, whatever the address: whether the address is new,
+    pending or already following is decided by the worker, so the answer's timing cannot tell.
+    """
+
+    __tablename__ = "signup_requests"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    # [{"kind": "trial"|"condition", "key": ..., "label": ...}]: targets the web side already vouched for.
+    targets: Mapped[list[dict[str, str]]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Last time it was queued (maintenance re-queues one whose message was lost).
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

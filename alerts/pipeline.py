@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from alerts import counters, emails, fanout
+from alerts import counters, emails, fanout, signups
 from alerts.db import transaction
 from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event, printable
 from alerts.intake import Accepted, accept
@@ -35,7 +35,9 @@ log = structlog.get_logger("alerts.pipeline")
 class Enqueue(Protocol):
     def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None: ...
 
-    def send_confirmation(self, subscription_id: int) -> None: ...
+    def send_confirmation(self, subscription_id: int, also: Sequence[int] = ()) -> None: ...
+
+    def process_signup(self, request_id: int) -> None: ...
 
     def trial_event(self, payload: dict[str, Any]) -> None: ...
 
@@ -191,14 +193,50 @@ def backoff_seconds(retries: int, retry_after_s: float | None = None, cap: float
     return max(delay, retry_after_s or 0.0)
 
 
-def send_confirmation(runtime: Runtime, subscription_id: int) -> str:
-    """Render and send the double opt-in email for a pending subscription. Returns what happened."""
+def process_signup(runtime: Runtime, request_id: int, enqueue: Enqueue) -> str:
+    """Decide a recorded sign-up (``alerts.signups``) and queue its one confirmation email after commit."""
+    decision = None
+    for attempt in range(3):
+        try:
+            with transaction(runtime.engine) as session:
+                decision = signups.decide(session, request_id, runtime.signer, runtime.hasher)
+            break
+        except IntegrityError:
+            # Two sign-ups for one new address raced; the loser finds the winner's rows next time.
+            if attempt == 2:
+                raise
+    if decision is None:
+        return "gone"
+    log.info(
+        "signup.decided",
+        request_id=request_id,
+        to_confirm=decision.to_confirm,
+        already_active=decision.already_active,
+    )
+    if decision.to_confirm:
+        first, *also = decision.to_confirm
+        enqueue.send_confirmation(first, also)
+        return "confirmation queued"
+    return "nothing to confirm"
+
+
+def send_confirmation(runtime: Runtime, subscription_id: int, also: Sequence[int] = ()) -> str:
+    """Render and send ONE double opt-in email for the pending ones among these subscriptions (one
+    subscriber's, as one sign-up asked for them); its link confirms them all. Returns what happened."""
     with transaction(runtime.engine) as session:
-        subscription = session.get(Subscription, subscription_id)
-        if subscription is None or subscription.status != SubscriptionStatus.PENDING:
+        first = session.get(Subscription, subscription_id)
+        if first is None:
             return "not pending"
-        subscriber = subscription.subscriber
-        what = describe(session, subscription)
+        pending = [
+            sub
+            for sub in (first, *(session.get(Subscription, i) for i in dict.fromkeys(also) if i != subscription_id))
+            if sub is not None and sub.subscriber_id == first.subscriber_id and sub.status == SubscriptionStatus.PENDING
+        ]
+        if not pending:
+            return "not pending"
+        subscriber = first.subscriber
+        what = [describe(session, sub) for sub in pending]
+        ids = [sub.id for sub in pending]
         email, email_hash = subscriber.email, subscriber.email_hash
         if session.scalar(select(Suppression.id).where(Suppression.email_hash == email_hash)):
             return "suppressed"
@@ -206,12 +244,12 @@ def send_confirmation(runtime: Runtime, subscription_id: int) -> str:
     content: Content = runtime.renderer.render(
         emails.CONFIRM, {**runtime.site, **emails.confirm_subscription(what, days)}
     )
-    token = runtime.signer.sign(Purpose.CONFIRM, subscription_id)
+    token = runtime.signer.sign(Purpose.CONFIRM, ids)
     recipient = Recipient(
-        delivery_id=subscription_id,
+        delivery_id=ids[0],
         email=email,
         values={"confirm_url": runtime.links.confirm(token), "unsubscribe_url": "", "manage_url": ""},
-        message_id=runtime.links.message_id(f"confirm-{subscription_id}", time.time_ns()),
+        message_id=runtime.links.message_id(f"confirm-{ids[0]}", time.time_ns()),
     )
     batch = Batch(
         content=content,
@@ -224,7 +262,7 @@ def send_confirmation(runtime: Runtime, subscription_id: int) -> str:
     result = runtime.transport.send(batch)[0]
     with transaction(runtime.engine) as session:
         counters.add(session, send_increments([result], answers_since(runtime.transport, answered_before)))
-    log.info("confirmation.sent", subscription_id=subscription_id, outcome=result.outcome.value)
+    log.info("confirmation.sent", subscription_ids=ids, outcome=result.outcome.value)
     if result.outcome is Outcome.RETRY:
         raise RuntimeError(f"confirmation email not accepted: {result.error}")
     return result.outcome.value

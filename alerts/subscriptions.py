@@ -18,7 +18,10 @@ from alerts.addresses import AddressHasher, normalize_email
 from alerts.conditions import condition_key
 from alerts.matching import COUNTRY, PHASE, country_key
 from alerts.models import (
+    ConditionConcept,
+    ConditionPhrase,
     Delivery,
+    SignupRequest,
     Subscriber,
     Subscription,
     SubscriptionFilter,
@@ -204,13 +207,41 @@ class SignUp:
     needs_confirmation: bool
 
 
-def describe(session: Session, subscription: Subscription) -> str:
-    """How a subscription is named to its subscriber."""
+@dataclass(frozen=True)
+class Shown:
+    """What a subscription follows, as every email and page names it: only words the service vouches for.
+
+    A trial is its NCT ID, with its registered title once the service has its record. A condition is its
+    MeSH concept's term, or the phrase as registry records wrote it, from the vocabulary; the stored label
+    only when the vocabulary knows neither (a sign-up made by an operator before any record taught the
+    phrase: the web only accepts conditions the vocabulary vouches for, and stores that wording).
+    """
+
+    kind: SubscriptionKind
+    name: str
+    title: str | None = None
+
+
+def shown(session: Session, subscription: Subscription) -> Shown:
+    """The one place that decides how a subscription is named (confirmation email, link pages, manage)."""
     if subscription.kind == SubscriptionKind.TRIAL:
         title = session.scalar(select(Trial.title).where(Trial.nct_id == subscription.target))
-        return f"changes to study {subscription.target}" + (f": {title}" if title else "")
+        return Shown(SubscriptionKind.TRIAL, subscription.target, title or None)
+    concept = vocabulary.target_concept(subscription.target)
+    if concept is not None:
+        name = session.scalar(select(ConditionConcept.term).where(ConditionConcept.id == concept))
+    else:
+        name = session.scalar(select(ConditionPhrase.label).where(ConditionPhrase.key == subscription.target))
+    return Shown(SubscriptionKind.CONDITION, name or subscription.label)
+
+
+def describe(session: Session, subscription: Subscription) -> str:
+    """How a subscription is named to its subscriber, in a sentence ("changes to study NCT…: title")."""
+    what = shown(session, subscription)
+    if what.kind == SubscriptionKind.TRIAL:
+        return f"changes to study {what.name}" + (f": {what.title}" if what.title else "")
     filters = filters_of(session, subscription.id)
-    return f"new studies for {subscription.label}" + describe_filters(filters, subscription.include_narrower)
+    return f"new studies for {what.name}" + describe_filters(filters, subscription.include_narrower)
 
 
 def get_or_create_subscriber(session: Session, email: str, signer: Signer, hasher: AddressHasher) -> Subscriber:
@@ -341,7 +372,13 @@ def unsubscribe_all(session: Session, subscriber_id: int) -> int:
 
 
 def erase(session: Session, subscriber_id: int) -> bool:
-    """Remove the person: address and subscriptions go; delivery history stays, with no address."""
+    """Remove the person: address and subscriptions go; delivery history stays, with no address.
+
+    Sign-ups of the address still waiting for a worker (``alerts.signups``) go too.
+    """
+    email = session.scalar(select(Subscriber.email).where(Subscriber.id == subscriber_id))
+    if email is not None:
+        session.execute(delete(SignupRequest).where(SignupRequest.email == email))
     session.execute(update(Delivery).where(Delivery.subscriber_id == subscriber_id).values(subscriber_id=None))
     theirs = select(Subscription.id).where(Subscription.subscriber_id == subscriber_id).scalar_subquery()
     session.execute(update(Delivery).where(Delivery.subscription_id.in_(theirs)).values(subscription_id=None))

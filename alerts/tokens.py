@@ -3,12 +3,16 @@
 Each purpose has its own salt, so a confirm token cannot be used to unsubscribe and vice versa.
 Confirm tokens expire (the subscriber can ask for a new one); unsubscribe and manage tokens must keep
 working in emails read years later, so they carry no timestamp and are signed once and stored.
+A confirm token may carry several subscription ids: one sign-up, one email, one link that confirms
+everything that sign-up asked for (a single id is signed as before, so old links keep working).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -22,11 +26,26 @@ class Purpose(enum.StrEnum):
 class TokenError(Exception):
     """The token cannot be used; ``reason`` is one of ``invalid`` or ``expired``."""
 
-    def __init__(self, reason: str, payload_id: int | None = None) -> None:
+    def __init__(self, reason: str, payload_id: int | None = None, payload_ids: tuple[int, ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
         # For an expired confirm token the signature is still genuine, so we can offer a resend.
-        self.payload_id = payload_id
+        self.payload_ids = payload_ids or ((payload_id,) if payload_id is not None else ())
+        self.payload_id = self.payload_ids[0] if self.payload_ids else None
+
+
+# A confirm token names at most this many subscriptions (a form offers a study and up to 5 conditions).
+MAX_IDS = 10
+
+
+def _ids(value: Any) -> tuple[int, ...] | None:
+    """The ids a payload carries (an id, or a list of ids), or None if it is not such a payload."""
+    items = value if isinstance(value, list) else [value]
+    if not 0 < len(items) <= MAX_IDS:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+        return None
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -42,12 +61,29 @@ class Signer:
     def _salt(self, purpose: Purpose) -> str:
         return f"trial-alerts.{purpose.value}"
 
-    def sign(self, purpose: Purpose, object_id: int) -> str:
+    def sign(self, purpose: Purpose, object_id: int | Sequence[int]) -> str:
+        """A token for one id, or (confirm tokens only) for several."""
+        payload: int | list[int]
+        if isinstance(object_id, int):
+            payload = object_id
+        else:
+            ids = list(dict.fromkeys(object_id))
+            if purpose is not Purpose.CONFIRM or _ids(ids) is None:
+                raise ValueError(f"a {purpose.value} token carries one id; a confirm token 1 to {MAX_IDS}")
+            payload = ids[0] if len(ids) == 1 else ids
         if purpose is Purpose.CONFIRM:
-            return str(URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose)).dumps(object_id))
-        return str(URLSafeSerializer(self._keys(), salt=self._salt(purpose)).dumps(object_id))
+            return str(URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose)).dumps(payload))
+        return str(URLSafeSerializer(self._keys(), salt=self._salt(purpose)).dumps(payload))
 
     def verify(self, purpose: Purpose, token: str, max_age_s: int | None = None) -> int:
+        """The one id a token carries; TokenError if it is bad, expired, or carries several."""
+        ids = self.verify_ids(purpose, token, max_age_s)
+        if len(ids) != 1:
+            raise TokenError("invalid")
+        return ids[0]
+
+    def verify_ids(self, purpose: Purpose, token: str, max_age_s: int | None = None) -> tuple[int, ...]:
+        """The ids a token carries (several only for a confirm token)."""
         try:
             if purpose is Purpose.CONFIRM:
                 timed = URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose))
@@ -59,9 +95,10 @@ class Signer:
                 payload = timed.load_payload(exc.payload) if exc.payload is not None else None
             except BadSignature:
                 payload = None
-            raise TokenError("expired", payload if isinstance(payload, int) else None) from None
+            raise TokenError("expired", payload_ids=_ids(payload) or ()) from None
         except (BadSignature, UnicodeError, ValueError, TypeError):
             raise TokenError("invalid") from None
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        ids = _ids(value)
+        if ids is None or (len(ids) > 1 and purpose is not Purpose.CONFIRM):
             raise TokenError("invalid")
-        return value
+        return ids

@@ -389,6 +389,31 @@ def resolve(session: Session, phrase: str) -> str | None:
     return session.scalar(select(ConditionPhrase.concept_id).where(ConditionPhrase.key == key))
 
 
+@dataclass(frozen=True)
+class Vouched:
+    """A condition phrase registry records used: one the web may sign people up for, and how we name it."""
+
+    key: str  # the phrase's condition key
+    name: str  # what emails and pages show: its concept's MeSH term, else the phrase as records wrote it
+    concept: str | None  # the MeSH concept it resolves to, if any
+
+
+def vouch(session: Session, phrase: str) -> Vouched | None:
+    """The vocabulary's word for ``phrase`` (one query), or None when no record used it."""
+    key = condition_key(phrase)
+    if not key:
+        return None
+    row = session.execute(
+        select(ConditionPhrase.label, ConditionPhrase.concept_id, ConditionConcept.term)
+        .outerjoin(ConditionConcept, ConditionConcept.id == ConditionPhrase.concept_id)
+        .where(ConditionPhrase.key == key)
+    ).first()
+    if row is None:
+        return None
+    label, concept, term = row
+    return Vouched(key=key, name=term or label, concept=concept)
+
+
 def concept_term(session: Session, concept: str) -> str | None:
     return session.scalar(select(ConditionConcept.term).where(ConditionConcept.id == concept))
 

@@ -69,6 +69,8 @@ def start_server(url: str, port: int, signup_per_ip: str, workers: int) -> subpr
         "--log-level",
         "warning",
         "--no-access-log",
+        # X-Forwarded-For is trusted only from ALERTS_TRUSTED_PROXIES (the app), not uvicorn's loopback default.
+        "--no-proxy-headers",
     ]
     server = subprocess.Popen(command, env=env, cwd=ROOT)
     deadline = time.monotonic() + 30

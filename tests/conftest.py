@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ class InlineEnqueue:
     events: list[dict[str, Any]] = field(default_factory=list)
     webhooks: list[list[dict[str, Any]]] = field(default_factory=list)
     fan_outs: list[int] = field(default_factory=list)
+    signups: list[int] = field(default_factory=list)
 
     def trial_event(self, payload: dict[str, Any]) -> None:
         from alerts.pipeline import ingest
@@ -128,11 +129,17 @@ class InlineEnqueue:
         self.webhooks.append(events)
         apply_events(self.runtime.engine, self.runtime.hasher, events)
 
-    def send_confirmation(self, subscription_id: int) -> None:
+    def send_confirmation(self, subscription_id: int, also: Sequence[int] = ()) -> None:
         from alerts.pipeline import send_confirmation
 
         self.confirmations.append(subscription_id)
-        send_confirmation(self.runtime, subscription_id)
+        send_confirmation(self.runtime, subscription_id, also)
+
+    def process_signup(self, request_id: int) -> None:
+        from alerts.pipeline import process_signup
+
+        self.signups.append(request_id)
+        process_signup(self.runtime, request_id, self)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,9 @@ class QueueOnly:
     def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None:
         self.batches.append((event_id, after_id, upto_id))
 
-    def send_confirmation(self, subscription_id: int) -> None: ...
+    def send_confirmation(self, subscription_id: int, also: Sequence[int] = ()) -> None: ...
+
+    def process_signup(self, request_id: int) -> None: ...
 
     def trial_event(self, payload: dict[str, Any]) -> None: ...
 

@@ -99,3 +99,17 @@ def test_sendgrid_without_webhook_key_is_said_at_start(caplog: pytest.LogCapture
     )
     assert startup_warnings(with_key) == []
     assert startup_warnings(load_settings(email_backend="file")) == []
+
+
+def test_list_settings_are_words_and_reach_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alerts.config import environment
+
+    monkeypatch.setenv("ALERTS_EMBED_ORIGINS", "https://trials.example.org,https://b.example:8443")
+    monkeypatch.setenv("ALERTS_TRUSTED_PROXIES", "172.18.0.0/16 10.0.0.5")
+    settings = load_settings()
+    assert settings.embed_origins == ("https://trials.example.org", "https://b.example:8443")
+    assert settings.trusted_proxies == ("172.18.0.0/16", "10.0.0.5")
+    for name, value in environment(settings).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings
+    assert load_settings(embed_origins="", trusted_proxies="").embed_origins == ()

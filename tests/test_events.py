@@ -65,7 +65,12 @@ def test_only_nct_id_and_brief_title_are_required() -> None:
         (
             lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="a\x00b"),
             "trial.protocolSection.identificationModule.briefTitle",
-            "control characters",
+            "control character",
+        ),
+        (
+            lambda e: e["trial"]["protocolSection"]["identificationModule"].update(briefTitle="a\udcffb"),
+            "trial.protocolSection.identificationModule.briefTitle",
+            "lone surrogate",
         ),
         (lambda e: e.update(event_id=""), "event_id", "required form"),
     ],

@@ -49,3 +49,25 @@ def test_tokens_carry_no_address_and_survive_key_rotation() -> None:
     assert "@" not in token
     rotated = Signer("n" * 32, old_keys=("k" * 32,))
     assert rotated.verify(Purpose.UNSUBSCRIBE, token) == 123
+
+
+def test_one_confirm_token_for_everything_one_sign_up_asked_for() -> None:
+    token = SIGNER.sign(Purpose.CONFIRM, [4, 9, 4])
+    assert SIGNER.verify_ids(Purpose.CONFIRM, token, max_age_s=60) == (4, 9)
+    # A single id is signed as it always was, so links already in inboxes keep working.
+    assert SIGNER.sign(Purpose.CONFIRM, [7]) == SIGNER.sign(Purpose.CONFIRM, 7)
+    with pytest.raises(TokenError):
+        SIGNER.verify(Purpose.CONFIRM, token, max_age_s=60)  # callers expecting one id get none
+    with pytest.raises(ValueError, match="one id"):
+        SIGNER.sign(Purpose.UNSUBSCRIBE, [1, 2])
+    with pytest.raises(ValueError):
+        SIGNER.sign(Purpose.CONFIRM, list(range(1, 20)))
+
+
+def test_an_expired_multi_id_token_says_which_subscriptions() -> None:
+    token = SIGNER.sign(Purpose.CONFIRM, [3, 5])
+    time.sleep(2.1)
+    with pytest.raises(TokenError) as info:
+        SIGNER.verify_ids(Purpose.CONFIRM, token, max_age_s=1)
+    assert info.value.reason == "expired"
+    assert info.value.payload_ids == (3, 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -19,8 +20,12 @@ class CeleryEnqueue:
     def fan_out(self, event_id: int) -> None:
         self.app.send_task("alerts.events.fan_out", args=[event_id])
 
-    def send_confirmation(self, subscription_id: int) -> None:
-        self.app.send_task("alerts.subscriptions.send_confirmation", args=[subscription_id])
+    def send_confirmation(self, subscription_id: int, also: Sequence[int] = ()) -> None:
+        args: list[Any] = [subscription_id, list(also)] if also else [subscription_id]
+        self.app.send_task("alerts.subscriptions.send_confirmation", args=args)
+
+    def process_signup(self, request_id: int) -> None:
+        self.app.send_task("alerts.subscriptions.process_signup", args=[request_id])
 
     def process_webhook(self, events: list[dict[str, Any]]) -> None:
         self.app.send_task("alerts.webhooks.process_sendgrid", args=[events])

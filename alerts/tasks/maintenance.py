@@ -19,6 +19,7 @@ def run() -> dict[str, int]:
         runtime.engine,
         enqueue.send_batch,
         enqueue_fan_out=enqueue.fan_out,
+        enqueue_signup=enqueue.process_signup,
         fanout_stale_s=settings.send_lease_s,
         batch_size=settings.batch_size,
         stale_after_s=settings.stale_queued_s,

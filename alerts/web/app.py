@@ -5,28 +5,39 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alerts import __version__
 from alerts.runtime import Runtime, get_runtime
 from alerts.web import api_events, conditions, health, links, ops, pages, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
+from alerts.web.security import BodyLimit, StrictTransport, body_limits
+from alerts.web.validation import request_validation_error
 
 
 def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> FastAPI:
     """``runtime`` and ``enqueue`` default to the process ones; tests hand in their own."""
+    runtime = runtime or get_runtime()
+    settings = runtime.settings
+    prod = settings.env == "prod"
     app = FastAPI(
         title="Trial alerts",
         version=__version__,
         description="Email alerts for clinical-trial changes and new trials for a condition.",
+        # The interactive docs load their scripts from a CDN: not in production (/openapi.json stays).
+        docs_url=None if prod else "/docs",
+        redoc_url=None if prod else "/redoc",
     )
-    app.state.runtime = runtime or get_runtime()
+    app.state.runtime = runtime
     if enqueue is None:
         from alerts.tasks.enqueue import CeleryEnqueue
 
         enqueue = CeleryEnqueue()
     app.state.enqueue = enqueue
-    app.state.limiter = RateLimiter.from_settings(app.state.runtime.settings)
+    app.state.limiter = RateLimiter.from_settings(settings)
     pages.install(app)
+    app.add_exception_handler(RequestValidationError, request_validation_error)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
@@ -39,4 +50,12 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     app.include_router(links.router)
     app.include_router(conditions.router)
     app.include_router(webhooks.router)
+
+    # The last added is the outermost. The real client address (from a trusted proxy's X-Forwarded-For)
+    # is set before anything reads it (the per-IP limit); oversized bodies are refused before any parsing.
+    app.add_middleware(BodyLimit, limit_for=body_limits(settings))
+    if prod:
+        app.add_middleware(StrictTransport)
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     return app

@@ -6,11 +6,13 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from alerts import vocabulary
+from alerts import text, vocabulary
 from alerts.db import transaction
 from alerts.web.deps import RuntimeDep
+from alerts.web.validation import FieldIssue, ValidationProblem, problem_response
 
 router = APIRouter(tags=["conditions"])
 MAX_SUGGESTIONS = 10
@@ -28,6 +30,7 @@ class ConditionSuggestion(BaseModel):
 @router.get(
     "/api/conditions",
     response_model=list[ConditionSuggestion],
+    responses={422: {"model": ValidationProblem, "description": "q missing, too short or too long, or unreadable"}},
     summary="Suggest conditions to follow",
     description=(
         "Conditions whose phrasing starts with `q`, or has a word starting with it, one per MeSH concept "
@@ -38,7 +41,10 @@ def suggest_conditions(
     runtime: RuntimeDep,
     response: Response,
     q: Annotated[str, Query(min_length=2, max_length=300, description="What the user typed so far")],
-) -> list[ConditionSuggestion]:
+) -> list[ConditionSuggestion] | JSONResponse:
+    reason = text.problem(q)
+    if reason:
+        return problem_response([FieldIssue(loc=["query", "q"], msg=reason, type="value_error")])
     with transaction(runtime.engine) as session:
         items = vocabulary.suggest(session, q, limit=MAX_SUGGESTIONS)
     # The same query answers the same for a while: let browsers and proxies keep it for a few minutes.

@@ -7,6 +7,7 @@ answered 200 without a redirect. A bad or stale link gets a page that says what 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -16,8 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alerts import subscriptions
+from alerts import subscriptions, text
 from alerts.db import transaction
 from alerts.models import Subscriber, Subscription, SubscriptionKind, SubscriptionStatus
 from alerts.runtime import Runtime
@@ -36,7 +38,7 @@ GET_HEAD = ["GET", "HEAD"]
 
 
 def _verify(runtime: Runtime, purpose: Purpose, token: str) -> int:
-    if len(token) > MAX_TOKEN_LENGTH:
+    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
         raise TokenError("invalid")
     max_age = runtime.settings.confirm_max_age_s if purpose is Purpose.CONFIRM else None
     return runtime.signer.verify(purpose, token, max_age)
@@ -49,6 +51,10 @@ def _days(runtime: Runtime) -> int:
 async def _read_form(request: Request) -> FormData:
     try:
         return await request.form(max_files=0, max_fields=20)
+    except StarletteHTTPException as exc:
+        if exc.status_code == 413:
+            raise  # over the body limit (alerts.web.security): answered as such
+        return FormData()
     except Exception:  # malformed bodies must not stop an unsubscribe
         return FormData()
 
@@ -69,41 +75,59 @@ def _no_longer_subscribed(request: Request) -> HTMLResponse:
 
 
 # --- confirm ------------------------------------------------------------------------------------------
+# A confirm token names every subscription one sign-up asked for (``alerts.tokens``): the page lists them
+# and one click confirms those still waiting.
 
 
 @dataclass(frozen=True)
 class Pending:
-    status: str
-    what: str
+    ids: list[int]  # the token's subscriptions that still exist
+    status: str  # pending if any is; else active if any is; else unsubscribed
+    items: list[str]  # how each is named (alerts.subscriptions.describe)
     manage_token: str
 
 
-def _load(session: Session, subscription_id: int) -> Pending | None:
-    subscription = session.get(Subscription, subscription_id)
-    if subscription is None:
+def _load(session: Session, subscription_ids: Sequence[int]) -> Pending | None:
+    found = [s for s in (session.get(Subscription, i) for i in subscription_ids) if s is not None]
+    if not found:
         return None
+    statuses = {s.status for s in found}
+    status = next(
+        (s for s in (SubscriptionStatus.PENDING, SubscriptionStatus.ACTIVE) if s in statuses),
+        SubscriptionStatus.UNSUBSCRIBED,
+    )
+    shown = [s for s in found if s.status != SubscriptionStatus.UNSUBSCRIBED] or found
     return Pending(
-        subscription.status, subscriptions.describe(session, subscription), subscription.subscriber.manage_token
+        [s.id for s in found],
+        status,
+        [subscriptions.describe(session, s) for s in shown],
+        found[0].subscriber.manage_token,
     )
 
 
+def _verify_confirm(runtime: Runtime, token: str) -> tuple[int, ...]:
+    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
+        raise TokenError("invalid")
+    return runtime.signer.verify_ids(Purpose.CONFIRM, token, runtime.settings.confirm_max_age_s)
+
+
 def _confirmed_page(request: Request, runtime: Runtime, state: Pending, already: bool) -> HTMLResponse:
-    context = {"what": state.what, "already": already, "manage_url": f"/manage/{state.manage_token}"}
+    context = {"items": state.items, "already": already, "manage_url": f"/manage/{state.manage_token}"}
     return pages.render(request, "confirmed.html", context)
 
 
 def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> HTMLResponse:
-    if error.reason != "expired" or error.payload_id is None:
+    if error.reason != "expired" or not error.payload_ids:
         return pages.invalid_link(request)
     with transaction(runtime.engine) as session:
-        state = _load(session, error.payload_id)
+        state = _load(session, error.payload_ids)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
         return _confirmed_page(request, runtime, state, already=True)
     if state.status == SubscriptionStatus.UNSUBSCRIBED:
         return _no_longer_subscribed(request)
-    context = {"what": state.what, "action": f"/confirm/{token}/resend", "days": _days(runtime)}
+    context = {"items": state.items, "action": f"/confirm/{token}/resend", "days": _days(runtime)}
     return pages.render(request, "confirm_expired.html", context, status_code=410)
 
 
@@ -111,69 +135,73 @@ def _expired_confirm(request: Request, runtime: Runtime, token: str, error: Toke
 def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """Shows what is being confirmed and a Confirm button; never changes anything."""
     try:
-        subscription_id = _verify(runtime, Purpose.CONFIRM, token)
+        subscription_ids = _verify_confirm(runtime, token)
     except TokenError as exc:
         return _expired_confirm(request, runtime, token, exc)
     with transaction(runtime.engine) as session:
-        state = _load(session, subscription_id)
+        state = _load(session, subscription_ids)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
         return _confirmed_page(request, runtime, state, already=True)
     if state.status == SubscriptionStatus.UNSUBSCRIBED:
         return _no_longer_subscribed(request)
-    return pages.render(request, "confirm.html", {"what": state.what, "action": f"/confirm/{token}"})
+    return pages.render(request, "confirm.html", {"items": state.items, "action": f"/confirm/{token}"})
 
 
 @router.post("/confirm/{token}", include_in_schema=False, response_class=HTMLResponse)
 def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
     try:
-        subscription_id = _verify(runtime, Purpose.CONFIRM, token)
+        subscription_ids = _verify_confirm(runtime, token)
     except TokenError as exc:
         return _expired_confirm(request, runtime, token, exc)
     with transaction(runtime.engine) as session:
-        before = _load(session, subscription_id)
+        before = _load(session, subscription_ids)
         if before is not None and before.status == SubscriptionStatus.PENDING:
-            subscriptions.confirm(session, subscription_id)
+            for subscription_id in before.ids:
+                subscriptions.confirm(session, subscription_id)
     if before is None:
         return pages.gone_link(request)
     if before.status == SubscriptionStatus.UNSUBSCRIBED:
         return _no_longer_subscribed(request)
     if before.status == SubscriptionStatus.PENDING:
-        log.info("subscription.confirmed", subscription_id=subscription_id)
+        log.info("subscription.confirmed", subscription_ids=before.ids)
     return _confirmed_page(request, runtime, before, already=before.status == SubscriptionStatus.ACTIVE)
 
 
 @router.post("/confirm/{token}/resend", include_in_schema=False, response_class=HTMLResponse)
 def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Response:
-    """A new confirmation email for a pending subscription whose link expired (per-address rate limit)."""
+    """A new confirmation email for the pending subscriptions of an expired link (per-address rate limit)."""
     try:
-        subscription_id = _verify(runtime, Purpose.CONFIRM, token)
+        _verify_confirm(runtime, token)
     except TokenError as exc:
-        if exc.reason != "expired" or exc.payload_id is None:
+        if exc.reason != "expired" or not exc.payload_ids:
             return pages.invalid_link(request)
-        subscription_id = exc.payload_id
+        subscription_ids = exc.payload_ids
     else:
         # Still valid: nothing to resend, the link itself works.
         return confirm_page(request, token, runtime)
     limiter: RateLimiter = request.app.state.limiter
     try:
         with transaction(runtime.engine) as session:
-            state = _load(session, subscription_id)
-            pending = subscriptions.resend_confirmation(session, subscription_id)
-            if pending is not None:
-                limiter.hit(CONFIRM_PER_ADDRESS, runtime.settings.confirm_per_address, pending.subscriber.email_hash)
+            state = _load(session, subscription_ids)
+            pending = [p for p in (subscriptions.resend_confirmation(session, i) for i in subscription_ids) if p]
+            if pending:
+                # One resend is one attempt, however many alerts the link names.
+                limiter.hit(CONFIRM_PER_ADDRESS, runtime.settings.confirm_per_address, pending[0].subscriber.email_hash)
+            pending_ids = [p.id for p in pending]
     except RateLimited as exc:
-        log.info("confirmation.resend_rate_limited", subscription_id=subscription_id)
+        log.info("confirmation.resend_rate_limited", subscription_ids=list(subscription_ids))
         return pages.rate_limited_page(request, exc.retry_after_s)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
         return _confirmed_page(request, runtime, state, already=True)
-    if pending is None:
+    if not pending_ids:
         return _no_longer_subscribed(request)
-    request.app.state.enqueue.send_confirmation(subscription_id)
-    log.info("confirmation.resent", subscription_id=subscription_id)
+    first, *also = pending_ids
+    request.app.state.enqueue.send_confirmation(first, also)
+    log.info("confirmation.resent", subscription_ids=pending_ids)
     return pages.render(request, "confirm_resent.html", {"days": _days(runtime)})
 
 
@@ -268,12 +296,11 @@ def _items(session: Session, subscriber_id: int) -> list[Item]:
     items = []
     for listed in subscriptions.list_subscriptions(session, subscriber_id):
         sub = listed.subscription
-        if sub.kind == SubscriptionKind.TRIAL:
-            name = f"Changes to study {sub.target}"
-            detail = listed.title
+        what = subscriptions.shown(session, sub)
+        if what.kind == SubscriptionKind.TRIAL:
+            name, detail = f"Changes to study {what.name}", what.title
         else:
-            name = f"New studies for {sub.label}"
-            detail = None
+            name, detail = f"New studies for {what.name}", None
         items.append(Item(sub.id, name, detail, sub.status, STATUS_LABELS.get(SubscriptionStatus(sub.status), "")))
     return items
 

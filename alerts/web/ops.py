@@ -1,4 +1,8 @@
-"""Operator views: ``GET /ops`` (page, ALERTS_OPS_TOKEN) and ``GET /metrics`` (Prometheus)."""
+"""Operator views: ``GET /ops`` (page) and ``GET /metrics`` (Prometheus), both behind ALERTS_OPS_TOKEN.
+
+``/metrics`` is open without a token only outside production (a local Prometheus in development); in
+production without ALERTS_OPS_TOKEN it is closed, like ``/ops``.
+"""
 
 from __future__ import annotations
 
@@ -38,16 +42,35 @@ def _celery(request: Request) -> Any:
     return celery_app(request)
 
 
-@router.get("/ops", response_class=HTMLResponse, include_in_schema=False)
-def ops_page(request: Request, runtime: RuntimeDep) -> Response:
+# The page's own inline styles and SVG chart, nothing else: no scripts, no other origin, never framed.
+OPS_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _require_operator(request: Request, expected: str | None) -> None:
     given = bearer_token(request) or _basic_password(request)
     try:
-        require_token(runtime.settings.ops_token, given, "ops")
+        require_token(expected, given, "ops")
     except HTTPException:
         # Basic lets an operator open the page in a browser: any user name, the ops token as password.
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "operator token required", headers={"WWW-Authenticate": 'Basic realm="ops"'}
+            status.HTTP_401_UNAUTHORIZED,
+            "operator token required",
+            headers={"WWW-Authenticate": 'Basic realm="ops"'} | OPS_HEADERS,
         ) from None
+
+
+@router.get("/ops", response_class=HTMLResponse, include_in_schema=False)
+def ops_page(request: Request, runtime: RuntimeDep) -> Response:
+    _require_operator(request, runtime.settings.ops_token)
     current = collect(runtime.engine, _celery(request), settings=runtime.settings)
     now = utcnow()
     minutes = timeline(runtime.engine, hours=24)
@@ -63,12 +86,15 @@ def ops_page(request: Request, runtime: RuntimeDep) -> Response:
         request,
         "ops.html",
         {"status": current, "problems": current.problems, "chart": chart, "last_day": last_day},
-        headers={"Cache-Control": "no-store", "Refresh": "30"},
+        headers=OPS_HEADERS | {"Refresh": "30"},
     )
 
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request, runtime: RuntimeDep) -> Response:
+    settings = runtime.settings
+    if settings.ops_token or settings.env == "prod":
+        _require_operator(request, settings.ops_token)
     registry = CollectorRegistry()
     registry.register(AlertsCollector(runtime.engine, _celery(request)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,7 @@ indexing) and with a strict Content-Security-Policy: the pages use no JavaScript
 from __future__ import annotations
 
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -48,19 +48,32 @@ templates.env.filters["capitalize_first"] = capitalize_first
 _CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors {}"
 
 
-def page_headers(embeddable: bool = False) -> dict[str, str]:
-    """Headers for every HTML page. Only the sign-up form may be framed (a trial page can embed it)."""
+def is_signup_page(path: str) -> bool:
+    """The sign-up form and every answer it leads to (sent, errors, 429): the pages another site may frame."""
+    return path == "/subscribe" or path.startswith("/subscribe/")
+
+
+def page_headers(embed_origins: Sequence[str] = ()) -> dict[str, str]:
+    """Headers for every HTML page: framed only by ``embed_origins`` (ALERTS_EMBED_ORIGINS), else by nobody."""
     headers = {
-        "Content-Security-Policy": _CSP.format("*" if embeddable else "'none'"),
+        "Content-Security-Policy": _CSP.format(" ".join(embed_origins) if embed_origins else "'none'"),
         # Page URLs carry tokens: never send them to another site, never keep them in a shared cache.
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",
         "X-Content-Type-Options": "nosniff",
         "X-Robots-Tag": "noindex, nofollow",
     }
-    if not embeddable:
+    if not embed_origins:
         headers["X-Frame-Options"] = "DENY"
     return headers
+
+
+def headers_for(request: Request) -> dict[str, str]:
+    """The page headers for this request's path: the sign-up pages may be embedded by the configured sites."""
+    origins: Sequence[str] = ()
+    if is_signup_page(request.url.path):
+        origins = request.app.state.runtime.settings.embed_origins
+    return page_headers(origins)
 
 
 def site_context(request: Request) -> dict[str, Any]:
@@ -74,14 +87,13 @@ def render(
     context: Mapping[str, Any] | None = None,
     status_code: int = 200,
     headers: Mapping[str, str] | None = None,
-    embeddable: bool = False,
 ) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
         name,
         site_context(request) | dict(context or {}),
         status_code=status_code,
-        headers=page_headers(embeddable) | dict(headers or {}),
+        headers=headers_for(request) | dict(headers or {}),
     )
 
 
@@ -92,9 +104,13 @@ def problem(
     message: str,
     next_steps: list[str] | None = None,
     headers: Mapping[str, str] | None = None,
+    back: tuple[str, str] | None = None,
 ) -> HTMLResponse:
-    """A friendly page for something that cannot be done: what happened and what to do next."""
-    context = {"title": title, "message": message, "next_steps": next_steps or []}
+    """A friendly page for something that cannot be done: what happened and what to do next.
+
+    ``back`` (href, label): a link out of the dead end, e.g. to the form again.
+    """
+    context = {"title": title, "message": message, "next_steps": next_steps or [], "back": back}
     return render(request, "problem.html", context, status_code=status_code, headers=headers)
 
 
@@ -140,7 +156,8 @@ def wait_phrase(seconds: int) -> str:
     return "about an hour" if hours == 1 else f"about {hours} hours"
 
 
-def rate_limited_page(request: Request, retry_after_s: int) -> HTMLResponse:
+def rate_limited_page(request: Request, retry_after_s: int, back: str | None = None) -> HTMLResponse:
+    """429 as a page; ``back`` is where "Back to the form" leads (the sign-up form with its choices)."""
     return problem(
         request,
         429,
@@ -148,6 +165,7 @@ def rate_limited_page(request: Request, retry_after_s: int) -> HTMLResponse:
         f"We've had too many sign-up requests. Please try again in {wait_phrase(retry_after_s)}.",
         ["If you've signed up already, look for our confirmation email, and check your spam folder."],
         headers={"Retry-After": str(retry_after_s)},
+        back=(back, "Back to the form") if back else None,
     )
 
 

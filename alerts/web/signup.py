@@ -1,32 +1,39 @@
 """Sign-up: ``POST /api/subscriptions`` (JSON) and the HTML form at ``/subscribe`` (embeddable on a trial page).
 
-Whatever the address (new, pending, already following), the answer is the same, so nobody can learn who
-subscribes to what. The confirmation email is queued only after the sign-up commits.
+Whatever the address (new, pending, already following), the request does the same work and gets the same
+answer: validate, count the attempt, record the sign-up, queue it (``alerts.signups``). A worker decides
+what it means for the address and sends at most one confirmation email, which confirms everything the
+submission asked for. So neither the answer nor its timing tells anyone who subscribes to what.
+Conditions are accepted only when the vocabulary vouches for them (``alerts.web.choices``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alerts import subscriptions
+from alerts import signups, subscriptions, text
 from alerts.addresses import InvalidAddress, normalize_email
 from alerts.db import transaction
 from alerts.models import Trial
 from alerts.runtime import Runtime
 from alerts.subscriptions import InvalidTarget, Target
-from alerts.web import pages
+from alerts.web import choices, pages
+from alerts.web.conditions import ConditionSuggestion
 from alerts.web.deps import RuntimeDep
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, SIGNUP_PER_IP, RateLimited, RateLimiter
+from alerts.web.validation import FieldIssue, ValidationProblem
 
 log = structlog.get_logger("alerts.web.signup")
 
@@ -39,8 +46,27 @@ CHECK_YOUR_EMAIL = (
 )
 
 
+# What every text field refuses (alerts.text), said in the schema: control characters other than whitespace.
+READABLE = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
+
+
+def _exactly_one_of(schema: dict[str, Any]) -> None:
+    # What the model enforces, said in the schema: "trial" or "condition", exactly one, never null.
+    properties = schema["properties"]
+    for name in ("trial", "condition"):
+        field = properties[name]
+        string = next(b for b in field.pop("anyOf") if b.get("type") == "string")
+        field.pop("default", None)
+        properties[name] = string | field
+    properties["email"]["pattern"] = READABLE
+    properties["condition"]["pattern"] = READABLE
+    schema["oneOf"] = [{"required": ["trial"]}, {"required": ["condition"]}]
+
+
 class SignupRequest(BaseModel):
-    """Follow one trial or one condition. Exactly one of ``trial`` and ``condition``."""
+    """Follow one trial or one condition: exactly one of ``trial`` and ``condition``."""
+
+    model_config = ConfigDict(json_schema_extra=_exactly_one_of)
 
     email: str = Field(
         max_length=320,
@@ -48,11 +74,36 @@ class SignupRequest(BaseModel):
         json_schema_extra={"format": "email"},
     )
     trial: str | None = Field(
-        default=None, max_length=20, description="NCT ID of a study to follow", examples=["NCT06740149"]
+        default=None,
+        max_length=20,
+        pattern=r"^\s*[Nn][Cc][Tt][0-9]{8}\s*$",
+        description="NCT ID of a study to follow",
+        examples=["NCT06740149"],
     )
     condition: str | None = Field(
-        default=None, max_length=300, description="A condition: be told about new studies for it"
+        default=None,
+        max_length=300,
+        description=(
+            "A condition the service knows from registry records (see GET /api/conditions): be told about "
+            "new studies for it. An unknown one is refused with suggestions."
+        ),
+        examples=["Acute-On-Chronic Liver Failure"],
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("trial", "condition"):
+                if name in data and data[name] is None:
+                    raise ValueError(f"'{name}' may be left out but not null")
+        return data
+
+    @field_validator("email", "trial", "condition", mode="before")
+    @classmethod
+    def _readable(cls, value: Any) -> Any:
+        # NUL bytes and lone surrogates stop here, before anything stores, logs or echoes them.
+        return text.check(value) if isinstance(value, str) else value
 
     @field_validator("email")
     @classmethod
@@ -88,15 +139,17 @@ class SignupRequest(BaseModel):
             raise ValueError("give exactly one of 'trial' and 'condition'")
         return self
 
-    def target(self) -> Target:
-        if self.trial is not None:
-            return subscriptions.trial_target(self.trial)
-        return subscriptions.condition_target(self.condition or "")
-
 
 class SignupAccepted(BaseModel):
     status: Literal["check-your-email"] = "check-your-email"
     message: str = CHECK_YOUR_EMAIL
+
+
+class SignupProblem(ValidationProblem):
+    suggestions: list[ConditionSuggestion] = Field(
+        default_factory=list,
+        description="For a condition the service does not know: known conditions to choose from instead",
+    )
 
 
 class BadBody(BaseModel):
@@ -109,7 +162,7 @@ class TooManyRequests(BaseModel):
 
 
 def client_key(runtime: Runtime, request: Request) -> str:
-    """The client IP as a keyed hash (behind a proxy, uvicorn's --proxy-headers gives the real client)."""
+    """The client IP as a keyed hash (behind a trusted proxy, ``alerts.web.app`` has put the real client there)."""
     host = request.client.host if request.client else "unknown"
     return runtime.hasher(f"ip:{host}")
 
@@ -117,36 +170,19 @@ def client_key(runtime: Runtime, request: Request) -> str:
 def perform_signup(
     runtime: Runtime, limiter: RateLimiter, enqueue: Any, address: str, targets: list[Target], ip_key: str
 ) -> None:
-    """Sign ``address`` up for ``targets`` and queue the confirmations. Raises RateLimited.
+    """Count the attempt, record the sign-up and queue it. Raises RateLimited.
 
-    The per-address limit counts every attempt, whether or not it leads to an email: counting only
-    confirmation emails would answer 429 for a new address but 202 for an active one, telling a stranger
-    whether someone is subscribed.
+    The same work for every address: one INSERT and one message. The per-address limit counts every
+    submission (one, whatever it asks for), not confirmation emails: counting emails would answer 429 for
+    a new address but 202 for an active one, telling a stranger whether someone is subscribed.
     """
     settings = runtime.settings
     limiter.hit(SIGNUP_PER_IP, settings.signup_per_ip, ip_key)
-    limiter.hit(CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address), len(targets))
-    to_confirm: list[int] = []
-    for attempt in range(3):
-        try:
-            with transaction(runtime.engine) as session:
-                outcomes = [
-                    subscriptions.sign_up(session, address, target, runtime.signer, runtime.hasher)
-                    for target in targets
-                ]
-                to_confirm = [o.subscription_id for o in outcomes if o.needs_confirmation]
-            break
-        except IntegrityError:
-            # Two sign-ups for one new address raced; the loser finds the winner's rows next time.
-            if attempt == 2:
-                raise
-    log.info(
-        "signup.accepted",
-        subscriptions=[o.subscription_id for o in outcomes],
-        confirmations=len(to_confirm),
-    )
-    for subscription_id in to_confirm:
-        enqueue.send_confirmation(subscription_id)
+    limiter.hit(CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address))
+    with transaction(runtime.engine) as session:
+        request_id = signups.record(session, address, targets)
+    enqueue.process_signup(request_id)
+    log.info("signup.recorded", request_id=request_id, targets=len(targets))
 
 
 def _limiter(request: Request) -> RateLimiter:
@@ -159,33 +195,50 @@ def _too_many_json(exc: RateLimited) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
 
 
+def _suggestions(items: list[Any]) -> list[ConditionSuggestion]:
+    return [ConditionSuggestion(**asdict(item)) for item in items]
+
+
 @router.post(
     "/api/subscriptions",
     status_code=202,
     response_model=SignupAccepted,
     summary="Sign up for an alert (double opt-in)",
     description=(
-        "Creates a pending subscription and emails a confirmation link. The answer is the same whether or "
-        "not the address is already subscribed. Re-submitting never downgrades an active subscription."
+        "Records the sign-up; a confirmation link is emailed unless the address already follows it. The "
+        "answer is the same whether or not the address is already subscribed. Re-submitting never "
+        "downgrades an active subscription. A condition must be one the service knows from registry "
+        "records (GET /api/conditions); an unknown one is refused (422) with suggestions."
     ),
     responses={
         400: {"model": BadBody, "description": "the body cannot be read (not UTF-8, not JSON)"},
+        413: {"model": BadBody, "description": "the body is larger than ALERTS_MAX_BODY_BYTES"},
+        422: {
+            "model": SignupProblem,
+            "description": "invalid input (each field and why, never the value), or an unknown condition",
+        },
         429: {
             "model": TooManyRequests,
-            "description": "too many sign-ups from this client, or confirmation emails to this address",
+            "description": "too many sign-ups from this client, or for this address",
             "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
         },
     },
 )
 def create_subscription(body: SignupRequest, request: Request, runtime: RuntimeDep) -> Any:
+    target: Target | None
+    if body.trial is not None:
+        target = subscriptions.trial_target(body.trial)
+    else:
+        with transaction(runtime.engine) as session:
+            target = choices.condition(session, body.condition or "")
+            offered = [] if target else choices.suggestions(session, body.condition or "")
+    if target is None:
+        issue = FieldIssue(loc=["body", "condition"], msg=choices.UNKNOWN_CONDITION, type="unknown_condition")
+        problem = SignupProblem(detail=[issue], suggestions=_suggestions(offered))
+        return JSONResponse(problem.model_dump(), status_code=422)
     try:
         perform_signup(
-            runtime,
-            _limiter(request),
-            request.app.state.enqueue,
-            body.email,
-            [body.target()],
-            client_key(runtime, request),
+            runtime, _limiter(request), request.app.state.enqueue, body.email, [target], client_key(runtime, request)
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
@@ -194,6 +247,9 @@ def create_subscription(body: SignupRequest, request: Request, runtime: RuntimeD
 
 
 # --- the HTML form -------------------------------------------------------------------------------------
+
+BAD_STUDY_NUMBER = "That study number doesn't look right: it's NCT followed by 8 digits."
+UNREADABLE = "That contains characters we can't accept. Please type it again."
 
 
 @dataclass
@@ -209,9 +265,8 @@ class TrialOffer:
     checked: bool
 
 
-def _trial_title(runtime: Runtime, nct_id: str) -> str | None:
-    with transaction(runtime.engine) as session:
-        return session.scalar(select(Trial.title).where(Trial.nct_id == nct_id))
+def _trial_title(session: Session, nct_id: str) -> str | None:
+    return session.scalar(select(Trial.title).where(Trial.nct_id == nct_id))
 
 
 def _form_page(
@@ -224,6 +279,7 @@ def _form_page(
     chosen_conditions: list[str] | None = None,
     typed_trial: str = "",
     typed_condition: str = "",
+    suggested: list[str] | None = None,
     errors: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
@@ -231,7 +287,8 @@ def _form_page(
     trial_offer = None
     if offered_trial:
         checked = first_visit or chosen_trial == offered_trial
-        trial_offer = TrialOffer(offered_trial, _trial_title(runtime, offered_trial), checked)
+        with transaction(runtime.engine) as session:
+            trial_offer = TrialOffer(offered_trial, _trial_title(session, offered_trial), checked)
     if first_visit:
         # From a trial page the study is pre-selected and its conditions are extra choices; a lone
         # condition is pre-selected.
@@ -244,53 +301,66 @@ def _form_page(
         "offered_conditions": condition_offers,
         "typed_trial": typed_trial,
         "typed_condition": typed_condition,
+        "suggested": suggested or [],
         "errors": errors or {},
     }
-    return pages.render(request, "subscribe.html", context, status_code=status_code, embeddable=True)
+    return pages.render(request, "subscribe.html", context, status_code=status_code)
 
 
-def _clean_offers(trial: str | None, conditions: list[str]) -> tuple[str | None, list[str], dict[str, str]]:
-    """Valid offered trial and conditions (invalid ones are dropped, with an error for the trial)."""
-    errors: dict[str, str] = {}
-    offered_trial = None
-    if trial and trial.strip():
-        try:
-            offered_trial = subscriptions.trial_target(trial).key
-        except InvalidTarget:
-            errors["trial"] = "That study number doesn't look right: it's NCT followed by 8 digits."
-    labels: list[str] = []
-    for phrase in conditions:
-        try:
-            label = subscriptions.condition_target(phrase).label
-        except InvalidTarget:
-            continue
-        if label not in labels:
-            labels.append(label)
-    return offered_trial, labels[:MAX_OFFERED_CONDITIONS], errors
+def _offered_conditions(runtime: Runtime, phrases: list[str]) -> list[str]:
+    """The conditions a link offers, in the vocabulary's words; ones it does not know are left out."""
+    names: list[str] = []
+    usable = [p for p in phrases if text.problem(p) is None and len(p) <= 300][: MAX_OFFERED_CONDITIONS * 2]
+    if not usable:
+        return names
+    with transaction(runtime.engine) as session:
+        for phrase in usable:
+            target = choices.condition(session, phrase)
+            if target is not None and target.label not in names:
+                names.append(target.label)
+    return names[:MAX_OFFERED_CONDITIONS]
+
+
+def _offered_trial(trial: str | None) -> tuple[str | None, str | None]:
+    """(NCT ID, error) of the study a link offers."""
+    if not trial or not trial.strip():
+        return None, None
+    if text.problem(trial):
+        return None, BAD_STUDY_NUMBER
+    try:
+        return subscriptions.trial_target(trial).key, None
+    except InvalidTarget:
+        return None, BAD_STUDY_NUMBER
 
 
 @router.api_route("/subscribe", methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
 def subscribe_form(request: Request, runtime: RuntimeDep) -> Response:
     params = request.query_params
     trial = params.get("trial")
-    offered_trial, offered_conditions, errors = _clean_offers(trial, params.getlist("condition"))
-    if errors:
+    offered_trial, error = _offered_trial(trial)
+    if error:
         # A bad study number in the embed link: show the open form with the problem, not a dead end.
+        typed = (trial or "")[:20] if text.problem(trial or "") is None else ""
         return _form_page(
             request,
             runtime,
             offered_trial=None,
             offered_conditions=[],
-            typed_trial=(trial or "")[:20],
-            errors=errors,
+            typed_trial=typed,
+            errors={"trial": error},
             status_code=400,
         )
+    offered_conditions = _offered_conditions(runtime, params.getlist("condition"))
     return _form_page(request, runtime, offered_trial=offered_trial, offered_conditions=offered_conditions)
 
 
 async def _read_form(request: Request) -> FormData:
     try:
         return await request.form(max_files=0, max_fields=50)
+    except StarletteHTTPException as exc:
+        if exc.status_code == 413:
+            raise  # over the body limit (alerts.web.security): answered as such
+        return FormData()
     except Exception:  # malformed multipart and the like: treat as an empty form
         return FormData()
 
@@ -310,59 +380,112 @@ def _texts(form: FormData, name: str) -> list[str]:
     return [v.strip() for v in form.getlist(name) if isinstance(v, str) and v.strip()]
 
 
-def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> Response:
-    offered_trial, offered_conditions, _ = _clean_offers(
-        _text(form, "offered_trial"), _texts(form, "offered_condition")
-    )
-    offer_mode = bool(offered_trial or offered_conditions)
-    errors: dict[str, str] = {}
-    address = ""
-    try:
-        address = normalize_email(_text(form, "email"))
-    except InvalidAddress:
-        typed = bool(_text(form, "email"))
-        errors["email"] = (
-            "Enter a valid email address, like name@example.com." if typed else "Enter your email address."
-        )
-    targets: list[Target] = []
-    trial_value = _text(form, "trial")
-    if trial_value:
+@dataclass
+class _Submission:
+    address: str = ""
+    trial_value: str = ""
+    targets: list[Target] = field(default_factory=list)
+    condition_values: list[str] = field(default_factory=list)
+    suggested: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _read_submission(runtime: Runtime, form: FormData) -> _Submission:
+    """The address and targets a form asks for, each checked; ``errors`` by field (what to show)."""
+    found = _Submission()
+    errors = found.errors
+    email = _text(form, "email")
+    if text.problem(email):
+        errors["email"] = UNREADABLE
+    else:
         try:
-            targets.append(subscriptions.trial_target(trial_value))
-        except InvalidTarget:
-            errors["trial"] = "That study number doesn't look right: it's NCT followed by 8 digits."
-    condition_values = _texts(form, "condition")
-    for phrase in condition_values[: MAX_OFFERED_CONDITIONS + 1]:
+            found.address = normalize_email(email)
+        except InvalidAddress:
+            errors["email"] = (
+                "Enter a valid email address, like name@example.com." if email else "Enter your email address."
+            )
+    found.trial_value = _text(form, "trial")
+    if found.trial_value:
         try:
-            targets.append(subscriptions.condition_target(phrase))
+            found.targets.append(subscriptions.trial_target(text.check(found.trial_value)))
+        except (InvalidTarget, ValueError):
+            errors["trial"] = BAD_STUDY_NUMBER
+            found.trial_value = "" if text.problem(found.trial_value) else found.trial_value
+    found.condition_values = _texts(form, "condition")[: MAX_OFFERED_CONDITIONS + 1]
+    phrases = []
+    for phrase in found.condition_values:
+        if text.problem(phrase):
+            errors["condition"] = UNREADABLE
+            continue
+        try:
+            phrases.append(subscriptions.condition_target(phrase).label)
         except InvalidTarget as exc:
             errors["condition"] = f"That condition can't be used: {exc}."
+    if phrases:
+        with transaction(runtime.engine) as session:
+            for phrase in phrases:
+                target = choices.condition(session, phrase)
+                if target is not None:
+                    found.targets.append(target)
+                    continue
+                errors["condition"] = (
+                    "We don't know that condition from the studies we follow. Choose one below, or try other words."
+                )
+                names = [choices.shown_name(s) for s in choices.suggestions(session, phrase)]
+                found.suggested.extend(n for n in names if n not in found.suggested)
+    if "condition" in errors:
+        # Typed text we could not use is not shown again (the page shows only what we vouch for).
+        found.condition_values = []
+    return found
+
+
+def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> Response:
+    offered_trial, _ = _offered_trial(_text(form, "offered_trial"))
+    offered_conditions = _offered_conditions(runtime, _texts(form, "offered_condition"))
+    offer_mode = bool(offered_trial or offered_conditions)
+    found = _read_submission(runtime, form)
+    errors, targets = found.errors, found.targets
     if not targets and not {"trial", "condition"} & errors.keys():
         errors["targets"] = "Choose at least one alert." if offer_mode else "Enter a study number or a condition."
     if errors:
+        condition_values = found.condition_values
         return _form_page(
             request,
             runtime,
             offered_trial=offered_trial,
             offered_conditions=offered_conditions,
-            chosen_trial=trial_value.upper() or None,
+            chosen_trial=found.trial_value.upper() or None,
             chosen_conditions=[t.label for t in targets if t.kind == "condition"],
-            typed_trial="" if offer_mode else trial_value[:20],
+            typed_trial="" if offer_mode else found.trial_value[:20],
             typed_condition="" if offer_mode else (condition_values[0][:300] if condition_values else ""),
+            suggested=found.suggested,
             errors=errors,
             status_code=422,
         )
     try:
         perform_signup(
-            runtime, _limiter(request), request.app.state.enqueue, address, targets, client_key(runtime, request)
+            runtime,
+            _limiter(request),
+            request.app.state.enqueue,
+            found.address,
+            list(dict.fromkeys(targets)),
+            client_key(runtime, request),
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
-        return pages.rate_limited_page(request, exc.retry_after_s)
+        return pages.rate_limited_page(request, exc.retry_after_s, back=_back_link(form))
     # Post/redirect/get: reloading the "check your inbox" page never signs up again.
     return RedirectResponse("/subscribe/sent", status_code=303)
 
 
+def _back_link(form: FormData) -> str:
+    """The form again, with the choices it offered (the way back from the "please wait" page)."""
+    params = [("trial", v) for v in _texts(form, "offered_trial")[:1]]
+    params += [("condition", v) for v in _texts(form, "offered_condition")[:MAX_OFFERED_CONDITIONS]]
+    params = [(k, v) for k, v in params if text.problem(v) is None and len(v) <= 300]
+    return "/subscribe" + (f"?{urlencode(params)}" if params else "")
+
+
 @router.api_route("/subscribe/sent", methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
 def subscribe_sent(request: Request) -> Response:
-    return pages.render(request, "subscribe_sent.html", embeddable=True)
+    return pages.render(request, "subscribe_sent.html")

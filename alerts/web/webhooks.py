@@ -33,6 +33,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_FUTURE_S = 300
 
 
+class WebhookProblem(BaseModel):
+    detail: str
+
+
 class WebhookQueued(BaseModel):
     status: str = "queued"
     events: int
@@ -104,8 +108,19 @@ async def _read_body(request: Request) -> bytes:
     status_code=200,
     response_model=WebhookQueued,
     responses={
-        400: {"description": "body is not a JSON array of events"},
-        403: {"description": "signature missing, invalid or stale, or no public key configured"},
+        400: {"model": WebhookProblem, "description": "body is not a JSON array of events"},
+        403: {
+            "model": WebhookProblem,
+            "description": "signature missing, invalid or stale, or no public key configured",
+        },
+        413: {"model": WebhookProblem, "description": "body larger than ALERTS_MAX_INGEST_BODY_BYTES"},
+    },
+    # Read by hand (the signature covers the raw bytes): documented here for clients and schema checks.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+        }
     },
     summary="SendGrid Event Webhook (signed): bounces, spam reports, unsubscribes, deliveries",
 )

@@ -82,3 +82,36 @@ def test_publish_to_outbox_through_a_real_worker(e2e_runtime: Runtime, tmp_path:
     with transaction(runtime.engine) as session:
         reasons = [r.errors[0]["field"] for r in session.scalars(select(RejectedEvent).order_by(RejectedEvent.id))]
     assert reasons == ["trial.protocolSection.identificationModule.nctId", "(task)"]
+
+
+@pytest.mark.parametrize("embedded", [False, True], ids=["redis-postgresql", "filesystem-sqlite"])
+def test_web_sign_up_is_decided_by_a_real_worker(
+    e2e_runtime: Runtime, tmp_path: Path, sqlite_url: str, embedded: bool
+) -> None:
+    """The form records and queues; a real worker decides and sends ONE email confirming both choices.
+    Also on the embedded default: SQLite and Celery's filesystem broker."""
+    from fastapi.testclient import TestClient
+
+    from alerts.tasks.enqueue import CeleryEnqueue
+    from alerts.web import create_app as create_web_app
+    from tests.conftest import _truncate
+    from tests.web.journey import link_in, subscriptions_of, teach
+
+    runtime = e2e_runtime
+    if embedded:
+        runtime = Runtime(
+            make_settings(sqlite_url, tmp_path, email_backend="file", broker_url="filesystem://", broker_dir=tmp_path)
+        )
+        _truncate(runtime.engine)
+    teach(runtime)
+    web = TestClient(create_web_app(runtime, enqueue=CeleryEnqueue(create_app(runtime.settings))))
+    with celery_worker(runtime.settings, tmp_path / "worker.log"):
+        form = {"email": "web.visitor@example.org", "trial": "NCT06740149", "condition": "Liver Failure"}
+        assert web.post("/subscribe", data=form, follow_redirects=False).status_code == 303
+        wait_for(lambda: len(outbox(runtime)) >= 1, timeout_s=60)
+        time.sleep(1.5)  # give a second email the chance to appear
+    [path] = outbox(runtime)
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert str(message["Subject"]) == "Please confirm your 2 alerts"
+    assert web.post(link_in(message, "confirm")).status_code == 200
+    assert [s.status for s in subscriptions_of(runtime, "web.visitor@example.org")] == ["active", "active"]

@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from alerts import vocabulary
 from alerts.db import transaction
+from alerts.demo.run import demo_records
 from alerts.models import Base, Subscriber, Subscription, Trial, utcnow
 from alerts.runtime import Runtime
 from alerts.web import create_app
@@ -89,6 +91,15 @@ def manage_token_of(runtime: Runtime, email: str) -> str:
 def add_trial(runtime: Runtime, nct_id: str, title: str) -> None:
     with transaction(runtime.engine) as session:
         session.add(Trial(nct_id=nct_id, title=title, record={}, fingerprint="f" * 64, version_at=utcnow()))
+
+
+def teach(runtime: Runtime, *records: dict[str, Any]) -> None:
+    """The vocabulary as a running service would have learned it from these records (default: the demo
+    trial, which teaches "Acute-On-Chronic Liver Failure" and its broader "Liver Failure")."""
+    with transaction(runtime.engine) as session:
+        for record in records or (demo_records()["registered"],):
+            nct_id = record["protocolSection"]["identificationModule"]["nctId"]
+            vocabulary.learn(session, nct_id, vocabulary.extract(record))
 
 
 def limited_app(runtime: Runtime, enqueue: Any, **limits: str) -> FastAPI:

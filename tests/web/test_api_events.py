@@ -38,14 +38,11 @@ def test_invalid_event_gets_field_errors_and_is_recorded(client: TestClient, run
         assert session.scalar(select(func.count()).select_from(Event)) == 0
 
 
-def test_non_object_body_is_422(client: TestClient) -> None:
-    assert (
-        client.post("/api/events", content=b"[1,2]", headers=AUTH | {"content-type": "application/json"}).status_code
-        == 422
-    )
-    assert (
-        client.post(
-            "/api/events", content=b"{bad json", headers=AUTH | {"content-type": "application/json"}
-        ).status_code
-        == 422
-    )
+def test_non_object_body_is_a_recorded_422_and_bad_json_a_400(client: TestClient, runtime: Runtime) -> None:
+    json_headers = AUTH | {"content-type": "application/json"}
+    assert client.post("/api/events", content=b"[1,2]", headers=json_headers).status_code == 422
+    bad = client.post("/api/events", content=b"{bad json", headers=json_headers)
+    assert bad.status_code == 400
+    assert bad.json() == {"detail": "the body is not valid JSON"}
+    with transaction(runtime.engine) as session:
+        assert session.scalar(select(func.count()).select_from(RejectedEvent)) == 1

@@ -46,4 +46,4 @@ def test_suggestions_from_the_records_seen(client: TestClient, runtime: Runtime,
     assert any(not i["label"].lower().startswith("disorder") for i in items)
     # Punctuation and case do not matter; strange input is just a query that finds nothing.
     assert client.get("/api/conditions", params={"q": "HERNIATED-di"}).json()[0]["concept"] == "D007405"
-    assert client.get("/api/conditions", params={"q": "%_\u0000'; --"}).json() == []
+    assert client.get("/api/conditions", params={"q": "%_'; --"}).json() == []

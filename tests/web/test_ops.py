@@ -75,7 +75,8 @@ def test_metrics_in_prometheus_format(ops_client: TestClient, runtime: Runtime, 
     follow(runtime, "a@example.org", condition="Herniated Disc")
     ingest(runtime, new_trial_event(study("NCT00124774"), "Herniated Disc"), inline, "t")
     ingest(runtime, {"type": "trial.changed"}, inline, "t")
-    response = ops_client.get("/metrics")
+    assert ops_client.get("/metrics").status_code == 401  # ALERTS_OPS_TOKEN is set: it is required
+    response = ops_client.get("/metrics", headers={"Authorization": "Bearer ops-token-for-tests"})
     assert response.status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}

@@ -19,7 +19,7 @@ TRIAL = "NCT06740149"
 class ExplodingEnqueue(InlineEnqueue):
     """Fails with the address in the exception message, as a database or broker error might."""
 
-    def send_confirmation(self, subscription_id: int) -> None:
+    def process_signup(self, request_id: int) -> None:
         address = "@".join(["secret.person", "example.org"])
         raise RuntimeError(f"broker down while mailing {address}")
 
@@ -129,4 +129,5 @@ def test_api_answers_match_the_document(client: TestClient) -> None:
         OAS31Validator({"$ref": f"#/components/schemas/{name}", "components": {"schemas": schemas}}).validate(body)
 
     check("SignupAccepted", client.post("/api/subscriptions", json={"email": "a@example.org", "trial": TRIAL}).json())
-    check("HTTPValidationError", client.post("/api/subscriptions", json={"email": "x"}).json())
+    check("SignupProblem", client.post("/api/subscriptions", json={"email": "x"}).json())
+    check("SignupProblem", client.post("/api/subscriptions", json={"email": "a@example.org", "condition": "zz"}).json())

@@ -5,7 +5,7 @@ batch in the transaction that records it (alerts.counters). installation: one ro
 once per database (alerts.installation), part of every Message-ID.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-11-28 22:30:00
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 import alerts.models
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

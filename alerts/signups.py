@@ -1,0 +1,81 @@
+"""Sign-up requests: the web records what was asked for; a worker decides what it means for the address.
+
+The web request does the same work whatever the address (validate, record one row, queue one task), so
+neither its answer nor its timing tells a stranger whether someone already follows something. The worker
+then signs the address up for every target (``alerts.subscriptions.sign_up``: new, pending, unsubscribed
+or already active) and returns the subscriptions that need confirming: one email confirms them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from alerts.addresses import AddressHasher
+from alerts.models import SignupRequest, SubscriptionKind, utcnow
+from alerts.subscriptions import Target, sign_up
+from alerts.tokens import Signer
+
+# A request not decided this long after it was queued lost its message: maintenance queues it again.
+REQUEUE_AFTER_S = 120
+
+
+def record(session: Session, email: str, targets: Sequence[Target]) -> int:
+    """Record a sign-up (one INSERT); returns the id to queue. ``email`` is already normalized."""
+    row = SignupRequest(email=email, targets=[{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets])
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+@dataclass(frozen=True)
+class Decision:
+    # Subscriptions waiting for the subscriber's click: one confirmation email names them all.
+    to_confirm: list[int]
+    # Subscriptions that were already active: left alone, nothing is sent about them.
+    already_active: list[int]
+
+
+def decide(session: Session, request_id: int, signer: Signer, hasher: AddressHasher) -> Decision | None:
+    """Apply a recorded sign-up and delete it. None when it is gone (decided already: a redelivered task).
+
+    The row is locked first, so two workers handed the same request cannot both apply it.
+    """
+    row = session.scalar(select(SignupRequest).where(SignupRequest.id == request_id).with_for_update())
+    if row is None:
+        return None
+    to_confirm: list[int] = []
+    active: list[int] = []
+    for item in row.targets:
+        target = Target(SubscriptionKind(item["kind"]), item["key"], item["label"])
+        outcome = sign_up(session, row.email, target, signer, hasher)
+        (to_confirm if outcome.needs_confirmation else active).append(outcome.subscription_id)
+    session.delete(row)
+    return Decision(to_confirm=list(dict.fromkeys(to_confirm)), already_active=active)
+
+
+def stale(session: Session, older_than_s: int = REQUEUE_AFTER_S) -> list[int]:
+    """Requests queued longer ago than ``older_than_s`` and still undecided, marked as queued again now."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    ids = [int(i) for i in session.scalars(select(SignupRequest.id).where(SignupRequest.queued_at < cutoff))]
+    if ids:
+        session.execute(
+            update(SignupRequest)
+            .where(SignupRequest.id.in_(ids))
+            .values(queued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return ids
+
+
+def expire(session: Session, days: int) -> int:
+    """Requests never decided in ``days`` are dropped: an address is not kept for a sign-up that never ran."""
+    cutoff = utcnow() - timedelta(days=days)
+    result = session.execute(
+        delete(SignupRequest).where(SignupRequest.created_at < cutoff).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
