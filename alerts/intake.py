@@ -72,6 +72,18 @@ def _changed(event: TrialEvent, snapshot: Trial | None) -> tuple[Mapping[str, An
     return snapshot.record, None
 
 
+def store_baseline(session: Session, event: TrialEvent) -> None:
+    """Store ``event.trial`` as its trial's version and learn its vocabulary, telling nobody.
+
+    For the registry watcher's bootstrap and for trials it meets long after they were posted: the same
+    snapshot and vocabulary a first-seen ``trial.changed`` would leave, without an event or deliveries.
+    """
+    snapshot = session.get(Trial, event.nct_id, with_for_update=True)
+    if _is_newest(snapshot, event):
+        vocabulary.learn(session, event.nct_id, vocabulary.extract(event.trial))
+    _store_version(session, snapshot, event)
+
+
 def accept(
     session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any], first_chunk: int = 2000
 ) -> Accepted:
