@@ -78,7 +78,15 @@ def status_view(status: Any) -> Group:
         "\n".join(f"[red]• {p}[/red]" for p in problems) if problems else "[green]all clear[/green]",
         title=f"trial alerts status at {status.generated_at[:19]}Z",
     )
-    return Group(headline, queues, workers, events, deliveries, facts, failures)
+    parts: list[Panel | Table] = [headline, queues, workers, events, deliveries, facts, failures]
+    if getattr(status, "watch", None) is not None:
+        from alerts.watch.status import rows
+
+        watcher = Table(show_header=False, title="Registry watcher")
+        for label, value in rows(status.watch):
+            watcher.add_row(label, value)
+        parts.append(watcher)
+    return Group(*parts)
 
 
 def status(
@@ -91,7 +99,7 @@ def status(
 
     runtime = _runtime()
     app = create_app(runtime.settings)
-    current = collect(runtime.engine, app)
+    current = collect(runtime.engine, app, settings=runtime.settings)
     if as_json:
         print(json.dumps(current.as_dict(), indent=2, default=str))
         raise typer.Exit(1 if current.problems else 0)
@@ -101,7 +109,7 @@ def status(
     with Live(status_view(current), console=console, refresh_per_second=1, screen=False) as live:
         while True:
             time.sleep(watch)
-            live.update(status_view(collect(runtime.engine, app)))
+            live.update(status_view(collect(runtime.engine, app, settings=runtime.settings)))
 
 
 @deliveries_app.command("failed")

@@ -7,21 +7,25 @@ the figures are read from it rather than from per-process counters that would ea
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from celery import Celery
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from alerts.config import Settings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent
 from alerts.status import delivery_figures, latency_histogram, queue_depths
+from alerts.watch import status as watch_status
 
 
 class AlertsCollector(Collector):
-    def __init__(self, engine: Engine, app: Celery) -> None:
+    def __init__(self, engine: Engine, app: Celery, settings: Settings | None = None) -> None:
         self.engine = engine
         self.app = app
+        self.settings = settings  # with settings: the registry watcher's figures too
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily(
@@ -76,3 +80,38 @@ class AlertsCollector(Collector):
                 queue.add_metric([name], depth)
         yield queue
         yield GaugeMetricFamily("alerts_broker_up", "1 if the broker answered", value=0 if broker_error else 1)
+        if self.settings is not None:
+            yield from watch_metrics(watch_status.collect(self.engine, self.settings))
+
+
+def watch_metrics(watch: watch_status.WatchStatus) -> Iterator[Metric]:
+    """The registry watcher: its last pass's figures, as gauges (each pass replaces them)."""
+    last = watch.last_pass or {}
+    counts = last.get("counts") or {}
+    yield GaugeMetricFamily("alerts_watch_running", "1 while a watcher pass holds the lock", value=int(watch.running))
+    yield GaugeMetricFamily(
+        "alerts_watch_last_pass_ok",
+        "1 if the last watcher pass finished or found nothing new",
+        value=int(last.get("outcome") in ("finished", "up_to_date")),
+    )
+    if watch.last_success_at:
+        yield GaugeMetricFamily(
+            "alerts_watch_last_success_timestamp_seconds",
+            "When the last watcher pass finished well (Unix time)",
+            value=datetime.fromisoformat(watch.last_success_at).timestamp(),
+        )
+    records = GaugeMetricFamily(
+        "alerts_watch_records", "Records of the last watcher pass by outcome", labels=["outcome"]
+    )
+    for name in ("read", "unchanged", "stored", "rejected"):
+        records.add_metric([name], int(counts.get(name, 0)))
+    yield records
+    events = GaugeMetricFamily(
+        "alerts_watch_events", "Events the last watcher pass published, by type", labels=["type"]
+    )
+    for event_type in ("trial.changed", "trial.new_for_condition"):
+        events.add_metric([event_type], int(counts.get(f"published:{event_type}", 0)))
+    yield events
+    yield GaugeMetricFamily(
+        "alerts_watch_retries", "Registry requests retried in the last watcher pass", value=int(last.get("retries", 0))
+    )

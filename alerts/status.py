@@ -14,9 +14,11 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 from sqlalchemy import Engine, func, select
 
+from alerts.config import Settings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent, Suppression, utcnow
 from alerts.tasks.app import DELIVERIES_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE
+from alerts.watch import status as watch_status
 
 QUEUES = (EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE)
 UNDELIVERED = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
@@ -43,6 +45,7 @@ class Status:
     ambiguous_retries: int
     top_failures: list[dict[str, Any]]
     suppressions: int
+    watch: watch_status.WatchStatus | None = None  # the registry watcher (alerts.watch.status)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +66,8 @@ class Status:
             found.append(f"{self.deliveries[DeliveryStatus.FAILED.value]} failed deliveries (alerts deliveries failed)")
         if self.events["hour"].get("rejected"):
             found.append(f"{self.events['hour']['rejected']} events rejected in the last hour (alerts events rejected)")
+        if self.watch is not None:
+            found += self.watch.problems
         return found
 
 
@@ -147,7 +152,8 @@ def delivery_figures(engine: Engine) -> tuple[dict[str, int], float | None, int,
     return by_status, age, int(stuck or 0), int(ambiguous or 0), top, int(suppressions or 0)
 
 
-def collect(engine: Engine, app: Celery, inspect_workers: bool = True) -> Status:
+def collect(engine: Engine, app: Celery, inspect_workers: bool = True, settings: Settings | None = None) -> Status:
+    """Everything above; with ``settings``, also the registry watcher's section."""
     now = utcnow()
     depths, broker_error = queue_depths(app)
     worker_info = (
@@ -171,6 +177,7 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True) -> Status
         ambiguous_retries=ambiguous,
         top_failures=top,
         suppressions=suppressions,
+        watch=watch_status.collect(engine, settings) if settings is not None else None,
     )
 
 

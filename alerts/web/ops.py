@@ -16,6 +16,8 @@ from alerts.metrics import AlertsCollector
 from alerts.models import utcnow
 from alerts.rendering import TEMPLATES_DIR
 from alerts.status import collect, timeline
+from alerts.watch.status import WatchStatus
+from alerts.watch.status import rows as watch_status_rows
 from alerts.web.charts import line_chart, minute_series
 from alerts.web.deps import RuntimeDep, bearer_token, require_token
 
@@ -43,6 +45,10 @@ def _celery(request: Request) -> Any:
     return app
 
 
+def watch_rows(watch: WatchStatus | None) -> list[tuple[str, str]]:
+    return watch_status_rows(watch) if watch is not None else []
+
+
 @router.get("/ops", response_class=HTMLResponse, include_in_schema=False)
 def ops_page(request: Request, runtime: RuntimeDep) -> Response:
     given = bearer_token(request) or _basic_password(request)
@@ -53,7 +59,7 @@ def ops_page(request: Request, runtime: RuntimeDep) -> Response:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "operator token required", headers={"WWW-Authenticate": 'Basic realm="ops"'}
         ) from None
-    current = collect(runtime.engine, _celery(request))
+    current = collect(runtime.engine, _celery(request), settings=runtime.settings)
     now = utcnow()
     minutes = timeline(runtime.engine, hours=24)
     chart = line_chart(
@@ -66,7 +72,7 @@ def ops_page(request: Request, runtime: RuntimeDep) -> Response:
     return templates.TemplateResponse(
         request,
         "ops.html",
-        {"status": current, "problems": current.problems, "chart": chart},
+        {"status": current, "problems": current.problems, "chart": chart, "watch_rows": watch_rows(current.watch)},
         headers={"Cache-Control": "no-store", "Refresh": "30"},
     )
 
@@ -74,5 +80,5 @@ def ops_page(request: Request, runtime: RuntimeDep) -> Response:
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request, runtime: RuntimeDep) -> Response:
     registry = CollectorRegistry()
-    registry.register(AlertsCollector(runtime.engine, _celery(request)))
+    registry.register(AlertsCollector(runtime.engine, _celery(request), runtime.settings))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
