@@ -166,6 +166,7 @@ class RegistryStandIn:
         self.timeout_fault_s = timeout_fault_s
         self._faults: deque[Fault] = deque()
         self.requests: list[tuple[str, dict[str, str], int]] = []  # path, query, status
+        self.user_agents: set[str] = set()
         self.put(records)
         standin = self
 
@@ -262,6 +263,8 @@ class RegistryStandIn:
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         path = parts.path.removeprefix(API_PREFIX) if parts.path.startswith(API_PREFIX + "/") else None
         fault = self._fault_for(path) if path is not None else None
+        with self._lock:
+            self.user_agents.add(handler.headers.get("User-Agent", ""))
         status, body, content_type, headers = 404, b"Not found", "text/plain", {}
         if fault is not None and fault.kind in ("reset", "timeout"):
             if fault.kind == "timeout":
