@@ -39,9 +39,29 @@ from sqlalchemy.orm import Session
 from alerts import intake, pipeline
 from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused
 from alerts.db import session_factory, transaction
-from alerts.events import FieldError, InvalidEvent, TrialEvent, excerpt, parse_event
+from alerts.events import (
+    NEW_TRIAL_FOR_CONDITION,
+    TRIAL_CHANGED,
+    FieldError,
+    InvalidEvent,
+    TrialEvent,
+    excerpt,
+    parse_event,
+)
 from alerts.intake import Accepted
-from alerts.models import RejectedEvent, Trial, UTCDateTime, WatchRecord, WatchState, utcnow
+from alerts.models import (
+    Event,
+    RejectedEvent,
+    Subscription,
+    SubscriptionKind,
+    SubscriptionStatus,
+    Trial,
+    TrialVocabulary,
+    UTCDateTime,
+    WatchRecord,
+    WatchState,
+    utcnow,
+)
 from alerts.runtime import Runtime
 from alerts.watch import lock
 from alerts.watch.records import SOURCE, RegistryRecord
@@ -54,6 +74,7 @@ _UPSERT_RECORD = text(
     "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
     "last_update = excluded.last_update, seen_at = excluded.seen_at"
 ).bindparams(bindparam("seen_at", type_=UTCDateTime()))
+_KINDS = ((TRIAL_CHANGED, "changed"), (NEW_TRIAL_FOR_CONDITION, "new"))
 BOOTSTRAP_SORT = "LastUpdatePostDate:desc"  # a limited bootstrap keeps the most recently active trials
 
 
@@ -139,7 +160,8 @@ def apply_page(
     records = [RegistryRecord.of(s) for s in studies]
     ncts = sorted({r.nct_id for r in records if r.nct_id})
     hashes: dict[str, str] = {}
-    stored: set[str] = set()
+    snapshots: dict[str, Trial | None] = dict.fromkeys(ncts)
+    vocabularies: Sequence[TrialVocabulary] = ()
     if ncts:
         hashes = {
             str(n): str(h)
@@ -147,7 +169,28 @@ def apply_page(
                 select(WatchRecord.nct_id, WatchRecord.content_hash).where(WatchRecord.nct_id.in_(ncts))
             )
         }
-        stored = set(session.scalars(select(Trial.nct_id).where(Trial.nct_id.in_(ncts))))
+        # What the intake reads per event, read once for the page (alerts.intake.Prefetched): the snapshots,
+        # locked in NCT order; the trials' vocabulary rows (into the session's identity map); which event
+        # ids exist; which trials anyone follows.
+        locked = select(Trial).where(Trial.nct_id.in_(ncts)).order_by(Trial.nct_id).with_for_update()
+        for trial in session.scalars(locked):
+            snapshots[trial.nct_id] = trial
+        # Held until the page is done: the identity map keeps only weak references.
+        vocabularies = session.scalars(select(TrialVocabulary).where(TrialVocabulary.nct_id.in_(ncts))).all()
+        keys = {f"{kind}:id:{r.event_id(short)}" for r in records for kind, short in _KINDS}
+        present = set(session.scalars(select(Event.idempotency_key).where(Event.idempotency_key.in_(keys))))
+        followed = (
+            select(Subscription.target)
+            .distinct()
+            .where(
+                Subscription.kind == SubscriptionKind.TRIAL.value,
+                Subscription.status == SubscriptionStatus.ACTIVE.value,
+                Subscription.target.in_(ncts),
+            )
+        )
+        audience = set(session.scalars(followed))
+        session.info[intake.PREFETCHED] = intake.Prefetched(dict(snapshots), keys - present, audience)
+    stored = {nct for nct, trial in snapshots.items() if trial is not None}
     rows: dict[str, dict[str, Any]] = {}
     now = utcnow()
     settings = runtime.settings
@@ -186,6 +229,8 @@ def apply_page(
                 "last_update": (record.last_update or "")[:10] or None,
                 "seen_at": now,
             }
+    session.info.pop(intake.PREFETCHED, None)
+    del vocabularies
     if rows:
         session.execute(_UPSERT_RECORD, list(rows.values()))
     return work
