@@ -111,7 +111,7 @@ def rows(status: WatchStatus) -> list[tuple[str, str]]:
         ("requests / retries (last pass)", f"{last.get('requests', 0)} / {last.get('retries', 0)}" if last else "-"),
         ("last good pass", (status.last_success_at or "never")[:19]),
         ("last error", f"{(status.last_error_at or '')[:19]} {status.last_error}" if status.last_error else "none"),
-        ("next pass", (status.next_pass_at or "not scheduled (watcher disabled)")[:19]),
+        ("next pass", status.next_pass_at[:19] if status.next_pass_at else "not scheduled (watcher disabled)"),
     ]
     if status.in_progress:
         progress = status.in_progress
