@@ -170,7 +170,9 @@ def seed(url: str, day0: list[dict[str, Any]], subscribers: int) -> dict[str, in
     return followed
 
 
-def settings_for(url: str, registry: RegistryStandIn, prefix: str) -> Settings:
+def settings_for(
+    url: str, registry: RegistryStandIn, prefix: str, page_size: int = 1000, rate_per_s: float = 1.0
+) -> Settings:
     return load_settings(
         env="test",
         database_url=url,
@@ -181,6 +183,8 @@ def settings_for(url: str, registry: RegistryStandIn, prefix: str) -> Settings:
         from_email="alerts@alerts.example.org",
         ctgov_url=registry.url,
         ctgov_contact="benchmark@example.org",
+        watch_page_size=page_size,
+        ctgov_rate_per_s=rate_per_s,  # the registry's pace by default
         log_format="json",
     )
 
@@ -246,14 +250,16 @@ def broker_prefix() -> Iterator[str]:
             client.delete(*keys)
 
 
-def one_run(n: int, subscribers: int, kill: bool, log_dir: Path) -> dict[str, Any]:
+def one_run(
+    n: int, subscribers: int, kill: bool, log_dir: Path, page_size: int = 1000, rate_per_s: float = 1.0
+) -> dict[str, Any]:
     day0, edited, new = the_day(n)
     with pg_schema() as url, broker_prefix() as prefix, RegistryStandIn(day0, data_timestamp=DAY0) as registry:
         started = time.perf_counter()
         followed = seed(url, day0, subscribers)
         setup_s = time.perf_counter() - started
         registry.advance_day(edited, new)
-        settings = settings_for(url, registry, prefix)
+        settings = settings_for(url, registry, prefix, page_size, rate_per_s)
         log_path = log_dir / f"watch-{'kill' if kill else 'once'}-{uuid.uuid4().hex[:6]}.log"
         runs = []
         if kill:
