@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     ctgov_retries: int = Field(default=5, ge=0)
     ctgov_retry_base_s: float = Field(default=2.0, ge=0)
     watch_page_size: int = Field(default=1000, ge=1, le=1000)
+    # Records of a page applied per transaction: bounds how long a pass holds row locks (SQLite: the
+    # database's write lock, which the workers sending emails wait on).
+    watch_commit_every: int = Field(default=200, ge=1)
     # The bootstrap pass stores at most this many records (the most recently updated first); 0: all of them.
     watch_bootstrap_records: int = Field(default=0, ge=0)
     # A pass holds the watcher's lock this long past its last sign of life (each page, each retry).

@@ -377,7 +377,10 @@ class WatchState(Base):
     pass_window: Mapped[date | None] = mapped_column(Date)
     pass_bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     pass_data_timestamp: Mapped[str | None] = mapped_column(String(40))
+    # The token that fetches the page in progress (None: the first page) and how many of its records are
+    # committed: a page is applied in chunks (alerts.watch.passes.COMMIT_EVERY), each its own transaction.
     pass_page_token: Mapped[str | None] = mapped_column(Text)
+    pass_page_offset: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     pass_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     pass_max_seen: Mapped[date | None] = mapped_column(Date)
     pass_counts: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)

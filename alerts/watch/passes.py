@@ -5,9 +5,10 @@ A pass, in order:
 1. take the watcher's lock (``alerts.watch.lock``) - a pass already running means this one does nothing;
 2. ``GET /version``: when ``dataTimestamp`` is the one the last finished pass read, stop (nothing new);
 3. walk ``GET /studies`` with ``filter.advanced=AREA[LastUpdatePostDate]RANGE[<cursor>,MAX]`` page by page.
-   Each page is applied in ONE transaction with the page token of the next page and the running figures
+   Each page is applied in chunks of ``ALERTS_WATCH_COMMIT_EVERY`` records, each chunk in ONE transaction
+   with where the pass goes on (a page token and an offset into that page) and the running figures
    (``apply_page``), then its events are queued for sending (``pipeline.after_commit``): memory stays one
-   page whatever the total, and a pass killed anywhere resumes at the first page not committed;
+   page whatever the total, and a pass killed anywhere resumes at the first record not committed;
 4. at the end, move the cursor to the last LastUpdatePostDate seen (the next pass re-reads that day: dates
    have no time, and the deterministic event ids absorb the overlap) and remember the data timestamp.
 
@@ -342,6 +343,7 @@ class Watcher:
                 # A page token belongs to one state of the data: after a refresh, walk the window again.
                 same_data = state.pass_data_timestamp == version.data_timestamp
                 token = state.pass_page_token if same_data else None
+                offset = state.pass_page_offset if same_data else 0
                 counts, max_seen = dict(state.pass_counts or {}), state.pass_max_seen
             else:
                 if since is None and not bootstrap and state.cursor is None:
@@ -352,10 +354,11 @@ class Watcher:
                     report.cursor = state.cursor.isoformat() if state.cursor else None
                     return
                 window = None if bootstrap else (since or state.cursor)
-                token, counts, max_seen = None, {}, None
+                token, offset, counts, max_seen = None, 0, {}, None
                 if not dry_run:
                     state.pass_window, state.pass_bootstrap = window, bootstrap
                     state.pass_data_timestamp, state.pass_page_token = version.data_timestamp, None
+                    state.pass_page_offset = 0
                     state.pass_started_at, state.pass_max_seen, state.pass_counts = utcnow(), None, {}
         report.bootstrap, report.resumed = bootstrap, resuming
         report.window = window.isoformat() if window else None
@@ -372,26 +375,41 @@ class Watcher:
                 if retried_token:
                     raise
                 # Expired token of a resumed pass: walk the window from its start (re-reads are absorbed).
-                retried_token, token = True, None
+                retried_token, token, offset = True, None, 0
                 continue
-            work = self._apply(
-                page.studies,
-                owner,
-                window=window,
-                bootstrap=bootstrap,
-                seen_at=seen_at,
-                next_token=page.next_token,
-                dry_run=dry_run,
-            )
             report.pages += 1
-            counts = _merge(counts, work.counts)
-            if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
-                max_seen = work.max_seen
-            for event, outcome in work.accepted:
-                if outcome.status != "no_op":
-                    pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
-            log.info("watch.page", page=report.pages, **{k.replace(":", "_"): v for k, v in work.counts.items()})
-            token = page.next_token
+            # The page in chunks, each committed with where the next one starts (this page's token and an
+            # offset into it, or the next page's token): a transaction (and its row locks, or SQLite's
+            # write lock) lasts a chunk, however large the page.
+            studies, step = page.studies, max(1, settings.watch_commit_every)
+            starts = range(min(offset, len(studies)), len(studies), step) if studies else range(0, 1)
+            for start in starts:
+                end = min(start + step, len(studies))
+                last = end >= len(studies)
+                work = self._apply(
+                    studies[start:end],
+                    owner,
+                    window=window,
+                    bootstrap=bootstrap,
+                    seen_at=seen_at,
+                    resume_at=(page.next_token, 0) if last else (token, end),
+                    dry_run=dry_run,
+                )
+                counts = _merge(counts, work.counts)
+                if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
+                    max_seen = work.max_seen
+                for event, outcome in work.accepted:
+                    if outcome.status != "no_op":
+                        pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
+                log.info(
+                    "watch.chunk",
+                    page=report.pages,
+                    records=f"{start}-{end}",
+                    **{k.replace(":", "_"): v for k, v in work.counts.items()},
+                )
+                if limit and counts.get("read", 0) >= limit:
+                    break
+            token, offset = page.next_token, 0
             if not token or (limit and counts.get("read", 0) >= limit):
                 break
         report.counts = counts
@@ -408,6 +426,7 @@ class Watcher:
             state.cursor, state.data_timestamp = cursor, version.data_timestamp
             state.pass_window, state.pass_bootstrap, state.pass_data_timestamp = None, False, None
             state.pass_page_token, state.pass_started_at, state.pass_max_seen, state.pass_counts = None, None, None, {}
+            state.pass_page_offset = 0
             state.last_success_at = utcnow()
 
     def _apply(
@@ -418,10 +437,10 @@ class Watcher:
         window: date | None,
         bootstrap: bool,
         seen_at: str,
-        next_token: str | None,
+        resume_at: tuple[str | None, int],
         dry_run: bool,
     ) -> PageWork:
-        """Apply one page with the pass's place and figures in one transaction (retried on a lost race)."""
+        """Apply records with the pass's place and figures in one transaction (retried on a lost race)."""
         settings = self.runtime.settings
         for attempt in range(3):
             try:
@@ -434,7 +453,7 @@ class Watcher:
                     if dry_run:
                         raise _DryRun(work)  # rolls the page back
                     state = _state(session)
-                    state.pass_page_token = next_token
+                    state.pass_page_token, state.pass_page_offset = resume_at
                     state.pass_counts = _merge(state.pass_counts or {}, work.counts)
                     if work.max_seen is not None and (
                         state.pass_max_seen is None or work.max_seen > state.pass_max_seen

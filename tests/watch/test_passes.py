@@ -261,3 +261,32 @@ def test_a_record_edited_twice_in_a_day_of_overlap_reports_the_second_edit(
     report = watch()
     assert report.counts["published:trial.changed"] == 1
     assert per_recipient(memory) == {"changes@example.org": 2}
+
+
+def test_a_pass_killed_inside_a_page_resumes_at_the_next_record(
+    runtime: Runtime, registry: RegistryStandIn, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """Chunks of one record: killed after a chunk committed, the next pass starts at the record after it."""
+    _followers(runtime)
+    from alerts.watch.passes import run_pass
+
+    run_pass(runtime, inline, client_factory=fast_client(registry))
+    _a_day_of_edits(registry)
+    runtime.settings.watch_commit_every = 1
+
+    class DiesAfterFirstCommit(InlineEnqueue):
+        def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None:
+            raise Killed  # between the chunk's commit and queueing its sending
+
+    with pytest.raises(Killed):
+        run_pass(runtime, DiesAfterFirstCommit(runtime), client_factory=fast_client(registry))
+    with transaction(runtime.engine) as session:
+        state = session.get(WatchState, "ctgov")
+        # Records in NCT order: the noise (nothing to queue), then the change, whose queueing was cut.
+        assert state is not None and state.pass_page_token is None and state.pass_page_offset == 2
+    resumed = run_pass(runtime, inline, client_factory=fast_client(registry))
+    assert resumed.resumed and resumed.counts["read"] == 3
+    assert _count(runtime, Event) == 3
+    # The killed chunk's deliveries exist and wait for maintenance to queue them (stale queued work).
+    assert _count(runtime, Delivery) == 3
+    assert sum(per_recipient(memory).values()) == 2

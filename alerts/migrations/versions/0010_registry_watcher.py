@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("pass_bootstrap", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("pass_data_timestamp", sa.String(40)),
         sa.Column("pass_page_token", sa.Text()),
+        sa.Column("pass_page_offset", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("pass_started_at", alerts.models.UTCDateTime(timezone=True)),
         sa.Column("pass_max_seen", sa.Date()),
         sa.Column("pass_counts", Json, nullable=False, server_default="{}"),
