@@ -161,7 +161,8 @@ class RegistryStandIn:
     ) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
-        self._serialized: dict[tuple[str, tuple[tuple[str, ...], ...]], bytes] = {}
+        # NCT ID -> field set -> the record's JSON: a page is a join of cached pieces, not a dump.
+        self._serialized: dict[str, dict[tuple[tuple[str, ...], ...], bytes]] = {}
         self.data_timestamp = data_timestamp
         self.timeout_fault_s = timeout_fault_s
         self._faults: deque[Fault] = deque()
@@ -190,11 +191,12 @@ class RegistryStandIn:
             for record in records:
                 key = nct_id(record)
                 self._records[key] = copy.deepcopy(dict(record))
-                self._serialized = {k: v for k, v in self._serialized.items() if k[0] != key}
+                self._serialized.pop(key, None)
 
     def remove(self, nct: str) -> None:
         with self._lock:
             self._records.pop(nct, None)
+            self._serialized.pop(nct, None)
 
     def record(self, nct: str) -> dict[str, Any] | None:
         with self._lock:
@@ -384,10 +386,10 @@ class RegistryStandIn:
             field_key = tuple(paths)
             pieces = []
             for _, key, record in chosen:
-                cached = self._serialized.get((key, field_key))
+                by_fields = self._serialized.setdefault(key, {})
+                cached = by_fields.get(field_key)
                 if cached is None:
-                    cached = json.dumps(project(record, paths) if paths else record).encode()
-                    self._serialized[(key, field_key)] = cached
+                    cached = by_fields[field_key] = json.dumps(project(record, paths) if paths else record).encode()
                 pieces.append(cached)
         head: dict[str, Any] = {}
         if query.get("countTotal", "").lower() == "true" and not token:
