@@ -154,7 +154,10 @@ def accept(
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
         new_fingerprint = ctgov.fingerprint(event.trial)
-        old_fingerprint = ctgov.fingerprint(old) if old else ""
+        if old is not None and snapshot is not None and old is snapshot.record:
+            old_fingerprint = snapshot.fingerprint  # stored with it: fingerprint(snapshot.record)
+        else:
+            old_fingerprint = ctgov.fingerprint(old) if old else ""
         # Fingerprints differ exactly when diff finds something (tests/test_ctgov.py holds them to it):
         # noise, the most common update, costs no diff.
         same = old is not None and old_fingerprint == new_fingerprint
