@@ -24,7 +24,7 @@ from alerts.models import (
 from alerts.runtime import Runtime
 from alerts.transports.memory import MemoryTransport
 from alerts.watch.passes import PassReport
-from tests.conftest import InlineEnqueue, study
+from tests.conftest import InlineEnqueue, all_studies, study
 from tests.factories import follow, per_recipient
 from tests.watch.conftest import NEW_TRIAL, fast_client
 
@@ -290,3 +290,63 @@ def test_a_pass_killed_inside_a_page_resumes_at_the_next_record(
     # The killed chunk's deliveries exist and wait for maintenance to queue them (stale queued work).
     assert _count(runtime, Delivery) == 3
     assert sum(per_recipient(memory).values()) == 2
+
+
+def _outcome(runtime: Runtime) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+    """Events (key, status, recipients) and deliveries (event key, subscriber address), sorted."""
+    from alerts.models import Subscriber
+
+    with transaction(runtime.engine) as session:
+        events = sorted(
+            (str(k), str(s), int(n))
+            for k, s, n in session.execute(select(Event.idempotency_key, Event.status, Event.recipients))
+        )
+        deliveries = sorted(
+            (str(k), str(e))
+            for k, e in session.execute(
+                select(Event.idempotency_key, Subscriber.email)
+                .join(Delivery, Delivery.event_id == Event.id)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            )
+        )
+    return events, deliveries
+
+
+def test_a_page_at_once_equals_publishing_each_event(
+    runtime: Runtime, registry: RegistryStandIn, watch: Watch, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """The watcher's page transactions (alerts.intake.Prefetched) end exactly as publishing one by one."""
+    from alerts.ctgov.client import RegistryClient
+    from alerts.pipeline import ingest
+    from alerts.watch.records import RegistryRecord
+    from tests.conftest import _truncate
+
+    _followers(runtime)
+    watch()
+    _a_day_of_edits(registry)
+    watched = watch()
+    by_page = _outcome(runtime)
+    emails = per_recipient(memory)
+
+    _truncate(runtime.engine)
+    memory.clear()
+    _followers(runtime)
+    with RegistryClient(registry.url, rate_per_s=1000.0) as client:
+        records = client.studies_page(since=registry.today, page_size=1000).studies
+    # Bootstrap again from the registry as it was on the first day, then publish the next day's records
+    # one event at a time, as any producer would.
+    first_day = [r for r in all_studies() if r["protocolSection"]["identificationModule"]["nctId"] != NEW_TRIAL]
+    with RegistryStandIn(first_day) as before:
+        assert watch(client=fast_client(before)).bootstrap
+    seen_at = "2026-11-28T09:00:00+00:00"
+    kinds = {key.split(":")[4]: key.split(":")[3] for key, _, _ in by_page[0]}
+    for record in records:
+        facts = RegistryRecord.of(record)
+        condition = facts.condition()
+        assert facts.nct_id is not None and condition is not None
+        new = kinds[facts.nct_id] == "new"
+        payload = facts.new_trial_event(seen_at, condition) if new else facts.changed_event(seen_at)
+        ingest(runtime, payload, inline, source="test")
+    assert watched.counts["read"] == len(records) == 3
+    assert _outcome(runtime) == by_page
+    assert per_recipient(memory) == emails
