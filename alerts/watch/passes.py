@@ -395,7 +395,7 @@ class Watcher:
                     resume_at=(page.next_token, 0) if last else (token, end),
                     dry_run=dry_run,
                 )
-                counts = _merge(counts, work.counts)
+                counts = report.counts = _merge(counts, work.counts)  # so far, even if the pass fails later
                 if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
                     max_seen = work.max_seen
                 for event, outcome in work.accepted:
