@@ -44,7 +44,7 @@ from alerts.ctgov.standin import PIECES, RegistryStandIn, project
 from alerts.db import make_engine, transaction
 from alerts.tokens import Purpose, Signer
 from alerts.watch.records import RegistryRecord
-from benchmarks.support import REDIS_URL, SECRET, pg_schema, rss_kib
+from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, pg_schema, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
@@ -189,8 +189,8 @@ def settings_for(
     )
 
 
-def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> tuple[float, int, bool]:
-    """``alerts watch`` in its own process: (wall seconds, its peak RSS in KiB, killed).
+def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> tuple[float, int, bool, float]:
+    """``alerts watch`` in its own process: (wall seconds, its peak RSS in KiB, killed, its CPU seconds).
 
     The peak is the child's VmHWM read from /proc while it runs (not the rusage of wait4: across the
     fork + exec that starts it, that carries this process's own size, the stand-in's 10,000 records).
@@ -202,9 +202,10 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
     started = time.perf_counter()
     with log_path.open("ab") as log:
         child = subprocess.Popen([str(alerts), "watch"], env=env, stdout=log, stderr=log, cwd=ROOT)
-    killed, peak = False, 0
+    killed, peak, cpu = False, 0, 0.0
     while child.poll() is None:
-        peak = max(peak, rss_kib(child.pid))
+        # Both read from the kernel while it runs (the last reading is at most one poll before it exits).
+        peak, cpu = max(peak, rss_kib(child.pid)), max(cpu, cpu_seconds(child.pid))
         if kill_at and engine is not None:
             with engine.connect() as conn:
                 counts = conn.exec_driver_sql("SELECT pass_counts FROM watch_state WHERE name = 'ctgov'").scalar()
@@ -216,7 +217,7 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
         time.sleep(0.05)
     if engine is not None:
         engine.dispose()
-    return time.perf_counter() - started, peak, killed
+    return time.perf_counter() - started, peak, killed, cpu
 
 
 def totals(url: str) -> dict[str, Any]:
@@ -277,6 +278,10 @@ def one_run(
             "records_per_s": round(n / sum(r[0] for r in runs)),
             "peak_rss_mib": [round(r[1] / 1024) for r in runs],
             "killed": [r[2] for r in runs],
+            # CPU the pass itself used (user + system): what the wall time would shrink towards on an idle
+            # machine, PostgreSQL's share aside.
+            "pass_cpu_s": [round(r[3], 1) for r in runs],
+            "pass_cpu_ms_per_record": round(1000 * sum(r[3] for r in runs) / n, 2),
             "requests to the stand-in": len(registry.requests),
             "log": str(log_path),
         }
