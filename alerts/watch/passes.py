@@ -364,7 +364,9 @@ class Watcher:
         report.window = window.isoformat() if window else None
         seen_at = _seen_at(version.data_timestamp)
         limit = settings.watch_bootstrap_records if bootstrap else 0
-        sort = BOOTSTRAP_SORT if bootstrap else None
+        # Only a limited bootstrap needs an order (keep the most recently active trials); unsorted pages are
+        # the registry's cheapest.
+        sort = BOOTSTRAP_SORT if limit else None
         retried_token = False
         while True:
             try:
