@@ -387,6 +387,8 @@ class Watcher:
             starts = range(min(offset, len(studies)), len(studies), step) if studies else range(0, 1)
             for start in starts:
                 end = min(start + step, len(studies))
+                if limit:  # a limited bootstrap stops at exactly its limit
+                    end = min(end, start + max(0, limit - counts.get("read", 0)))
                 last = end >= len(studies)
                 work = self._apply(
                     studies[start:end],

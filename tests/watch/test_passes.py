@@ -350,3 +350,25 @@ def test_a_page_at_once_equals_publishing_each_event(
     assert watched.counts["read"] == len(records) == 3
     assert _outcome(runtime) == by_page
     assert per_recipient(memory) == emails
+
+
+def test_a_limited_bootstrap_keeps_the_most_recently_updated_trials(
+    runtime: Runtime, registry: RegistryStandIn, watch: Watch, memory: MemoryTransport
+) -> None:
+    from alerts.ctgov.standin import last_update
+
+    runtime.settings.watch_bootstrap_records, runtime.settings.watch_page_size = 50, 20
+    report = watch()
+    assert report.bootstrap and report.counts == {"read": 50, "stored": 50} and report.pages == 3
+    with transaction(runtime.engine) as session:
+        stored = {str(n) for n in session.scalars(select(Trial.nct_id))}
+    dates = sorted(
+        (
+            (last_update(r) or "", r["protocolSection"]["identificationModule"]["nctId"])
+            for r in all_studies()
+            if r["protocolSection"]["identificationModule"]["nctId"] != NEW_TRIAL
+        ),
+        reverse=True,
+    )
+    assert min(d for d, n in dates if n in stored) >= max(d for d, n in dates if n not in stored)
+    assert memory.batches == []
