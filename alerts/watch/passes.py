@@ -170,7 +170,12 @@ def apply_page(
                 select(WatchRecord.nct_id, WatchRecord.content_hash).where(WatchRecord.nct_id.in_(ncts))
             )
         }
-        # What the intake reads per event, read once for the page (alerts.intake.Prefetched): the snapshots,
+        # Only records that differ from the version last read become events (the others are skipped below).
+        changed = [r for r in records if r.nct_id is None or hashes.get(r.nct_id) != r.content_hash]
+        ncts = sorted({r.nct_id for r in changed if r.nct_id})
+        snapshots = dict.fromkeys(ncts)
+    if ncts:
+        # What the intake reads per event, read once for the chunk (alerts.intake.Prefetched): the snapshots,
         # locked in NCT order; the trials' vocabulary rows (into the session's identity map); which event
         # ids exist; which trials anyone follows.
         locked = select(Trial).where(Trial.nct_id.in_(ncts)).order_by(Trial.nct_id).with_for_update()
@@ -178,7 +183,7 @@ def apply_page(
             snapshots[trial.nct_id] = trial
         # Held until the page is done: the identity map keeps only weak references.
         vocabularies = session.scalars(select(TrialVocabulary).where(TrialVocabulary.nct_id.in_(ncts))).all()
-        keys = {f"{kind}:id:{r.event_id(short)}" for r in records for kind, short in _KINDS}
+        keys = {f"{kind}:id:{r.event_id(short)}" for r in changed for kind, short in _KINDS}
         present = set(session.scalars(select(Event.idempotency_key).where(Event.idempotency_key.in_(keys))))
         followed = (
             select(Subscription.target)
