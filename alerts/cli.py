@@ -260,7 +260,9 @@ def demo(
 
 
 def _register_ops() -> None:
-    from alerts import cli_ops
+    from alerts import cli_ops, cli_watch
+
+    app.command()(cli_watch.watch)
 
     app.command()(cli_ops.status)
     app.command()(cli_ops.retry)

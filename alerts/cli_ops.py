@@ -124,6 +124,13 @@ def status_view(status: Any) -> Group:
     if status.mail is not None:
         parts.append(_mail_table(status))
     parts += [_events_table(status), *_deliveries_tables(status)]
+    if getattr(status, "watch", None) is not None:
+        from alerts.watch.status import rows
+
+        watcher = Table(show_header=False, title="Registry watcher")
+        for label, value in rows(status.watch):
+            watcher.add_row(label, value)
+        parts.append(watcher)
     return Group(*parts)
 
 

@@ -107,6 +107,28 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = Field(default=30.0, gt=0)
 
+    # The registry watcher (alerts.watch, docs/operations.md): beat runs a pass every watch_interval_s when on.
+    watch_enabled: bool = False
+    watch_interval_s: float = Field(default=3600.0, gt=0)
+    ctgov_url: str = "https://clinicaltrials.gov/api/v2"
+    # Who to contact about our traffic, sent in the User-Agent as polite API clients do (an address or URL).
+    ctgov_contact: str | None = None
+    # At most this many requests per second to the registry (it asks clients to stay gentle).
+    ctgov_rate_per_s: float = Field(default=1.0, gt=0)
+    ctgov_timeout_s: float = Field(default=30.0, gt=0)
+    # A failed request (429, 5xx, timeout, reset, broken page) is tried again this many times, waiting about
+    # ctgov_retry_base_s, then twice that... (never less than the registry's Retry-After).
+    ctgov_retries: int = Field(default=5, ge=0)
+    ctgov_retry_base_s: float = Field(default=2.0, ge=0)
+    watch_page_size: int = Field(default=1000, ge=1, le=1000)
+    # Records of a page applied per transaction: bounds how long a pass holds row locks (SQLite: the
+    # database's write lock, which the workers sending emails wait on).
+    watch_commit_every: int = Field(default=200, ge=1)
+    # The bootstrap pass stores at most this many records (the most recently updated first); 0: all of them.
+    watch_bootstrap_records: int = Field(default=0, ge=0)
+    # A pass holds the watcher's lock this long past its last sign of life (each page, each retry).
+    watch_lock_s: int = Field(default=900, gt=0)
+
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
@@ -147,6 +169,13 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("each entry is an IP address or a CIDR range, e.g. 172.18.0.0/16") from None
         return tuple(str(p) for p in proxies)
+
+    @field_validator("ctgov_url")
+    @classmethod
+    def _ctgov_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
 
     @field_validator("signup_per_ip", "confirm_per_address")
     @classmethod

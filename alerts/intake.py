@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from alerts import contents, ctgov, emails, vocabulary
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import MatchPlan, TrialFacts, create_deliveries_chunk
+from alerts.matching import Chunk, MatchPlan, TrialFacts, create_deliveries_chunk
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial, utcnow
 from alerts.rendering import Content, Renderer
 
@@ -37,11 +37,44 @@ class Accepted:
     render: Callable[[str | None], Content] | None = field(default=None, repr=False, compare=False)
 
 
+@dataclass
+class Prefetched:
+    """What a caller accepting many events in one transaction (the registry watcher, a page at a time)
+    already read for all of them, one query each, so that each event does not ask again.
+
+    Put in ``session.info[PREFETCHED]``. Outcomes are those of accepting each event alone: the snapshots
+    are locked (FOR UPDATE) by the caller in the same transaction, a key read as absent that another
+    producer inserts meanwhile still hits the unique constraint at flush, and ``trial_audience`` only
+    skips a matching INSERT that would insert nothing.
+    """
+
+    snapshots: dict[str, Trial | None] = field(default_factory=dict)  # NCT ID -> locked snapshot (or none)
+    absent_keys: set[str] = field(default_factory=set)  # idempotency keys not in the events table
+    trial_audience: set[str] | None = None  # NCT IDs with an active trial subscription; None: unknown
+
+
+PREFETCHED = "alerts.intake.prefetched"
+NO_ONE = Chunk(created=0, last_subscriber_id=0, after_id=0, upto_id=0, complete=True)
+
+
+def _prefetched(session: Session) -> Prefetched | None:
+    found = session.info.get(PREFETCHED)
+    return found if isinstance(found, Prefetched) else None
+
+
+def _snapshot(session: Session, nct_id: str) -> Trial | None:
+    """The trial's stored version, locked for this transaction."""
+    pre = _prefetched(session)
+    if pre is not None and nct_id in pre.snapshots:
+        return pre.snapshots.pop(nct_id)  # once: a second event of the same trial reads it again
+    return session.get(Trial, nct_id, with_for_update=True)
+
+
 def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
     return snapshot is None or snapshot.version_at <= event.occurred_at
 
 
-def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent) -> None:
+def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent, fingerprint: str | None = None) -> None:
     """Remember the newest version seen; an event older than the stored one never overwrites it."""
     record = dict(event.trial)
     if snapshot is None:
@@ -50,14 +83,14 @@ def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent) 
                 nct_id=event.nct_id,
                 title=ctgov.title(record),
                 record=record,
-                fingerprint=ctgov.fingerprint(record),
+                fingerprint=fingerprint or ctgov.fingerprint(record),
                 version_at=event.occurred_at,
             )
         )
     elif snapshot.version_at <= event.occurred_at:
         snapshot.record = record
         snapshot.title = ctgov.title(record)
-        snapshot.fingerprint = ctgov.fingerprint(record)
+        snapshot.fingerprint = fingerprint or ctgov.fingerprint(record)
         snapshot.version_at = event.occurred_at
 
 
@@ -72,16 +105,32 @@ def _changed(event: TrialEvent, snapshot: Trial | None) -> tuple[Mapping[str, An
     return snapshot.record, None
 
 
+def store_baseline(session: Session, event: TrialEvent) -> None:
+    """Store ``event.trial`` as its trial's version and learn its vocabulary, telling nobody.
+
+    For the registry watcher's bootstrap and for trials it meets long after they were posted: the same
+    snapshot and vocabulary a first-seen ``trial.changed`` would leave, without an event or deliveries.
+    """
+    snapshot = _snapshot(session, event.nct_id)
+    if _is_newest(snapshot, event):
+        vocabulary.learn(session, event.nct_id, vocabulary.extract(event.trial))
+    _store_version(session, snapshot, event)
+
+
 def accept(
     session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any], first_chunk: int = 2000
 ) -> Accepted:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    existing = session.scalar(select(Event).where(Event.idempotency_key == event.idempotency_key))
-    if existing is not None:
-        return Accepted(existing.id, "duplicate", 0, "already received")
+    pre = _prefetched(session)
+    if pre is None or event.idempotency_key not in pre.absent_keys:
+        existing = session.scalar(select(Event).where(Event.idempotency_key == event.idempotency_key))
+        if existing is not None:
+            return Accepted(existing.id, "duplicate", 0, "already received")
+    else:
+        pre.absent_keys.discard(event.idempotency_key)  # present from now on
 
-    snapshot = session.get(Trial, event.nct_id, with_for_update=True)
+    snapshot = _snapshot(session, event.nct_id)
     row = Event(
         idempotency_key=event.idempotency_key,
         type=event.type,
@@ -101,14 +150,23 @@ def accept(
     context: Callable[[], dict[str, Any]]  # built only when someone is listening
     broader: list[str] = []
     facts: TrialFacts | None = None
+    new_fingerprint: str | None = None  # computed once: the dedupe key and the stored snapshot share it
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
-        changes = ctgov.diff(old, event.trial) if old is not None else []
+        new_fingerprint = ctgov.fingerprint(event.trial)
+        if old is not None and snapshot is not None and old is snapshot.record:
+            old_fingerprint = snapshot.fingerprint  # stored with it: fingerprint(snapshot.record)
+        else:
+            old_fingerprint = ctgov.fingerprint(old) if old else ""
+        # Fingerprints differ exactly when diff finds something (tests/test_ctgov.py holds them to it):
+        # noise, the most common update, costs no diff.
+        same = old is not None and old_fingerprint == new_fingerprint
+        changes = ctgov.diff(old, event.trial) if old is not None and not same else []
         if old is not None and not changes:
             reason = "no material change (only noise such as derivedSection order or update dates)"
         row.changes = emails.changes_as_dicts(changes)
         kind, targets = SubscriptionKind.TRIAL, [event.nct_id]
-        dedupe = f"changed:{event.nct_id}:{ctgov.fingerprint(old) if old else ''}:{ctgov.fingerprint(event.trial)}"
+        dedupe = f"changed:{event.nct_id}:{old_fingerprint}:{new_fingerprint}"
         template, context = emails.TRIAL_CHANGED, lambda: emails.trial_changed(event.trial, changes)
     else:
         assert event.type == NEW_TRIAL_FOR_CONDITION and event.condition is not None
@@ -123,7 +181,7 @@ def accept(
         condition = event.condition
         template, context = emails.NEW_TRIAL, lambda: emails.new_trial(event.trial, condition, learned)
 
-    _store_version(session, snapshot, event)
+    _store_version(session, snapshot, event, new_fingerprint)
     session.add(row)
     session.flush()
     render: Callable[[str | None], Content] | None = None
@@ -131,7 +189,12 @@ def accept(
         rows_started = time.perf_counter()
         plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe)
         row.match = plan.as_json()
-        chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk)
+        if kind == SubscriptionKind.TRIAL and pre is not None and pre.trial_audience is not None:
+            listening = event.nct_id in pre.trial_audience
+        else:
+            listening = True
+        # Nobody follows this trial (the caller asked once for its whole batch): the INSERT would add nothing.
+        chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk) if listening else NO_ONE
         row.recipients = chunk.created
         if chunk.complete:
             row.status = EventStatus.FANNED_OUT

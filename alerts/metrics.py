@@ -14,6 +14,7 @@ Alert on ``absent(...)`` where that matters; ``alerts_broker_up`` says whether t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from celery import Celery
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -21,15 +22,18 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from alerts import counters
+from alerts.config import Settings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent
 from alerts.status import delivery_figures, latency_histogram, queue_depths, workers
+from alerts.watch import status as watch_status
 
 
 class AlertsCollector(Collector):
-    def __init__(self, engine: Engine, app: Celery) -> None:
+    def __init__(self, engine: Engine, app: Celery, settings: Settings | None = None) -> None:
         self.engine = engine
         self.app = app
+        self.settings = settings  # with settings: the registry watcher's figures too
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily(
@@ -96,6 +100,8 @@ class AlertsCollector(Collector):
                 yield GaugeMetricFamily(
                     "alerts_workers_online", "Celery workers that answered a ping", value=len(online.online)
                 )
+        if self.settings is not None:
+            yield from watch_metrics(watch_status.collect(self.engine, self.settings))
 
     @staticmethod
     def _counters(totals: dict[counters.Key, int]) -> Iterator[Metric]:
@@ -141,3 +147,36 @@ class AlertsCollector(Collector):
         yield CounterMetricFamily(
             "alerts_emails_sent", "Emails the provider accepted", value=totals.get((counters.SENT, ""), 0)
         )
+
+
+def watch_metrics(watch: watch_status.WatchStatus) -> Iterator[Metric]:
+    """The registry watcher: its last pass's figures, as gauges (each pass replaces them)."""
+    last = watch.last_pass or {}
+    counts = last.get("counts") or {}
+    yield GaugeMetricFamily("alerts_watch_running", "1 while a watcher pass holds the lock", value=int(watch.running))
+    yield GaugeMetricFamily(
+        "alerts_watch_last_pass_ok",
+        "1 if the last watcher pass finished or found nothing new",
+        value=int(last.get("outcome") in ("finished", "up_to_date")),
+    )
+    if watch.last_success_at:
+        yield GaugeMetricFamily(
+            "alerts_watch_last_success_timestamp_seconds",
+            "When the last watcher pass finished well (Unix time)",
+            value=datetime.fromisoformat(watch.last_success_at).timestamp(),
+        )
+    records = GaugeMetricFamily(
+        "alerts_watch_records", "Records of the last watcher pass by outcome", labels=["outcome"]
+    )
+    for name in ("read", "unchanged", "stored", "rejected"):
+        records.add_metric([name], int(counts.get(name, 0)))
+    yield records
+    events = GaugeMetricFamily(
+        "alerts_watch_events", "Events the last watcher pass published, by type", labels=["type"]
+    )
+    for event_type in ("trial.changed", "trial.new_for_condition"):
+        events.add_metric([event_type], int(counts.get(f"published:{event_type}", 0)))
+    yield events
+    yield GaugeMetricFamily(
+        "alerts_watch_retries", "Registry requests retried in the last watcher pass", value=int(last.get("retries", 0))
+    )

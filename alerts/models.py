@@ -402,3 +402,50 @@ class SignupRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Last time it was queued (maintenance re-queues one whose message was lost).
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+# --- the registry watcher (alerts.watch) ---------------------------------------------------------------
+
+
+class WatchState(Base):
+    """The watcher's one row: where the next pass starts, the pass in progress, the lock, the last outcome."""
+
+    __tablename__ = "watch_state"
+
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)  # "ctgov"
+    # The next pass asks for records with LastUpdatePostDate >= cursor (the last date a finished pass saw:
+    # a day of overlap, absorbed by the deterministic event ids). None: never finished a pass.
+    cursor: Mapped[date | None] = mapped_column(Date)
+    # The registry's dataTimestamp at the last finished pass: unchanged means nothing new to read.
+    data_timestamp: Mapped[str | None] = mapped_column(String(40))
+    # Lease lock (alerts.watch.lock): two passes never run at once; a dead holder's lease runs out.
+    lock_owner: Mapped[str | None] = mapped_column(String(200))
+    lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The pass in progress (None when none): its window start, the page token of its next page, its
+    # running figures. Committed with each page's work, so a killed pass resumes at the next page.
+    pass_window: Mapped[date | None] = mapped_column(Date)
+    pass_bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pass_data_timestamp: Mapped[str | None] = mapped_column(String(40))
+    # The token that fetches the page in progress (None: the first page) and how many of its records are
+    # committed: a page is applied in chunks (alerts.watch.passes.COMMIT_EVERY), each its own transaction.
+    pass_page_token: Mapped[str | None] = mapped_column(Text)
+    pass_page_offset: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pass_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pass_max_seen: Mapped[date | None] = mapped_column(Date)
+    pass_counts: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    # The last pass that ended (finished, nothing new, or failed): start, end, outcome, figures.
+    last_pass: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WatchRecord(Base):
+    """The content hash of the last version of each trial the watcher read: an identical re-read is skipped."""
+
+    __tablename__ = "watch_records"
+
+    nct_id: Mapped[str] = mapped_column(String(11), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    last_update: Mapped[str | None] = mapped_column(String(10))  # the record's LastUpdatePostDate
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

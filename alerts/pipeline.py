@@ -104,7 +104,14 @@ def ingest(
     event = validate(runtime, payload, source, expected_type)
     if isinstance(event, Rejected):
         return event
-    outcome = _accept(runtime, event)
+    return after_commit(runtime, event, _accept(runtime, event), enqueue)
+
+
+def after_commit(runtime: Runtime, event: TrialEvent, outcome: Accepted, enqueue: Enqueue) -> Accepted:
+    """What follows an accepted event once its transaction committed: queue its sending, fan out the rest.
+
+    ``ingest`` calls it for each event; the registry watcher for each event of a page it committed.
+    """
     timings = dict(outcome.timings)
     batches = 0
     if outcome.status == "duplicate" and _fanning_out(runtime, outcome.event_id):

@@ -22,6 +22,7 @@ from alerts.config import Settings, startup_warnings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent, Suppression, utcnow
 from alerts.tasks.app import DELIVERIES_QUEUE, EVENTS_QUEUE, MAINTENANCE_QUEUE, quarantine_folder
+from alerts.watch import status as watch_status
 
 QUEUES = (EVENTS_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE)
 UNDELIVERED = (DeliveryStatus.QUEUED.value, DeliveryStatus.SENDING.value)
@@ -76,6 +77,7 @@ class Status:
     mail: MailFlow | None = None
     quarantine: Quarantine | None = None
     warnings: list[str] = field(default_factory=list)  # settings that leave something off (config)
+    watch: watch_status.WatchStatus | None = None  # the registry watcher (alerts.watch.status)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,11 +150,16 @@ def _config_problems(status: Status) -> list[str]:
     return list(status.warnings)
 
 
+def _watch_problems(status: Status) -> list[str]:
+    return list(status.watch.problems) if status.watch is not None else []
+
+
 PROBLEM_SECTIONS: list[Callable[[Status], list[str]]] = [
     _broker_problems,
     _delivery_problems,
     _mail_problems,
     _event_problems,
+    _watch_problems,
     _config_problems,
 ]
 
@@ -284,7 +291,8 @@ def quarantine(settings: Settings) -> Quarantine | None:
 
 
 def collect(engine: Engine, app: Celery, inspect_workers: bool = True, settings: Settings | None = None) -> Status:
-    """Every section; ``settings`` adds the ones that depend on them (config warnings, broker quarantine)."""
+    """Every section; ``settings`` adds the ones that depend on them (config warnings, broker quarantine, the
+    registry watcher)."""
     now = utcnow()
     depths, broker_error = queue_depths(app)
     worker_info = (
@@ -312,6 +320,7 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True, settings:
         mail=mail_flow(engine, now),
         quarantine=quarantine(settings) if settings is not None else None,
         warnings=startup_warnings(settings) if settings is not None else [],
+        watch=watch_status.collect(engine, settings) if settings is not None else None,
     )
 
 

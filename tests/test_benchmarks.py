@@ -26,3 +26,16 @@ def test_fanout_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
 def test_naive_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
     result = run_naive(20, tmp_path, timeout_s=120)
     assert (result["missing"], result["duplicated"], result["requests"]) == (0, 0, 20)
+
+
+def test_watch_benchmark_totals_survive_a_kill(tmp_path: Path) -> None:
+    from benchmarks.watch import one_run
+
+    once = one_run(200, 40, False, tmp_path, page_size=50, rate_per_s=20.0)
+    killed = one_run(200, 40, True, tmp_path, page_size=50, rate_per_s=20.0)
+    assert once["killed"] == [False] and killed["killed"] == [True, False]
+    assert once["last pass counts"]["read"] == 200 and killed["last pass"]["resumed"]
+    for key in ("events", "deliveries", "distinct (news, subscriber)", "subscribers reached", "rejected", "cursor"):
+        assert once[key] == killed[key], key
+    assert once["deliveries"] == once["distinct (news, subscriber)"] > 0
+    assert all(0 < mib < 1024 for mib in once["peak_rss_mib"] + killed["peak_rss_mib"])

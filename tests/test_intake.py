@@ -174,7 +174,7 @@ def test_alert_email_shape(runtime: Runtime, inline: InlineEnqueue, memory: Memo
     unsubscribe = str(message["List-Unsubscribe"])
     assert unsubscribe.startswith("<https://alerts.example.org/unsubscribe/") and unsubscribe.endswith(">")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert message["Message-ID"].startswith("<delivery-")
+    assert message["Message-ID"].strip().startswith("<delivery-")
     text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
     url = unsubscribe[1:-1]

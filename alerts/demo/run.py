@@ -1,4 +1,5 @@
-"""The demo: a real Celery worker on the embedded broker, two subscribers, two events, emails on disk.
+"""The demo: a real Celery worker on the embedded broker, two subscribers, a local ClinicalTrials.gov stand-in
+watched by the registry watcher over three of its days, emails on disk.
 
 Everything lives in a fresh workspace (default ``var/demo``) so the demo can run again and again.
 """
@@ -11,7 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -23,18 +24,20 @@ from sqlalchemy import func, select
 
 from alerts import subscriptions
 from alerts.config import Settings, environment, load_settings
+from alerts.ctgov.standin import RegistryStandIn
 from alerts.db import transaction, upgrade
 from alerts.logs import configure_logging
-from alerts.models import Delivery, DeliveryStatus, Event, Subscription
-from alerts.pipeline import ingest
+from alerts.models import Delivery, DeliveryStatus, Subscription
 from alerts.runtime import Runtime, set_runtime
 from alerts.tasks.app import create_app, worker_command
 from alerts.tasks.enqueue import CeleryEnqueue
 from alerts.tokens import Purpose
+from alerts.watch.passes import run_pass
 
 TRIAL_FOLLOWER = "maria.example@example.org"
 CONDITION_FOLLOWER = "sam.example@example.net"
 CONDITION = "Acute-On-Chronic Liver Failure"
+REGISTRY_START = "2026-06-26T09:00:00"  # the stand-in's data timestamp before the demo's two days
 
 
 def demo_records() -> dict[str, Any]:
@@ -52,6 +55,7 @@ def demo_settings(workspace: Path, outbox: Path) -> Settings:
         outbox_dir=outbox,
         log_format="text",
         log_level="WARNING",
+        ctgov_rate_per_s=20.0,  # a local stand-in: no need for the registry's one request per second
     )
 
 
@@ -62,6 +66,14 @@ def _wait(what: str, check: Callable[[], bool], timeout_s: float, say: Callable[
             raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(0.2)
     say(f"  ok: {what}")
+
+
+def _sent(runtime: Runtime) -> int:
+    with transaction(runtime.engine) as session:
+        count = session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.SENT.value)
+        )
+    return int(count or 0)
 
 
 def _read(path: Path) -> EmailMessage:
@@ -128,43 +140,30 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
         say(f"  ok: both confirmed through the link in their email ({active} active subscriptions)")
 
         records = demo_records()
-        now = datetime.now(UTC).isoformat()
-        events = [
-            {
-                "type": "trial.new_for_condition",
-                "event_id": "demo-new-NCT06740149",
-                "condition": CONDITION,
-                "occurred_at": "2026-06-27T12:00:00Z",
-                "trial": records["registered"],
-            },
-            {
-                "type": "trial.changed",
-                "event_id": "demo-changed-NCT06740149",
-                "occurred_at": now,
-                "trial": records["updated"],
-                "previous": records["registered"],
-            },
-        ]
-        for event in events:
-            enqueue.trial_event(event)
-            say(f"published {event['type']} for NCT06740149 to the 'events' queue")
+        with RegistryStandIn(data_timestamp=REGISTRY_START) as registry:
+            runtime.settings.ctgov_url = registry.url
+            say(f"registry stand-in (ClinicalTrials.gov API v2) at {registry.url}")
 
-        def alerts_sent() -> bool:
-            with transaction(runtime.engine) as session:
-                fanned = session.scalar(select(func.count()).select_from(Event)) or 0
-                sent = (
-                    session.scalar(
-                        select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.SENT.value)
-                    )
-                    or 0
+            def watch(what: str, **options: Any) -> None:
+                report = run_pass(runtime, enqueue, **options)
+                published = {k.removeprefix("published:"): v for k, v in report.counts.items() if ":" in k}
+                say(
+                    f"  watch pass ({what}): {report.outcome}, {report.counts.get('read', 0)} record(s) read, "
+                    f"published {published or 'nothing'}" + (f" - {report.reason}" if report.reason else "")
                 )
-            return fanned >= 2 and sent >= 2
 
-        _wait("2 alert emails written by the worker", alerts_sent, 90, say)
-        # Same events again: idempotent, nothing new is sent.
-        for event in events:
-            result = ingest(runtime, event, enqueue, source="demo")
-            say(f"  re-published {event['type']}: {getattr(result, 'status', result)} (nothing sent twice)")
+            watch("first pass: bootstrap, sends nothing")
+            registry.advance_day(new=[records["registered"]])
+            say("the registry's next day: NCT06740149 is registered")
+            watch("new trials")
+            _wait("the new-trial email written by the worker", lambda: _sent(runtime) >= 1, 90, say)
+            registry.advance_day([records["updated"]])
+            say("the registry's next day: NCT06740149 opens recruitment and adds a site")
+            watch("changes")
+            _wait("the change email written by the worker", lambda: _sent(runtime) >= 2, 90, say)
+            # The same data again, and the last two days read again: nothing is sent twice.
+            watch("again, registry unchanged")
+            watch("the last two days re-read", since=registry.today - timedelta(days=1))
     finally:
         worker.terminate()
         try:

@@ -85,6 +85,24 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    schedule: dict[str, dict[str, Any]] = {
+        "maintenance": {
+            "task": "alerts.maintenance.run",
+            "schedule": settings.maintenance_interval_s,
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.maintenance_interval_s},
+        },
+    }
+    if settings.watch_enabled:
+        # A pass that runs longer than the interval makes the next one return "busy" (the lock).
+        schedule["watch"] = {
+            "task": "alerts.watch.run",
+            "schedule": settings.watch_interval_s,
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.watch_interval_s},
+        }
+    return schedule
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("alerts")
@@ -106,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
             "alerts.webhooks.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
+            "alerts.watch.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
         },
         # Acknowledge after the task ran, and give the message back if the worker process died: a killed
         # worker never loses an event or a batch. Our tasks are idempotent, so a re-run is harmless.
@@ -126,17 +145,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.tasks.subscriptions",
             "alerts.tasks.maintenance",
             "alerts.tasks.webhooks",
+            "alerts.tasks.watch",
         ],
         # Beat's scheduler touches ALERTS_BEAT_HEARTBEAT_FILE after each tick, and ticks at least every 30 s.
         beat_scheduler="alerts.tasks.beat:HeartbeatScheduler",
         beat_max_loop_interval=BEAT_MAX_LOOP_S,
-        beat_schedule={
-            "maintenance": {
-                "task": "alerts.maintenance.run",
-                "schedule": settings.maintenance_interval_s,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.maintenance_interval_s},
-            },
-        },
+        beat_schedule=beat_schedule(settings),
     )
     if settings.result_backend:
         app.conf.result_backend = settings.result_backend

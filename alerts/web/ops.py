@@ -20,6 +20,8 @@ from alerts.metrics import AlertsCollector
 from alerts.models import utcnow
 from alerts.rendering import TEMPLATES_DIR
 from alerts.status import collect, timeline
+from alerts.watch.status import WatchStatus
+from alerts.watch.status import rows as watch_status_rows
 from alerts.web.charts import line_chart, minute_series
 from alerts.web.deps import RuntimeDep, bearer_token, celery_app, require_token
 
@@ -68,6 +70,10 @@ def _require_operator(request: Request, expected: str | None) -> None:
         ) from None
 
 
+def watch_rows(watch: WatchStatus | None) -> list[tuple[str, str]]:
+    return watch_status_rows(watch) if watch is not None else []
+
+
 @router.get("/ops", response_class=HTMLResponse, include_in_schema=False)
 def ops_page(request: Request, runtime: RuntimeDep) -> Response:
     _require_operator(request, runtime.settings.ops_token)
@@ -85,7 +91,13 @@ def ops_page(request: Request, runtime: RuntimeDep) -> Response:
     return templates.TemplateResponse(
         request,
         "ops.html",
-        {"status": current, "problems": current.problems, "chart": chart, "last_day": last_day},
+        {
+            "status": current,
+            "problems": current.problems,
+            "chart": chart,
+            "last_day": last_day,
+            "watch_rows": watch_rows(current.watch),
+        },
         headers=OPS_HEADERS | {"Refresh": "30"},
     )
 
@@ -96,5 +108,5 @@ def metrics(request: Request, runtime: RuntimeDep) -> Response:
     if settings.ops_token or settings.env == "prod":
         _require_operator(request, settings.ops_token)
     registry = CollectorRegistry()
-    registry.register(AlertsCollector(runtime.engine, _celery(request)))
+    registry.register(AlertsCollector(runtime.engine, _celery(request), runtime.settings))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
