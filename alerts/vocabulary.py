@@ -617,19 +617,23 @@ def learn_stored_trials(session: Session, batch: int = 500) -> int:
 
 @dataclass(frozen=True)
 class Suggestion:
-    label: str  # a phrasing trials use, as written there: what the subscriber will see
+    label: str  # a phrasing trials use, as written there: what the subscriber signs up with
     key: str  # its condition key
-    concept: str | None  # the MeSH concept it resolves to, if any
+    concept: str | None  # its main MeSH concept, if any
     term: str | None  # that concept's term
-    trials: int  # trials filed under the concept (or using the phrase, without a concept)
+    trials: int  # trials filed under the main concept (or using the phrase, without a concept)
     trials_including_narrower: int  # ... plus those filed under a narrower concept
+    concepts: tuple[str, ...] = ()  # every concept the phrase means (``meaning``), main one first
+    name: str | None = None  # the plain name to show: their MeSH terms ("Depression or Depressive Disorder")
 
 
 def suggest(session: Session, query: str, limit: int = 10) -> list[Suggestion]:
-    """Conditions whose phrasing starts with ``query``, or has a word starting with it, most trials first.
+    """Phrases the vocabulary knows, starting with ``query`` or with a word starting with it, most trials first.
 
-    One suggestion per concept (or per phrase without one), labelled with the best-matching phrasing:
-    a phrasing that starts with the query before one that merely contains it, then the most used.
+    One suggestion per meaning (or per phrase without one), labelled with the best-matching phrasing: a
+    phrasing that starts with the query before one that merely contains it, then the most used. Each
+    carries what following it means (``concepts``, ``name``): the sign-up form shows the plain name, so
+    people pick a phrase the vocabulary understands rather than free text it does not.
     """
     q = condition_key(query)
     if len(q) < 2:
@@ -653,8 +657,16 @@ def suggest(session: Session, query: str, limit: int = 10) -> list[Suggestion]:
         .order_by(rank.desc(), ConditionPhrase.trials.desc(), ConditionPhrase.key)
         .limit(limit * 25)
     ).all()
-    best: dict[str, tuple[tuple[int, int, str], Suggestion]] = {}
+    means: dict[str, list[tuple[str, str, int]]] = {}
+    for key, cid, term, trials in session.execute(
+        select(ConditionMeaning.phrase_key, ConditionConcept.id, ConditionConcept.term, ConditionConcept.trials)
+        .join(ConditionConcept, ConditionConcept.id == ConditionMeaning.concept_id)
+        .where(ConditionMeaning.phrase_key.in_(sorted({r[0] for r in rows})))
+    ):
+        means.setdefault(key, []).append((cid, term, int(trials)))
+    best: dict[tuple[str, ...], tuple[tuple[int, int, str], Suggestion]] = {}
     for key, label, phrase_trials, cid, term, trials, broad, suffix in rows:
+        concepts = sorted(means.get(key, []), key=lambda c: (c[0] != cid, -c[2], c[0]))
         prefix = suffix == key
         item = Suggestion(
             label=label,
@@ -663,10 +675,12 @@ def suggest(session: Session, query: str, limit: int = 10) -> list[Suggestion]:
             term=term,
             trials=int(trials if cid else phrase_trials),
             trials_including_narrower=int(broad if cid else phrase_trials),
+            concepts=tuple(c[0] for c in concepts),
+            name=" or ".join(c[1] for c in concepts) or None,
         )
         order = (0 if prefix else 1, -int(phrase_trials), label.casefold())
-        target = cid or key
-        if target not in best or order < best[target][0]:
-            best[target] = (order, item)
+        same = tuple(sorted(item.concepts)) or (key,)
+        if same not in best or order < best[same][0]:
+            best[same] = (order, item)
     ranked = sorted(best.values(), key=lambda pair: (-pair[1].trials, pair[0]))
     return [item for _, item in ranked[:limit]]

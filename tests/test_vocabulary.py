@@ -326,8 +326,8 @@ def test_suggestions_rank_concepts_by_trials_and_match_words(runtime: Runtime) -
         ("Hernia", HERNIA, filed[HERNIA]),
     ]
     assert her[0].term == "Intervertebral Disc Displacement"
-    # Word matches ("Lumbar Disc Herniation" matches "disc"), one suggestion per concept, at most 10.
-    assert len(disc) <= 10 and len({s.concept or s.key for s in disc}) == len(disc)
+    # Word matches ("Lumbar Disc Herniation" matches "disc"), one suggestion per meaning, at most 10.
+    assert len(disc) <= 10 and len({s.concepts or s.key for s in disc}) == len(disc)
     assert [s.trials for s in disc] == sorted((s.trials for s in disc), reverse=True)
     assert {DISPLACEMENT, DEGENERATION} <= {s.concept for s in disc}
     assert any(s.concept is None for s in disc)  # phrases no record tied to a concept are offered too
