@@ -263,18 +263,37 @@ def _delta(new: Iterable[Any], old: Iterable[Any]) -> dict[Any, int]:
 
 
 def learn(session: Session, nct_id: str, learned: Learned) -> dict[str, str]:
+    """Count what this version of a trial teaches (``learn_changes``); {phrase key: main concept} of the
+    phrases whose meaning changed ("" for a phrase that no longer means any concept)."""
+    return {c.key: (c.after or ("",))[0] for c in learn_changes(session, nct_id, learned)}
+
+
+@dataclass(frozen=True)
+class Change:
+    """A phrase's meaning before and after a re-resolution (main concept first)."""
+
+    key: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    @property
+    def gained(self) -> frozenset[str]:
+        return frozenset(self.after) - frozenset(self.before)
+
+
+def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Change]:
     """Count what this version of a trial teaches, replacing what an earlier version of it taught.
 
     Trial counts stay exact however often a trial is seen: ``trial_vocabulary`` remembers what each trial
     contributed and only the difference is applied. Then every phrase whose evidence changed is resolved
     again (``condition_meanings``, with the reason in ``condition_resolutions``): the subscriptions that
-    follow it move with it. Returns {phrase key: main concept id} for phrases whose meaning changed.
-    Works inside the caller's transaction; call it once per record (``learn_record``), for any number.
+    follow it move with it. Returns the phrases whose meaning changed. Works inside the caller's
+    transaction; call it once per record (``learn_record``), for any number of records.
     """
     row = session.get(TrialVocabulary, nct_id)
     state = learned.as_json()
     if row is not None and row.learned == state:
-        return {}
+        return []
     old = Learned.from_json(row.learned) if row is not None else Learned()
     # Rows written before revision 0011 did not count ancestry: their ancestry is counted now, once.
     old_ancestry = _ancestry(old) if row is not None and row.learned.get("v") == _VERSION else {}
@@ -352,10 +371,10 @@ def learn(session: Session, nct_id: str, learned: Learned) -> dict[str, str]:
     if regrouped:
         stale |= _phrases_spanning(session, regrouped)
     stale.discard("")
-    return resolve_again(session, sorted(stale), why="a record of " + nct_id)
+    return _resolve_again(session, sorted(stale), why="a record of " + nct_id)
 
 
-def learn_record(session: Session, record: Mapping[str, Any]) -> dict[str, str]:
+def learn_record(session: Session, record: Mapping[str, Any]) -> list[Change]:
     """``learn`` for one ClinicalTrials.gov record (the watcher's bootstrap, dumps).
 
     Raises ValueError for a record without a valid NCT ID (nothing is counted then).
@@ -363,7 +382,7 @@ def learn_record(session: Session, record: Mapping[str, Any]) -> dict[str, str]:
     nct_id = ctgov.nct_id(record)
     if not _NCT_ID.match(nct_id):
         raise ValueError(f"not an NCT ID: {nct_id[:20]!r}")
-    return learn(session, nct_id, extract(record))
+    return learn_changes(session, nct_id, extract(record))
 
 
 def _ancestry(learned: Learned) -> dict[tuple[str, str], tuple[int, int]]:
@@ -456,10 +475,14 @@ def resolve_again(session: Session, keys: Sequence[str], why: str = "") -> dict[
 
     Set-based: a few queries for all the phrases, one DELETE and one INSERT per statement kind. Every
     subscription following a phrase follows its new meaning from the next event on. Returns {phrase key:
-    main concept} (None-free: "" when the phrase no longer means anything) for the phrases that changed.
+    main concept} ("" when the phrase no longer means anything) for the phrases that changed.
     """
+    return {c.key: (c.after or ("",))[0] for c in _resolve_again(session, keys, why)}
+
+
+def _resolve_again(session: Session, keys: Sequence[str], why: str) -> list[Change]:
     if not keys:
-        return {}
+        return []
     keys = list(dict.fromkeys(keys))
     evidence: dict[str, dict[str, int]] = {k: {} for k in keys}
     for key, cid, n in session.execute(
@@ -485,7 +508,7 @@ def resolve_again(session: Session, keys: Sequence[str], why: str = "") -> dict[
     decided = {k: _decide(k, evidence[k], term_of, trials, broader) for k in keys}
     changed = {k: r for k, r in decided.items() if set(r.concepts) != current[k]}
     if not changed:
-        return {}
+        return []
     changed_keys = sorted(changed)
     session.execute(delete(ConditionMeaning).where(ConditionMeaning.phrase_key.in_(changed_keys)))
     rows = [{"phrase_key": k, "concept_id": c} for k in changed_keys for c in changed[k].concepts]
@@ -515,7 +538,7 @@ def resolve_again(session: Session, keys: Sequence[str], why: str = "") -> dict[
             for k in changed_keys
         ],
     )
-    return {k: (changed[k].concepts or ("",))[0] for k in changed_keys}
+    return [Change(k, tuple(sorted(current[k])), changed[k].concepts) for k in changed_keys]
 
 
 def resolve(session: Session, phrase: str) -> str | None:

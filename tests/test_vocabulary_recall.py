@@ -6,8 +6,8 @@ emailed is compared with the trials NLM filed under the phrase's concepts (``tes
 Two orders: the vocabulary learned from every record first (a running service), and the cold start
 (empty vocabulary, sign-ups first, then the events). The figures are in docs/events.md.
 
-The held-out test measures on half of the records, with the phrases of that half only: the rules were
-written against all of them, and must not depend on seeing them all.
+The held-out test measures a cold start on half of the records, with the phrases of that half only (one
+half in reverse order): the rules were written looking at all of them, and must not depend on that.
 """
 
 from __future__ import annotations
@@ -42,9 +42,15 @@ def _learn_first(runtime: Runtime, records: Sequence[Mapping[str, Any]]) -> None
 
 
 def measure(
-    runtime: Runtime, inline: InlineEnqueue, records: Sequence[Mapping[str, Any]], truth: Truth, *, cold: bool
+    runtime: Runtime,
+    inline: InlineEnqueue,
+    records: Sequence[Mapping[str, Any]],
+    truth: Truth,
+    *,
+    cold: bool,
+    reverse: bool = False,
 ) -> Figures:
-    records = sorted(records, key=nlm_truth.nct_id)
+    records = sorted(records, key=nlm_truth.nct_id, reverse=reverse)
     if not cold:
         _learn_first(runtime, records)
     followers = {
@@ -93,13 +99,13 @@ def test_precision_and_recall_over_every_phrase_of_the_real_records(
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("half", [0, 1])
-@pytest.mark.parametrize("cold", [False, True], ids=["vocabulary-first", "cold-start"])
-def test_the_rules_hold_on_half_of_the_records_they_never_saw_alone(
-    runtime: Runtime, inline: InlineEnqueue, half: int, cold: bool
+def test_a_cold_start_on_half_of_the_records_in_either_order(
+    runtime: Runtime, inline: InlineEnqueue, half: int
 ) -> None:
+    """Half the records and their phrases only; half 1 in reverse order (what is learned first differs)."""
     records = [r for i, r in enumerate(sorted(all_studies(), key=nlm_truth.nct_id)) if i % 2 == half]
     truth = nlm_truth.truth(records)
-    figures = measure(runtime, inline, records, truth, cold=cold)
-    print(_report(f"half {half}, {'cold start' if cold else 'vocabulary first'}", figures))
+    figures = measure(runtime, inline, records, truth, cold=True, reverse=half == 1)
+    print(_report(f"half {half}, cold start{', newest first' if half else ''}", figures))
     assert figures.precision >= PRECISION, _report("precision", figures)
-    assert figures.recall >= (RECALL_COLD_START if cold else RECALL_WITH_VOCABULARY), _report("recall", figures)
+    assert figures.recall >= RECALL_COLD_START, _report("recall", figures)
