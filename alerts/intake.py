@@ -149,9 +149,9 @@ def accept(
         # A subscription follows a phrase: it matches the trial's own words, or a phrase whose meaning
         # includes a concept the trial is filed under (mesh: targets: subscriptions pinned before 0011).
         words = condition_keys([event.condition, *ctgov.conditions(event.trial)])
-        targets = list(dict.fromkeys([*words, *vocabulary.followed_phrases(session, learned.concepts)]))
+        targets = list(dict.fromkeys([*words, *vocabulary.phrases_meaning(session, learned.concepts)]))
         targets += learned.targets
-        broader = vocabulary.followed_phrases(session, learned.ancestors) + learned.broader_targets
+        broader = vocabulary.phrases_meaning(session, learned.ancestors) + learned.broader_targets
         facts = TrialFacts.of(event.trial)
         # Keyed on the trial alone: one event per condition still reaches each subscriber once.
         dedupe = f"new:{event.nct_id}"
