@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from alerts import contents
 from alerts.events import NEW_TRIAL_FOR_CONDITION
 from alerts.matching import MatchPlan, create_deliveries
-from alerts.models import Delivery, Event, EventStatus, SubscriptionKind, utcnow
+from alerts.models import Delivery, Event, EventStatus, Subscription, SubscriptionKind, SubscriptionStatus, utcnow
 from alerts.rendering import Content
 from alerts.vocabulary import CONCEPT_PREFIX
 
@@ -54,6 +54,22 @@ def catch_up(
     """
     gained = {key: concepts for key, concepts in gained.items() if concepts}
     if not gained or days <= 0:
+        return []
+    # Only phrases someone follows (most phrases a record teaches have no follower): one grouped read of
+    # the subscriptions' match index.
+    followed = set(
+        session.scalars(
+            select(Subscription.target)
+            .where(
+                Subscription.kind == SubscriptionKind.CONDITION.value,
+                Subscription.target.in_(sorted(gained)),
+                Subscription.status == SubscriptionStatus.ACTIVE.value,
+            )
+            .group_by(Subscription.target)
+        )
+    )
+    gained = {key: concepts for key, concepts in gained.items() if key in followed}
+    if not gained:
         return []
     wanted = {CONCEPT_PREFIX + c for concepts in gained.values() for c in concepts}
     recent = session.execute(

@@ -194,6 +194,35 @@ def vocabulary_learn(
         raise typer.Exit(1)
 
 
+@vocabulary_app.command("why")
+def vocabulary_why(phrase: str) -> None:
+    """What PHRASE means today, and how and why its meaning changed (newest first)."""
+    from alerts import vocabulary
+    from alerts.db import transaction
+
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        now = vocabulary.meaning(session, phrase)
+        changes = vocabulary.history(session, phrase)
+        if not now.known:
+            console.print(f"{now.key!r}: no record has used this phrase; it follows its words only")
+        else:
+            means = ", ".join(f"{c.id} {c.term}" for c in now.concepts) or "no concept (its words only)"
+            console.print(f"{now.key!r} means: {means}")
+        table = Table(title="How its meaning changed")
+        for column in ("when", "before", "after", "subscriptions", "why"):
+            table.add_column(column)
+        for row in changes:
+            table.add_row(
+                row.resolved_at.strftime("%Y-%m-%d %H:%M"),
+                ", ".join(row.before) or "-",
+                ", ".join(row.after) or "-",
+                str(row.subscriptions),
+                row.reason,
+            )
+    console.print(table)
+
+
 @vocabulary_app.command("suggest")
 def vocabulary_suggest(query: str) -> None:
     """What the sign-up form would suggest for QUERY (GET /api/conditions)."""

@@ -584,6 +584,18 @@ def meaning(session: Session, phrase: str) -> Meaning:
     return Meaning(key, main is not None, tuple(Concept(cid, term) for cid, term, _ in ordered))
 
 
+def history(session: Session, phrase: str, limit: int = 20) -> list[ConditionResolution]:
+    """How a phrase's meaning changed and why, newest first (``alerts vocabulary why``)."""
+    return list(
+        session.scalars(
+            select(ConditionResolution)
+            .where(ConditionResolution.phrase_key == condition_key(phrase))
+            .order_by(ConditionResolution.id.desc())
+            .limit(limit)
+        )
+    )
+
+
 def phrases_meaning(session: Session, concepts: Iterable[str]) -> list[str]:
     """Keys of the phrases whose meaning includes one of ``concepts``: what a trial filed under them matches
     besides its own words (``alerts.intake``). One index lookup by concept.

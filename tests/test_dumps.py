@@ -60,6 +60,11 @@ def test_learning_a_dump_gives_a_new_deployment_the_vocabulary(
         }
         suggested = vocabulary.suggest(session, "opioid")
     assert suggested[0].name == "Opioid-Related Disorders"
+    why = run.invoke(cli, ["vocabulary", "why", "Opioid-Use Disorder"], env={"COLUMNS": "300"})
+    assert why.exit_code == 0 and "'opioid use disorder' means: D009293 Opioid-Related Disorders" in why.output
+    assert "How its meaning changed" in why.output and "a record of NCT04817267" in why.output.replace("\n", " ")
+    unknown = run.invoke(cli, ["vocabulary", "why", "Something Nobody Wrote"])
+    assert "no record has used this phrase" in unknown.output
     # Learning it again changes nothing (each trial's contribution is replaced, not added).
     again = run.invoke(cli, ["vocabulary", "learn", str(STUDIES)])
     assert again.exit_code == 0 and "0 phrase meaning(s) changed" in again.output
