@@ -168,7 +168,9 @@ def vocabulary_learn(
     if dump is None:
         with transaction(runtime.engine) as session:
             count = vocabulary.learn_stored_trials(session, batch=batch)
-        console.print(f"learned from {count} stored trial(s)")
+            # Meanings follow evidence as it changes; after a migration the rule itself may have changed.
+            changed = vocabulary.resolve_all(session)
+        console.print(f"learned from {count} stored trial(s); {changed} phrase meaning(s) changed")
         return
     learned = skipped = changed = 0
     items = dumps.studies(dump)

@@ -540,6 +540,29 @@ def _resolve_again(session: Session, keys: Sequence[str], why: str) -> list[Chan
     return [Change(k, tuple(sorted(current[k])), changed[k].concepts) for k in changed_keys]
 
 
+def resolve_all(session: Session, batch: int = 1000, why: str = "resolved again by alerts vocabulary learn") -> int:
+    """Resolve every phrase again from its evidence (after migrating to 0011, or a rule change).
+
+    Meanings are otherwise recomputed only when a phrase's evidence changes. Returns how many changed.
+    """
+    changed = 0
+    after = ""
+    while True:
+        keys = list(
+            session.scalars(
+                select(ConditionPhrase.key)
+                .where(ConditionPhrase.key > after)
+                .order_by(ConditionPhrase.key)
+                .limit(batch)
+            )
+        )
+        if not keys:
+            return changed
+        changed += len(_resolve_again(session, keys, why))
+        after = keys[-1]
+        session.flush()
+
+
 def resolve(session: Session, phrase: str) -> str | None:
     """The main concept a phrase resolves to, or None while the vocabulary does not tie it to one."""
     key = condition_key(phrase)

@@ -359,3 +359,9 @@ def test_trials_stored_before_the_vocabulary_existed_are_learned_once(runtime: R
     with transaction(runtime.engine) as session:
         assert vocabulary.learn_stored_trials(session) == 0
         assert vocabulary.resolve(session, "Herniated Disk") == DISPLACEMENT
+        assert vocabulary.resolve_all(session, batch=7) == 0  # already what the evidence says
+        # As right after migrating to 0011: a phrase pinned to one of its concepts is put right.
+        session.execute(delete(ConditionMeaning).where(ConditionMeaning.phrase_key == "herniated disk"))
+    with transaction(runtime.engine) as session:
+        assert vocabulary.resolve_all(session, batch=7) == 1
+        assert {c.id for c in vocabulary.meaning(session, "Herniated Disk").concepts} == {DISPLACEMENT}
