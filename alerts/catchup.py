@@ -89,6 +89,10 @@ def catch_up(
         if not filed:
             continue
         phrases = sorted(k for k, concepts in gained.items() if {CONCEPT_PREFIX + c for c in concepts} & filed)
+        # Catch-ups of one event take turns (its row lock), so each sees the rows and renderings the
+        # other committed.
+        event = session.get(Event, event_id, with_for_update=True)
+        assert event is not None
         before = int(session.scalar(select(func.max(Delivery.id)).where(Delivery.event_id == event_id)) or 0)
         count_before = int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
         total = create_deliveries(
@@ -102,8 +106,6 @@ def catch_up(
         )
         if total == count_before:
             continue
-        event = session.get(Event, event_id)
-        assert event is not None
         event.recipients = total
         contents.render_variants(session, event, render_for(event), after_id=before)
         done.append(CaughtUp(event_id, before, total - count_before))
