@@ -365,3 +365,18 @@ def test_trials_stored_before_the_vocabulary_existed_are_learned_once(runtime: R
     with transaction(runtime.engine) as session:
         assert vocabulary.resolve_all(session, batch=7) == 1
         assert {c.id for c in vocabulary.meaning(session, "Herniated Disk").concepts} == {DISPLACEMENT}
+
+
+def test_a_subscription_still_pinned_to_a_concept_follows_that_concept(runtime: Runtime, inline: InlineEnqueue) -> None:
+    """Migration 0011 leaves a pinned ("mesh:") subscription where its owner already follows the phrase."""
+    from sqlalchemy import update
+
+    from alerts.models import Delivery
+    from tests.factories import new_trial_event
+
+    pinned = follow(runtime, "pinned@example.org", condition="Disk, Herniated")
+    with transaction(runtime.engine) as session:
+        session.execute(update(Subscription).where(Subscription.id == pinned).values(target="mesh:D007405"))
+    ingest(runtime, new_trial_event(study("NCT03340545"), "Intervertebral Disc Herniation"), inline, "test")
+    with transaction(runtime.engine) as session:
+        assert session.scalars(select(Delivery.subscription_id)).all() == [pinned]
