@@ -455,16 +455,16 @@ def _decide(
     most = max(evidence.values())
     kept = {c for c, n in evidence.items() if n * SHARE_DEN >= most * SHARE_NUM}
     dropped_weak = sorted(set(evidence) - kept)
-    narrower_of = {
+    broader_than = {
         a: b for a in kept for b in sorted(kept) if b != a and a in broader.get(b, ()) and b not in broader.get(a, ())
     }
-    kept -= set(narrower_of)
+    kept -= set(broader_than)
     order = sorted(kept, key=lambda c: (-evidence[c], -trials.get(c, 0), c))
     total = ", ".join(f"{c} in {evidence[c]}" for c in sorted(evidence, key=lambda c: (-evidence[c], c)))
     parts = [f"trials tie it to {total}"]
     if dropped_weak:
         parts.append(f"{', '.join(dropped_weak)} left out (under {SHARE_NUM}/{SHARE_DEN} of the most)")
-    for a, b in sorted(narrower_of.items()):
+    for a, b in sorted(broader_than.items()):
         parts.append(f"{a} left out (broader than {b})")
     return Resolution(tuple(order), "; ".join(parts))
 
