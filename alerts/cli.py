@@ -149,15 +149,80 @@ def events_list(limit: int = 30) -> None:
 
 
 @vocabulary_app.command("learn")
-def vocabulary_learn() -> None:
-    """Learn condition phrasings from stored trials never learned from (e.g. stored before 0002)."""
+def vocabulary_learn(
+    dump: Annotated[
+        Path | None,
+        typer.Argument(
+            help="a dump of records: a folder of v2 JSON files, a JSON-lines file, or a PagedStudies JSON file",
+            exists=True,
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="records per transaction")] = 500,
+) -> None:
+    """Teach the condition vocabulary: from a dump of registry records (a new deployment's cold start), or
+    without DUMP from stored trials it has not learned from (stored before 0002, counted before 0011)."""
+    from alerts import dumps, vocabulary
+    from alerts.db import transaction
+
+    runtime = _runtime()
+    if dump is None:
+        with transaction(runtime.engine) as session:
+            count = vocabulary.learn_stored_trials(session, batch=batch)
+            # Meanings follow evidence as it changes; after a migration the rule itself may have changed.
+            changed = vocabulary.resolve_all(session)
+        console.print(f"learned from {count} stored trial(s); {changed} phrase meaning(s) changed")
+        return
+    learned = skipped = changed = 0
+    items = dumps.studies(dump)
+    while True:
+        # One transaction per batch: a long import keeps what it learned if it is stopped.
+        chunk = [item for _, item in zip(range(batch), items, strict=False)]
+        if not chunk:
+            break
+        with transaction(runtime.engine) as session:
+            for item in chunk:
+                problem = item.problem
+                if item.record is not None:
+                    try:
+                        changed += len(vocabulary.learn_record(session, item.record))
+                        learned += 1
+                    except ValueError as exc:
+                        problem = str(exc)
+                if problem is not None:
+                    skipped += 1
+                    console.print(f"[yellow]skipped {item.where}: {problem}[/yellow]")
+    console.print(f"learned from {learned} record(s), skipped {skipped}; {changed} phrase meaning(s) changed")
+    if skipped:
+        raise typer.Exit(1)
+
+
+@vocabulary_app.command("why")
+def vocabulary_why(phrase: str) -> None:
+    """What PHRASE means today, and how and why its meaning changed (newest first)."""
     from alerts import vocabulary
     from alerts.db import transaction
 
     runtime = _runtime()
     with transaction(runtime.engine) as session:
-        count = vocabulary.learn_stored_trials(session)
-    console.print(f"learned from {count} stored trial(s)")
+        now = vocabulary.meaning(session, phrase)
+        changes = vocabulary.history(session, phrase)
+        if not now.known:
+            console.print(f"{now.key!r}: no record has used this phrase; it follows its words only")
+        else:
+            means = ", ".join(f"{c.id} {c.term}" for c in now.concepts) or "no concept (its words only)"
+            console.print(f"{now.key!r} means: {means}")
+        table = Table(title="How its meaning changed")
+        for column in ("when", "before", "after", "subscriptions", "why"):
+            table.add_column(column)
+        for row in changes:
+            table.add_row(
+                row.resolved_at.strftime("%Y-%m-%d %H:%M"),
+                ", ".join(row.before) or "-",
+                ", ".join(row.after) or "-",
+                str(row.subscriptions),
+                row.reason,
+            )
+    console.print(table)
 
 
 @vocabulary_app.command("suggest")

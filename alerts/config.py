@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Maintenance (Celery beat): queued work untouched this long is re-queued (lost broker message).
     stale_queued_s: int = Field(default=900, gt=0)
     pending_expiry_days: int = Field(default=14, gt=0)
+    # New trials announced up to this many days ago are sent to followers of a phrase whose meaning grows
+    # to cover them (alerts.catchup); 0: never.
+    catch_up_days: int = Field(default=30, ge=0)
     retention_days: int = Field(default=180, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
     # Celery beat touches this file after every tick (at least every 30 s): its health check reads the age.

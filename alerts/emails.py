@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Final
 
 from alerts import ctgov, vocabulary
 from alerts.conditions import condition_key
@@ -74,6 +74,19 @@ def trial_changed(record: Mapping[str, Any], changes: Sequence[ctgov.Change]) ->
     }
 
 
+# New-trial emails for studies nobody can join any more say so (followers who asked for recruiting studies
+# only never get them: alerts.matching).
+NOT_JOINABLE: Final[Mapping[str, str]] = {
+    "COMPLETED": "This study has already finished. It cannot be joined.",
+    "ACTIVE_NOT_RECRUITING": "This study is no longer taking new participants. It cannot be joined.",
+    "TERMINATED": "This study was stopped early. It cannot be joined.",
+    "SUSPENDED": "This study is paused and not taking new participants. It cannot be joined for now.",
+    "WITHDRAWN": "This study was withdrawn before anyone took part. It cannot be joined.",
+    "NO_LONGER_AVAILABLE": "This program is no longer available. It cannot be joined.",
+    "TEMPORARILY_NOT_AVAILABLE": "This program is not available for now. It cannot be joined for now.",
+}
+
+
 def new_trial(
     record: Mapping[str, Any], condition_label: str, learned: vocabulary.Learned | None = None
 ) -> dict[str, Any]:
@@ -84,8 +97,11 @@ def new_trial(
     """
     learned = learned if learned is not None else vocabulary.extract(record)
     filed_under = sorted(learned.concepts.values(), key=str.casefold)
+    code = ctgov.summarize(record).status_code
     return {
         "trial": trial_context(record),
+        # Said plainly near the top: a "new trial" may already be over (registered late, or seen late).
+        "not_joinable": NOT_JOINABLE.get(code or ""),
         "condition": condition_label,
         "followed": condition_label,
         "about": condition_label,

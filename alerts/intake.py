@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alerts import contents, ctgov, emails, vocabulary
+from alerts import catchup, contents, ctgov, emails, vocabulary
+from alerts.catchup import CaughtUp, RenderFor
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
 from alerts.matching import Chunk, MatchPlan, TrialFacts, create_deliveries_chunk
@@ -35,6 +36,9 @@ class Accepted:
     timings: dict[str, float] = field(default_factory=dict)
     # Renders one more variant of the email, for the later chunks of a fan-out (alerts.fanout).
     render: Callable[[str | None], Content] | None = field(default=None, repr=False, compare=False)
+    # Earlier new-trial events that reached more followers because a phrase's meaning grew
+    # (alerts.catchup): their new deliveries are to be queued after commit too.
+    caught_up: tuple[CaughtUp, ...] = ()
 
 
 @dataclass
@@ -117,8 +121,32 @@ def store_baseline(session: Session, event: TrialEvent) -> None:
     _store_version(session, snapshot, event)
 
 
+def _render_earlier(session: Session, renderer: Renderer, site: Mapping[str, Any]) -> RenderFor:
+    """How to render an earlier new-trial event again: from the stored version of its trial."""
+
+    def render_for(earlier: Event) -> Callable[[str | None], Content]:
+        snapshot = session.get(Trial, earlier.nct_id)
+        record: Mapping[str, Any] = snapshot.record if snapshot is not None else {}
+        condition = earlier.condition or ""
+        shared = {**site, **emails.new_trial(record, condition)}
+
+        def render(variant: str | None) -> Content:
+            extra = emails.followed(variant, condition or variant) if variant is not None else {}
+            return renderer.render(emails.NEW_TRIAL, shared | extra)
+
+        return render
+
+    return render_for
+
+
 def accept(
-    session: Session, event: TrialEvent, renderer: Renderer, site: Mapping[str, Any], first_chunk: int = 2000
+    session: Session,
+    event: TrialEvent,
+    renderer: Renderer,
+    site: Mapping[str, Any],
+    first_chunk: int = 2000,
+    *,
+    catch_up_days: int = 30,
 ) -> Accepted:
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -142,10 +170,14 @@ def accept(
         recipients=0,
     )
     learned = vocabulary.extract(event.trial)
+    caught_up: list[CaughtUp] = []
     if _is_newest(snapshot, event):
-        # What NLM's indexing of this version teaches about condition phrases; subscriptions waiting on a
-        # phrase it explains follow their concept before matching below.
-        vocabulary.learn(session, event.nct_id, learned)
+        # What NLM's indexing of this version teaches about condition phrases: every subscription following
+        # a phrase whose meaning changed follows the new meaning in the matching below, and catches up on
+        # the recent new trials it missed while the phrase meant less.
+        meanings = vocabulary.learn_changes(session, event.nct_id, learned)
+        gained = {change.key: change.gained for change in meanings}
+        caught_up = catchup.catch_up(session, gained, _render_earlier(session, renderer, site), catch_up_days)
     template: str
     context: Callable[[], dict[str, Any]]  # built only when someone is listening
     broader: list[str] = []
@@ -172,9 +204,12 @@ def accept(
         assert event.type == NEW_TRIAL_FOR_CONDITION and event.condition is not None
         reason = None
         kind = SubscriptionKind.CONDITION
-        # Plain keys match subscriptions to unknown phrases; mesh: targets match concept subscriptions.
-        targets = condition_keys([event.condition, *ctgov.conditions(event.trial)]) + learned.targets
-        broader = learned.broader_targets
+        # A subscription follows a phrase: it matches the trial's own words, or a phrase whose meaning
+        # includes a concept the trial is filed under (mesh: targets: subscriptions pinned before 0011).
+        words = condition_keys([event.condition, *ctgov.conditions(event.trial)])
+        targets = list(dict.fromkeys([*words, *vocabulary.phrases_meaning(session, learned.concepts)]))
+        targets += learned.targets
+        broader = vocabulary.phrases_meaning(session, learned.ancestors) + learned.broader_targets
         facts = TrialFacts.of(event.trial)
         # Keyed on the trial alone: one event per condition still reaches each subscriber once.
         dedupe = f"new:{event.nct_id}"
@@ -216,4 +251,4 @@ def accept(
     else:
         row.reason = reason
     timings["match_s"] = time.perf_counter() - started - sum(timings.values())
-    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render)
+    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render, tuple(caught_up))

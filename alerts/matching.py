@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -151,11 +152,13 @@ def _matching_insert(
     phases: bool,
     select_only: bool = False,
     chunked: bool = False,
+    confirmed_before: bool = False,
 ) -> Executable:
     """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
 
     Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
-    country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers).
+    country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers);
+    confirmed_before: only subscriptions confirmed by then (catching up on an earlier event).
     """
     where: list[ColumnElement[bool]] = [
         Subscription.kind == kind.value,
@@ -167,6 +170,8 @@ def _matching_insert(
         # oldest-owns-the-delivery rank below stays right; the planner walks subscribers in order from
         # here and stops after the chunk (LIMIT), so each chunk costs its own size, not what is left.
         where.append(Subscription.subscriber_id > bindparam("after", type_=BigInteger()))
+    if confirmed_before:
+        where.append(Subscription.confirmed_at <= bindparam("confirmed_before", type_=Subscription.confirmed_at.type))
     if broader:
         where.append(
             or_(Subscription.target.in_(bindparam("direct", expanding=True)), Subscription.include_narrower.is_(True))
@@ -236,6 +241,7 @@ def _statement(
     facts: TrialFacts | None,
     select_only: bool,
     chunked: bool = False,
+    confirmed_before: datetime | None = None,
 ) -> tuple[Executable | None, dict[str, Any]]:
     direct = list(dict.fromkeys(targets))
     broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
@@ -251,6 +257,7 @@ def _statement(
         bool(facts.phases),
         select_only,
         chunked,
+        confirmed_before is not None,
     )
     params = {
         "event_id": event_id,
@@ -261,6 +268,8 @@ def _statement(
         "country_values": list(facts.countries),
         "phase_values": list(facts.phases),
     }
+    if confirmed_before is not None:
+        params["confirmed_before"] = confirmed_before
     return statement, params
 
 
@@ -291,6 +300,7 @@ def create_deliveries(
     *,
     broader_targets: Sequence[str] = (),
     facts: TrialFacts | None = None,
+    confirmed_before: datetime | None = None,
 ) -> int:
     """One queued delivery per subscriber with an active subscription that matches (module docstring).
 
@@ -304,9 +314,12 @@ def create_deliveries(
     and compiling this statement for every event would cost more than running it. Events of one trial,
     the only ones sharing a dedupe key, are serialized by the trial row lock in ``intake.accept``; the
     unique constraint stays as the backstop.) The delivery's ``variant`` is the label of the condition
-    subscription that owns it (which the new-trial email names). Returns the number of rows created.
+    subscription that owns it (which the new-trial email names). With ``confirmed_before``, only
+    subscriptions confirmed by then count (``alerts.catchup``). Returns the number of the event's rows.
     """
-    statement, params = _statement(event_id, kind, targets, dedupe_key, broader_targets, facts, select_only=False)
+    statement, params = _statement(
+        event_id, kind, targets, dedupe_key, broader_targets, facts, False, confirmed_before=confirmed_before
+    )
     if statement is None:
         return 0
     # On the session's connection as plain Core: parameters are bound values, not ORM rows.

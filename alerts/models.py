@@ -119,7 +119,10 @@ class Subscription(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
-    # An NCT ID for kind=trial, a normalized condition key (alerts.conditions.condition_key) otherwise.
+    # An NCT ID for kind=trial, a normalized condition key (alerts.conditions.condition_key) otherwise: a
+    # condition subscription follows its phrase, which means what ``condition_meanings`` says today. (Before
+    # migration 0011 a known phrase was pinned to one concept, "mesh:D007405"; a few such rows may remain and
+    # follow that concept alone.)
     target: Mapped[str] = mapped_column(String(300))
     # What the subscriber chose, as shown to them ("Acute-On-Chronic Liver Failure").
     label: Mapped[str] = mapped_column(String(300))
@@ -129,8 +132,9 @@ class Subscription(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Condition subscriptions to a MeSH concept only ("mesh:D..."): also match trials filed under a narrower
-    # concept, i.e. trials whose MeSH ancestors include it. Semantics: alerts.matching.create_deliveries.
+    # Condition subscriptions: also match trials filed under a concept narrower than what the phrase means,
+    # i.e. trials whose MeSH ancestors include one of its concepts. An explicit choice, never inferred.
+    # Semantics: alerts.matching.create_deliveries.
     include_narrower: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Condition subscriptions: only trials recruiting or not yet recruiting. Countries and phases:
     # SubscriptionFilter rows.
@@ -322,7 +326,8 @@ class ConditionPhrase(Base):
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     label: Mapped[str] = mapped_column(String(300))  # as first seen
     trials: Mapped[int] = mapped_column(Integer, default=0)  # trials using it
-    # What it resolves to (alerts.vocabulary); None while no record has tied it to a concept.
+    # Its main concept (the one with the most evidence among ``condition_meanings``); None while no record
+    # has tied it to a concept.
     concept_id: Mapped[str | None] = mapped_column(ForeignKey("condition_concepts.id"))
 
 
@@ -334,6 +339,51 @@ class ConditionPhraseConcept(Base):
     phrase_key: Mapped[str] = mapped_column(ForeignKey("condition_phrases.key"), primary_key=True)
     concept_id: Mapped[str] = mapped_column(ForeignKey("condition_concepts.id"), primary_key=True, index=True)
     trials: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConditionMeaning(Base):
+    """What a phrase means: every concept of its resolution (alerts.vocabulary), kept as the evidence changes.
+
+    Condition subscriptions follow their phrase (``Subscription.target`` is its key), so re-resolving a
+    phrase moves every subscription that follows it at once. Matching reads it by concept.
+    """
+
+    __tablename__ = "condition_meanings"
+
+    phrase_key: Mapped[str] = mapped_column(ForeignKey("condition_phrases.key"), primary_key=True)
+    concept_id: Mapped[str] = mapped_column(ForeignKey("condition_concepts.id"), primary_key=True, index=True)
+
+
+class ConditionAncestry(Base):
+    """Which concepts go with which in NLM's filing: the evidence for "A is broader than B".
+
+    ``together``: trials filed under ``concept_id`` that list ``ancestor_id`` among their concepts or
+    ancestors; ``as_ancestor``: ... among their ancestors. A record's ancestors are those of all its
+    concepts together, so A is broader than B only when every trial filed under B lists A
+    (``together`` = the concept's trials) and at least one lists it as an ancestor.
+    """
+
+    __tablename__ = "condition_ancestry"
+
+    concept_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    ancestor_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    together: Mapped[int] = mapped_column(Integer, default=0)
+    as_ancestor: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConditionResolution(Base):
+    """Why a phrase's meaning changed, and how many subscriptions followed it then (operators read this)."""
+
+    __tablename__ = "condition_resolutions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    phrase_key: Mapped[str] = mapped_column(String(300), index=True)
+    resolved_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    before: Mapped[list[str]] = mapped_column(Json, default=list)
+    after: Mapped[list[str]] = mapped_column(Json, default=list)
+    reason: Mapped[str] = mapped_column(Text)
+    subscriptions: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ConditionSuffix(Base):

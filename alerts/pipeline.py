@@ -81,7 +81,14 @@ def _accept(runtime: Runtime, event: TrialEvent) -> Accepted:
     for attempt in range(3):
         try:
             with transaction(runtime.engine) as session:
-                return accept(session, event, runtime.renderer, runtime.site, runtime.settings.fanout_first_chunk)
+                return accept(
+                    session,
+                    event,
+                    runtime.renderer,
+                    runtime.site,
+                    runtime.settings.fanout_first_chunk,
+                    catch_up_days=runtime.settings.catch_up_days,
+                )
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -114,6 +121,16 @@ def after_commit(runtime: Runtime, event: TrialEvent, outcome: Accepted, enqueue
     """
     timings = dict(outcome.timings)
     batches = 0
+    if outcome.caught_up:
+        # Earlier new trials that followers of a phrase whose meaning just grew had missed (alerts.catchup).
+        with transaction(runtime.engine) as session:
+            for caught in outcome.caught_up:
+                for after_id, upto_id in batch_ranges(
+                    session, caught.event_id, runtime.settings.batch_size, after_id=caught.after_id
+                ):
+                    enqueue.send_batch(caught.event_id, after_id, upto_id)
+                    batches += 1
+        log.info("vocabulary.caught_up", events={c.event_id: c.deliveries for c in outcome.caught_up})
     if outcome.status == "duplicate" and _fanning_out(runtime, outcome.event_id):
         # Redelivered (the worker that took it died mid fan-out) or published twice while it fans out:
         # carry on from the last committed chunk; runs over one event take turns (alerts.fanout).

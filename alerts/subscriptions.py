@@ -65,15 +65,14 @@ def condition_target(phrase: str) -> Target:
 
 
 def resolve_target(session: Session, target: Target) -> Target:
-    """A condition the vocabulary knows follows its MeSH concept ("mesh:D007405"); the label is kept.
+    """The target a sign-up is stored under: the target itself.
 
-    An unknown phrase keeps its condition key; ``alerts.vocabulary.learn`` moves such subscriptions to
-    the concept once a record explains the phrase. Trial targets are returned as they are.
+    A condition subscription follows its phrase (the condition key), known to the vocabulary or not: what
+    the phrase means is ``alerts.vocabulary.meaning``, re-resolved as records teach it, and a trial listing
+    the phrase itself always matches. (Kept for callers of the earlier design, which pinned a known phrase
+    to one concept here.)
     """
-    if target.kind != SubscriptionKind.CONDITION or vocabulary.target_concept(target.key):
-        return target
-    concept = vocabulary.resolve(session, target.key)
-    return Target(target.kind, vocabulary.concept_target(concept), target.label) if concept else target
+    return target
 
 
 # --- filters on condition subscriptions ---------------------------------------------------------------
@@ -231,7 +230,10 @@ def shown(session: Session, subscription: Subscription) -> Shown:
     if concept is not None:
         name = session.scalar(select(ConditionConcept.term).where(ConditionConcept.id == concept))
     else:
-        name = session.scalar(select(ConditionPhrase.label).where(ConditionPhrase.key == subscription.target))
+        # A phrase is named by what it means today (its concepts' terms), else as records wrote it.
+        name = vocabulary.meaning(session, subscription.target).name or session.scalar(
+            select(ConditionPhrase.label).where(ConditionPhrase.key == subscription.target)
+        )
     return Shown(SubscriptionKind.CONDITION, name or subscription.label)
 
 
@@ -265,7 +267,7 @@ def sign_up(
     filters: ConditionFilters | None = None,
     include_narrower: bool | None = None,
 ) -> SignUp:
-    """Sign up (pending until confirmed). A known condition follows its MeSH concept (``resolve_target``).
+    """Sign up (pending until confirmed). A condition follows its phrase, whatever the vocabulary knows of it.
 
     ``filters`` and ``include_narrower`` (condition alerts only; None: leave as they are, or none for a new
     subscription) apply to a new, pending or unsubscribed subscription, which the subscriber confirms by

@@ -14,15 +14,24 @@ MeSH concept (``extract``, pure; ``learn``, counted in the database):
   failing that, when it is the one condition of the record left unexplained, the concepts that no other
   condition explains ("Disk, Herniated", alone on a record filed under D007405, means D007405).
 
-A phrase **resolves** to one concept: the concept whose term it is; else the concept it was seen with in
-the most trials (ties: the concept with more trials, then the lower id). The resolution is stored on the
-phrase (``condition_phrases.concept_id``) and recomputed whenever the phrase's own evidence changes.
+A phrase **resolves** to a set of concepts, from a running tally of that evidence (``resolve_again``):
 
-Subscriptions to a resolved phrase follow the concept: ``Subscription.target`` is ``"mesh:D007405"``
-(``concept_target``) and ``label`` stays what the subscriber typed. An unknown phrase falls back to its
-condition key; when a later record teaches it, ``learn`` re-targets those subscriptions in one UPDATE
-per phrase. Once resolved, a subscription keeps its concept (a phrase changing its best concept later
-does not move existing subscribers).
+1. every concept the phrase was tied to in at least half as many trials as its most frequent one
+   ("Depression": Depression in 4 trials, Depressive Disorder in 3: both; "Herniated Disc": disc
+   displacement in 4, Hernia in 1: displacement);
+2. minus a concept that is broader than another one kept (NLM's ``ancestors``: "Opioid Use Disorder" is
+   tied to Opioid-Related Disorders and to its ancestor Substance-Related Disorders; it means the first).
+   Concept A is broader than B when every trial filed under B lists A among its concepts or ancestors,
+   and at least one lists it as an ancestor (``ConditionAncestry``); siblings are all kept;
+3. a phrase no trial ties to anything, but which is a concept's own term, means that concept.
+
+The set is stored per phrase (``condition_meanings``) and recomputed whenever the phrase's evidence, or
+the ancestry of one of its concepts, changes; each change is recorded with its reason
+(``condition_resolutions``). Condition subscriptions follow the phrase (``Subscription.target`` is its
+condition key), never a copy of its meaning: a phrase re-resolved moves all its subscriptions at once.
+A trial matches a subscription when it lists the phrase itself (always, whatever the vocabulary says:
+new registrations often have no MeSH indexing yet) or is filed under a concept of its meaning
+(``phrases_meaning``; ``alerts.matching``).
 
 MeSH ids come as "D007405" or zero-padded "D000007405" for the same descriptor; ``concept_id`` keeps six
 digits at least, so both are "D007405" (and "D000067877" is "D067877").
@@ -35,15 +44,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import exists, func, select, text, update
+from sqlalchemy import delete, exists, func, insert, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from alerts import ctgov
 from alerts.conditions import MAX_CONDITION_LENGTH, condition_key
 from alerts.models import (
+    ConditionAncestry,
     ConditionConcept,
+    ConditionMeaning,
     ConditionPhrase,
     ConditionPhraseConcept,
+    ConditionResolution,
     ConditionSuffix,
     Subscription,
     SubscriptionKind,
@@ -73,7 +85,21 @@ _UPSERT_PAIR = text(
     "INSERT INTO condition_phrase_concepts (phrase_key, concept_id, trials) VALUES (:phrase_key, :concept_id, :trials) "
     "ON CONFLICT (phrase_key, concept_id) DO UPDATE SET trials = condition_phrase_concepts.trials + excluded.trials"
 )
+_UPSERT_ANCESTRY = text(
+    "INSERT INTO condition_ancestry (concept_id, ancestor_id, together, as_ancestor) "
+    "VALUES (:c, :a, :together, :as_ancestor) ON CONFLICT (concept_id, ancestor_id) DO UPDATE SET "
+    "together = condition_ancestry.together + excluded.together, "
+    "as_ancestor = condition_ancestry.as_ancestor + excluded.as_ancestor"
+)
 _SET_RESOLUTION = text('UPDATE condition_phrases SET concept_id = :c WHERE "key" = :k')
+# What ``trial_vocabulary.learned`` rows written by this code carry: rows without it (before revision
+# 0011) did not count ancestry.
+_VERSION: Final = 2
+# Rule 1 of the resolution: a concept tied to the phrase in at least SHARE_NUM/SHARE_DEN as many trials
+# as its most frequent concept is part of its meaning.
+SHARE_NUM: Final = 1
+SHARE_DEN: Final = 2
+_NCT_ID = re.compile(r"^NCT[0-9]{8}$")
 _MESH_ID = re.compile(r"^D0*(\d{1,9})$")
 
 
@@ -152,6 +178,7 @@ class Learned:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "v": _VERSION,
             "phrases": dict(sorted(self.phrases.items())),
             "concepts": dict(sorted(self.concepts.items())),
             "ancestors": dict(sorted(self.ancestors.items())),
@@ -235,18 +262,40 @@ def _delta(new: Iterable[Any], old: Iterable[Any]) -> dict[Any, int]:
 
 
 def learn(session: Session, nct_id: str, learned: Learned) -> dict[str, str]:
+    """Count what this version of a trial teaches (``learn_changes``); {phrase key: main concept} of the
+    phrases whose meaning changed ("" for a phrase that no longer means any concept)."""
+    return {c.key: (c.after or ("",))[0] for c in learn_changes(session, nct_id, learned)}
+
+
+@dataclass(frozen=True)
+class Change:
+    """A phrase's meaning before and after a re-resolution (main concept first)."""
+
+    key: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    @property
+    def gained(self) -> frozenset[str]:
+        return frozenset(self.after) - frozenset(self.before)
+
+
+def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Change]:
     """Count what this version of a trial teaches, replacing what an earlier version of it taught.
 
     Trial counts stay exact however often a trial is seen: ``trial_vocabulary`` remembers what each trial
-    contributed and only the difference is applied. Then phrases whose evidence changed are resolved
-    again, and condition subscriptions waiting on a newly understood phrase follow its concept.
-    Returns {phrase key: concept id} for the phrases whose resolution changed.
+    contributed and only the difference is applied. Then every phrase whose evidence changed is resolved
+    again (``condition_meanings``, with the reason in ``condition_resolutions``): the subscriptions that
+    follow it move with it. Returns the phrases whose meaning changed. Works inside the caller's
+    transaction; call it once per record (``learn_record``), for any number of records.
     """
     row = session.get(TrialVocabulary, nct_id)
     state = learned.as_json()
     if row is not None and row.learned == state:
-        return {}
+        return []
     old = Learned.from_json(row.learned) if row is not None else Learned()
+    # Rows written before revision 0011 did not count ancestry: their ancestry is counted now, once.
+    old_ancestry = _ancestry(old) if row is not None and row.learned.get("v") == _VERSION else {}
     if row is None:
         session.add(TrialVocabulary(nct_id=nct_id, learned=state, updated_at=utcnow()))
     else:
@@ -262,9 +311,19 @@ def learn(session: Session, nct_id: str, learned: Learned) -> dict[str, str]:
     direct = _delta(learned.concepts, old.concepts)
     broad = _delta({*learned.concepts, *learned.ancestors}, {*old.concepts, *old.ancestors})
     pair_delta = _delta(learned.pairs, old.pairs)
+    new_ancestry = _ancestry(learned)
+    ancestry_delta = {
+        pair: (new_ancestry.get(pair, (0, 0))[0] - before[0], new_ancestry.get(pair, (0, 0))[1] - before[1])
+        for pair in sorted(set(new_ancestry) | set(old_ancestry))
+        for before in [old_ancestry.get(pair, (0, 0))]
+    }
+    ancestry_delta = {pair: d for pair, d in ancestry_delta.items() if d != (0, 0)}
 
     known_phrases = set(session.scalars(select(ConditionPhrase.key).where(ConditionPhrase.key.in_(list(labels)))))
     known_concepts = set(session.scalars(select(ConditionConcept.id).where(ConditionConcept.id.in_(list(terms)))))
+    # Concepts whose broader concepts may change with this record: compared before and after counting.
+    filed = sorted({c for c, d in direct.items() if d} | {b for b, _ in ancestry_delta})
+    broader_before = _broader(session, filed)
     # Only rows that change, each statement executed once per row in sorted order: concurrent learners
     # take row locks in the same order (no deadlocks).
     phrase_rows = [
@@ -298,91 +357,214 @@ def learn(session: Session, nct_id: str, learned: Learned) -> dict[str, str]:
         session.execute(
             _UPSERT_PAIR, [{"phrase_key": k, "concept_id": c, "trials": d} for (k, c), d in changed_pairs.items()]
         )
+    if ancestry_delta:
+        session.execute(
+            _UPSERT_ANCESTRY,
+            [{"c": b, "a": a, "together": t, "as_ancestor": s} for (b, a), (t, s) in ancestry_delta.items()],
+        )
 
     stale = {k for k, _ in changed_pairs} | (set(labels) - known_phrases)
     stale |= {condition_key(terms[c]) for c in set(terms) - known_concepts}
-    changed = _resolve_again(session, sorted(stale & set(labels)))
-    follow_concepts(session, changed)
-    return changed
+    broader_after = _broader(session, filed)
+    regrouped = {c for c in filed if broader_before.get(c) != broader_after.get(c)}
+    if regrouped:
+        stale |= _phrases_spanning(session, regrouped)
+    stale.discard("")
+    return _resolve_again(session, sorted(stale), why="a record of " + nct_id)
 
 
-def _best(session: Session, keys: Sequence[str]) -> dict[str, str]:
-    """The resolution rule, for many phrases in two queries."""
-    best: dict[str, str] = {}
-    exact = session.execute(
-        select(ConditionConcept.term_key, ConditionConcept.id)
-        .where(ConditionConcept.term_key.in_(keys))
-        .order_by(ConditionConcept.term_key, ConditionConcept.trials.desc(), ConditionConcept.id)
-    )
-    for key, cid in exact:
-        best.setdefault(key, cid)
-    rest = [k for k in keys if k not in best]
-    if rest:
-        evidence = session.execute(
-            select(ConditionPhraseConcept.phrase_key, ConditionPhraseConcept.concept_id)
-            .join(ConditionConcept, ConditionConcept.id == ConditionPhraseConcept.concept_id)
-            .where(ConditionPhraseConcept.phrase_key.in_(rest))
-            .order_by(
-                ConditionPhraseConcept.phrase_key,
-                ConditionPhraseConcept.trials.desc(),
-                ConditionConcept.trials.desc(),
-                ConditionConcept.id,
-            )
-        )
-        for key, cid in evidence:
-            best.setdefault(key, cid)
-    return best
+def learn_record(session: Session, record: Mapping[str, Any]) -> list[Change]:
+    """``learn`` for one ClinicalTrials.gov record (the watcher's bootstrap, dumps).
 
-
-def _resolve_again(session: Session, keys: Sequence[str]) -> dict[str, str]:
-    if not keys:
-        return {}
-    best = _best(session, keys)
-    rows = session.execute(select(ConditionPhrase.key, ConditionPhrase.concept_id).where(ConditionPhrase.key.in_(keys)))
-    current: dict[str, str | None] = {key: cid for key, cid in rows}
-    changed = {k: c for k, c in best.items() if current.get(k) != c}
-    if changed:
-        session.execute(_SET_RESOLUTION, [{"k": k, "c": c} for k, c in sorted(changed.items())])
-    return changed
-
-
-def follow_concepts(session: Session, resolved: Mapping[str, str]) -> int:
-    """Condition subscriptions still on a plain key that now resolves follow its concept (set-based).
-
-    One UPDATE per phrase. A subscriber who already follows that concept keeps the old subscription as it
-    is (it still matches by text), since one person cannot follow the same target twice.
+    Raises ValueError for a record without a valid NCT ID (nothing is counted then).
     """
-    if not resolved:
-        return 0
-    waiting = session.scalars(
-        select(Subscription.target)
-        .distinct()
-        .where(Subscription.kind == SubscriptionKind.CONDITION.value, Subscription.target.in_(list(resolved)))
-    ).all()
-    other = aliased(Subscription)
-    moved = 0
-    for key in sorted(waiting):
-        target = concept_target(resolved[key])
-        result = session.execute(
-            update(Subscription)
-            .where(
-                Subscription.kind == SubscriptionKind.CONDITION.value,
-                Subscription.target == key,
-                ~exists().where(
-                    other.subscriber_id == Subscription.subscriber_id,
-                    other.kind == SubscriptionKind.CONDITION.value,
-                    other.target == target,
-                ),
-            )
-            .values(target=target)
-            .execution_options(synchronize_session=False)
+    nct_id = ctgov.nct_id(record)
+    if not _NCT_ID.match(nct_id):
+        raise ValueError(f"not an NCT ID: {nct_id[:20]!r}")
+    return learn_changes(session, nct_id, extract(record))
+
+
+def _ancestry(learned: Learned) -> dict[tuple[str, str], tuple[int, int]]:
+    """(concept, other concept) -> (listed together, listed as an ancestor) for one record: 0 or 1 each."""
+    listed = {*learned.concepts, *learned.ancestors}
+    return {
+        (b, a): (1, int(a in learned.ancestors)) for b in sorted(learned.concepts) for a in sorted(listed) if a != b
+    }
+
+
+def _broader(session: Session, concepts: Sequence[str]) -> dict[str, frozenset[str]]:
+    """concept -> the concepts NLM files it under (see ``ConditionAncestry``), for the given concepts."""
+    if not concepts:
+        return {}
+    rows = session.execute(
+        select(ConditionAncestry.concept_id, ConditionAncestry.ancestor_id)
+        .join(ConditionConcept, ConditionConcept.id == ConditionAncestry.concept_id)
+        .where(
+            ConditionAncestry.concept_id.in_(list(concepts)),
+            ConditionAncestry.together >= ConditionConcept.trials,
+            ConditionAncestry.as_ancestor > 0,
         )
-        moved += int(getattr(result, "rowcount", 0) or 0)
-    return moved
+    )
+    broader: dict[str, set[str]] = {}
+    for concept, ancestor in rows:
+        broader.setdefault(concept, set()).add(ancestor)
+    return {c: frozenset(a) for c, a in broader.items()}
+
+
+def _phrases_spanning(session: Session, concepts: set[str]) -> set[str]:
+    """Phrases tied to one of ``concepts`` and to some other concept: their meaning may narrow or widen."""
+    other = aliased(ConditionPhraseConcept)
+    rows = session.scalars(
+        select(ConditionPhraseConcept.phrase_key)
+        .distinct()
+        .where(
+            ConditionPhraseConcept.concept_id.in_(sorted(concepts)),
+            ConditionPhraseConcept.trials > 0,
+            exists().where(
+                other.phrase_key == ConditionPhraseConcept.phrase_key,
+                other.concept_id != ConditionPhraseConcept.concept_id,
+                other.trials > 0,
+            ),
+        )
+    )
+    return set(rows)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a phrase means now, and why (one line an operator can read)."""
+
+    concepts: tuple[str, ...]  # main concept first (most evidence; then more trials; then lower id)
+    reason: str
+
+
+def _decide(
+    key: str,
+    evidence: Mapping[str, int],
+    term_of: Mapping[str, str],
+    trials: Mapping[str, int],
+    broader: Mapping[str, frozenset[str]],
+) -> Resolution:
+    """The resolution rule for one phrase (module docstring): a tally, then the broader/narrower rule."""
+    evidence = {c: n for c, n in evidence.items() if n > 0}
+    if not evidence:
+        own = sorted((c for c, t in term_of.items() if condition_key(t) == key), key=lambda c: (-trials.get(c, 0), c))
+        if own:
+            return Resolution((own[0],), f"the term of {own[0]} ({term_of[own[0]]}); no trial ties it elsewhere")
+        return Resolution((), "no trial ties it to a concept")
+    most = max(evidence.values())
+    kept = {c for c, n in evidence.items() if n * SHARE_DEN >= most * SHARE_NUM}
+    dropped_weak = sorted(set(evidence) - kept)
+    broader_than = {
+        a: b for a in kept for b in sorted(kept) if b != a and a in broader.get(b, ()) and b not in broader.get(a, ())
+    }
+    kept -= set(broader_than)
+    order = sorted(kept, key=lambda c: (-evidence[c], -trials.get(c, 0), c))
+    total = ", ".join(f"{c} in {evidence[c]}" for c in sorted(evidence, key=lambda c: (-evidence[c], c)))
+    parts = [f"trials tie it to {total}"]
+    if dropped_weak:
+        parts.append(f"{', '.join(dropped_weak)} left out (under {SHARE_NUM}/{SHARE_DEN} of the most)")
+    for a, b in sorted(broader_than.items()):
+        parts.append(f"{a} left out (broader than {b})")
+    return Resolution(tuple(order), "; ".join(parts))
+
+
+def resolve_again(session: Session, keys: Sequence[str], why: str = "") -> dict[str, str]:
+    """Resolve these phrases from their evidence now; store and record every meaning that changed.
+
+    Set-based: a few queries for all the phrases, one DELETE and one INSERT per statement kind. Every
+    subscription following a phrase follows its new meaning from the next event on. Returns {phrase key:
+    main concept} ("" when the phrase no longer means anything) for the phrases that changed.
+    """
+    return {c.key: (c.after or ("",))[0] for c in _resolve_again(session, keys, why)}
+
+
+def _resolve_again(session: Session, keys: Sequence[str], why: str) -> list[Change]:
+    if not keys:
+        return []
+    keys = list(dict.fromkeys(keys))
+    evidence: dict[str, dict[str, int]] = {k: {} for k in keys}
+    for key, cid, n in session.execute(
+        select(
+            ConditionPhraseConcept.phrase_key, ConditionPhraseConcept.concept_id, ConditionPhraseConcept.trials
+        ).where(ConditionPhraseConcept.phrase_key.in_(keys), ConditionPhraseConcept.trials > 0)
+    ):
+        evidence[key][cid] = int(n)
+    involved = {c for ids in evidence.values() for c in ids}
+    concepts = session.execute(
+        select(ConditionConcept.id, ConditionConcept.term, ConditionConcept.trials).where(
+            or_(ConditionConcept.id.in_(sorted(involved)), ConditionConcept.term_key.in_(keys))
+        )
+    ).all()
+    term_of = {cid: term for cid, term, _ in concepts}
+    trials = {cid: int(n) for cid, _, n in concepts}
+    broader = _broader(session, sorted(involved))
+    current: dict[str, set[str]] = {k: set() for k in keys}
+    for key, cid in session.execute(
+        select(ConditionMeaning.phrase_key, ConditionMeaning.concept_id).where(ConditionMeaning.phrase_key.in_(keys))
+    ):
+        current[key].add(cid)
+    decided = {k: _decide(k, evidence[k], term_of, trials, broader) for k in keys}
+    changed = {k: r for k, r in decided.items() if set(r.concepts) != current[k]}
+    if not changed:
+        return []
+    changed_keys = sorted(changed)
+    session.execute(delete(ConditionMeaning).where(ConditionMeaning.phrase_key.in_(changed_keys)))
+    rows = [{"phrase_key": k, "concept_id": c} for k in changed_keys for c in changed[k].concepts]
+    if rows:
+        session.execute(insert(ConditionMeaning), rows)
+    session.execute(_SET_RESOLUTION, [{"k": k, "c": (changed[k].concepts or (None,))[0]} for k in changed_keys])
+    followers: dict[str, int] = {
+        target: int(n)
+        for target, n in session.execute(
+            select(Subscription.target, func.count())
+            .where(Subscription.kind == SubscriptionKind.CONDITION.value, Subscription.target.in_(changed_keys))
+            .group_by(Subscription.target)
+        )
+    }
+    now = utcnow()
+    session.execute(
+        insert(ConditionResolution),
+        [
+            {
+                "phrase_key": k,
+                "resolved_at": now,
+                "before": sorted(current[k]),
+                "after": list(changed[k].concepts),
+                "reason": (f"{why}: " if why else "") + changed[k].reason,
+                "subscriptions": int(followers.get(k, 0)),
+            }
+            for k in changed_keys
+        ],
+    )
+    return [Change(k, tuple(sorted(current[k])), changed[k].concepts) for k in changed_keys]
+
+
+def resolve_all(session: Session, batch: int = 1000, why: str = "resolved again by alerts vocabulary learn") -> int:
+    """Resolve every phrase again from its evidence (after migrating to 0011, or a rule change).
+
+    Meanings are otherwise recomputed only when a phrase's evidence changes. Returns how many changed.
+    """
+    changed = 0
+    after = ""
+    while True:
+        keys = list(
+            session.scalars(
+                select(ConditionPhrase.key)
+                .where(ConditionPhrase.key > after)
+                .order_by(ConditionPhrase.key)
+                .limit(batch)
+            )
+        )
+        if not keys:
+            return changed
+        changed += len(_resolve_again(session, keys, why))
+        after = keys[-1]
+        session.flush()
 
 
 def resolve(session: Session, phrase: str) -> str | None:
-    """The concept id a phrase resolves to, or None while the vocabulary does not know it."""
+    """The main concept a phrase resolves to, or None while the vocabulary does not tie it to one."""
     key = condition_key(phrase)
     if not key:
         return None
@@ -399,19 +581,88 @@ class Vouched:
 
 
 def vouch(session: Session, phrase: str) -> Vouched | None:
-    """The vocabulary's word for ``phrase`` (one query), or None when no record used it."""
+    """The vocabulary's words for ``phrase``, or None when no record used it.
+
+    Named by what the phrase means (its concepts' MeSH terms, ``meaning``), else as records wrote it.
+    """
     key = condition_key(phrase)
     if not key:
         return None
-    row = session.execute(
-        select(ConditionPhrase.label, ConditionPhrase.concept_id, ConditionConcept.term)
-        .outerjoin(ConditionConcept, ConditionConcept.id == ConditionPhrase.concept_id)
-        .where(ConditionPhrase.key == key)
-    ).first()
-    if row is None:
+    label = session.scalar(select(ConditionPhrase.label).where(ConditionPhrase.key == key))
+    if label is None:
         return None
-    label, concept, term = row
-    return Vouched(key=key, name=term or label, concept=concept)
+    meant = meaning(session, phrase)
+    return Vouched(key=key, name=meant.name or label, concept=meant.concepts[0].id if meant.concepts else None)
+
+
+@dataclass(frozen=True)
+class Concept:
+    id: str  # "D007405"
+    term: str  # NLM's plain name, "Intervertebral Disc Displacement"
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """What following a phrase means today: what sign-up pages and emails may show for it."""
+
+    key: str  # its condition key (what a subscription's target is)
+    known: bool  # some record used the phrase
+    concepts: tuple[Concept, ...]  # every concept it means, main one first; () while none
+
+    @property
+    def name(self) -> str | None:
+        """The plain name to show: the concepts' MeSH terms ("Depression or Depressive Disorder")."""
+        return " or ".join(c.term for c in self.concepts) or None
+
+
+def meaning(session: Session, phrase: str) -> Meaning:
+    """A phrase's resolved concept set and the plain name to show for it (any phrase; empty if unknown)."""
+    key = condition_key(phrase)
+    if not key:
+        return Meaning(key, False, ())
+    main = session.execute(select(ConditionPhrase.concept_id).where(ConditionPhrase.key == key)).first()
+    rows = session.execute(
+        select(ConditionConcept.id, ConditionConcept.term, ConditionConcept.trials)
+        .join(ConditionMeaning, ConditionMeaning.concept_id == ConditionConcept.id)
+        .where(ConditionMeaning.phrase_key == key)
+    ).all()
+    first = main[0] if main else None
+    ordered = sorted(rows, key=lambda r: (r[0] != first, -r[2], r[0]))
+    return Meaning(key, main is not None, tuple(Concept(cid, term) for cid, term, _ in ordered))
+
+
+def history(session: Session, phrase: str, limit: int = 20) -> list[ConditionResolution]:
+    """How a phrase's meaning changed and why, newest first (``alerts vocabulary why``)."""
+    return list(
+        session.scalars(
+            select(ConditionResolution)
+            .where(ConditionResolution.phrase_key == condition_key(phrase))
+            .order_by(ConditionResolution.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def phrases_meaning(session: Session, concepts: Iterable[str]) -> list[str]:
+    """Keys of the phrases whose meaning includes one of ``concepts``: what a trial filed under them matches
+    besides its own words (``alerts.intake``). One index lookup by concept.
+
+    Not narrowed to phrases someone follows: the matching statement probes each key in the subscriptions'
+    match index anyway, and an EXISTS here was planned badly when one phrase has most of the followers
+    (PostgreSQL expected every probe to hit at once, and scanned a whole index for each phrase nobody
+    follows: 0.37 s at 100,000 followers).
+    """
+    ids = sorted(set(concepts))
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(ConditionMeaning.phrase_key)
+            .distinct()
+            .where(ConditionMeaning.concept_id.in_(ids))
+            .order_by(ConditionMeaning.phrase_key)
+        )
+    )
 
 
 def concept_term(session: Session, concept: str) -> str | None:
@@ -419,17 +670,24 @@ def concept_term(session: Session, concept: str) -> str | None:
 
 
 def learn_stored_trials(session: Session, batch: int = 500) -> int:
-    """Learn from stored trial versions never learned from (e.g. stored before the vocabulary existed)."""
+    """Learn from stored trial versions not learned from by this code (stored before 0002, counted before 0011)."""
     count = 0
+    after = ""
     while True:
-        missing = ~exists().where(TrialVocabulary.nct_id == Trial.nct_id)
-        rows = session.execute(select(Trial.nct_id, Trial.record).where(missing).order_by(Trial.nct_id).limit(batch))
-        items = list(rows)
-        if not items:
+        rows = session.execute(
+            select(Trial.nct_id, Trial.record, TrialVocabulary.learned)
+            .outerjoin(TrialVocabulary, TrialVocabulary.nct_id == Trial.nct_id)
+            .where(Trial.nct_id > after)
+            .order_by(Trial.nct_id)
+            .limit(batch)
+        ).all()
+        if not rows:
             return count
-        for nct_id, record in items:
-            learn(session, nct_id, extract(record))
-            count += 1
+        for nct_id, record, learned in rows:
+            if learned is None or learned.get("v") != _VERSION:
+                learn(session, nct_id, extract(record))
+                count += 1
+        after = rows[-1][0]
         session.flush()
 
 
@@ -438,19 +696,23 @@ def learn_stored_trials(session: Session, batch: int = 500) -> int:
 
 @dataclass(frozen=True)
 class Suggestion:
-    label: str  # a phrasing trials use, as written there: what the subscriber will see
+    label: str  # a phrasing trials use, as written there: what the subscriber signs up with
     key: str  # its condition key
-    concept: str | None  # the MeSH concept it resolves to, if any
+    concept: str | None  # its main MeSH concept, if any
     term: str | None  # that concept's term
-    trials: int  # trials filed under the concept (or using the phrase, without a concept)
+    trials: int  # trials filed under the main concept (or using the phrase, without a concept)
     trials_including_narrower: int  # ... plus those filed under a narrower concept
+    concepts: tuple[str, ...] = ()  # every concept the phrase means (``meaning``), main one first
+    name: str | None = None  # the plain name to show: their MeSH terms ("Depression or Depressive Disorder")
 
 
 def suggest(session: Session, query: str, limit: int = 10) -> list[Suggestion]:
-    """Conditions whose phrasing starts with ``query``, or has a word starting with it, most trials first.
+    """Phrases the vocabulary knows, starting with ``query`` or with a word starting with it, most trials first.
 
-    One suggestion per concept (or per phrase without one), labelled with the best-matching phrasing:
-    a phrasing that starts with the query before one that merely contains it, then the most used.
+    One suggestion per meaning (or per phrase without one), labelled with the best-matching phrasing: a
+    phrasing that starts with the query before one that merely contains it, then the most used. Each
+    carries what following it means (``concepts``, ``name``): the sign-up form shows the plain name, so
+    people pick a phrase the vocabulary understands rather than free text it does not.
     """
     q = condition_key(query)
     if len(q) < 2:
@@ -474,8 +736,16 @@ def suggest(session: Session, query: str, limit: int = 10) -> list[Suggestion]:
         .order_by(rank.desc(), ConditionPhrase.trials.desc(), ConditionPhrase.key)
         .limit(limit * 25)
     ).all()
-    best: dict[str, tuple[tuple[int, int, str], Suggestion]] = {}
+    means: dict[str, list[tuple[str, str, int]]] = {}
+    for key, cid, term, trials in session.execute(
+        select(ConditionMeaning.phrase_key, ConditionConcept.id, ConditionConcept.term, ConditionConcept.trials)
+        .join(ConditionConcept, ConditionConcept.id == ConditionMeaning.concept_id)
+        .where(ConditionMeaning.phrase_key.in_(sorted({r[0] for r in rows})))
+    ):
+        means.setdefault(key, []).append((cid, term, int(trials)))
+    best: dict[tuple[str, ...], tuple[tuple[int, int, str], Suggestion]] = {}
     for key, label, phrase_trials, cid, term, trials, broad, suffix in rows:
+        concepts = sorted(means.get(key, []), key=lambda c: (c[0] != cid, -c[2], c[0]))
         prefix = suffix == key
         item = Suggestion(
             label=label,
@@ -484,10 +754,12 @@ def suggest(session: Session, query: str, limit: int = 10) -> list[Suggestion]:
             term=term,
             trials=int(trials if cid else phrase_trials),
             trials_including_narrower=int(broad if cid else phrase_trials),
+            concepts=tuple(c[0] for c in concepts),
+            name=" or ".join(c[1] for c in concepts) or None,
         )
         order = (0 if prefix else 1, -int(phrase_trials), label.casefold())
-        target = cid or key
-        if target not in best or order < best[target][0]:
-            best[target] = (order, item)
+        same = tuple(sorted(item.concepts)) or (key,)
+        if same not in best or order < best[same][0]:
+            best[same] = (order, item)
     ranked = sorted(best.values(), key=lambda pair: (-pair[1].trials, pair[0]))
     return [item for _, item in ranked[:limit]]

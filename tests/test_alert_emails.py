@@ -178,3 +178,34 @@ def test_long_values_get_before_and_now_lines() -> None:
     assert [(line["prefix"], line["kind"]) for line in shown["lines"]] == [("Before:", "before"), ("Now:", "after")]
     removed = emails.present_change(ctgov.Change("site_removed", "Study site removed", "A site", None, 60, ""))
     assert removed["lines"] == [{"prefix": "", "text": "A site", "kind": "plain"}]
+
+
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        ("COMPLETED", "This study has already finished. It cannot be joined."),
+        ("WITHDRAWN", "This study was withdrawn before anyone took part. It cannot be joined."),
+        ("RECRUITING", None),
+    ],
+)
+def test_a_new_trial_nobody_can_join_says_so_and_skips_recruiting_only_followers(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport, status: str, line: str | None
+) -> None:
+    from alerts import subscriptions
+
+    record = study("NCT00124774")
+    record["protocolSection"]["statusModule"]["overallStatus"] = status
+    follow(runtime, "anyone@example.org", condition="Herniated Disc")
+    picky = follow(runtime, "open-only@example.org", condition="Herniated Disc")
+    with transaction(runtime.engine) as session:
+        subscriptions.set_filters(session, picky, subscriptions.ConditionFilters(recruiting_only=True))
+    ingest(runtime, new_trial_event(record, "Herniated Disc"), inline, "test")
+    received = by_recipient(memory)
+    assert ("open-only@example.org" in received) is (line is None)
+    text, page = text_of(received["anyone@example.org"]), html_of(received["anyone@example.org"])
+    if line is None:
+        assert "cannot be joined" not in text and "cannot be joined" not in page
+    else:
+        assert line in text and html.escape(line) in page
+        # Right under the first sentence, before the study's details.
+        assert text.index(line) < text.index("Status:")

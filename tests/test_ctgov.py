@@ -277,7 +277,7 @@ EDIT_CASES: list[tuple[str, str, Edit, str, str, str | None, str | None, str]] =
         "Recruitment status",
         "Not yet recruiting",
         "Withdrawn (reason: Sponsor withdrew funding before enrollment)",
-        "Trial stopped early",
+        "Trial withdrawn before anyone took part",
     ),
     (
         "reason-only",
@@ -503,7 +503,7 @@ def test_withdrawn_reason_is_shown_in_subject_and_change() -> None:
     changes = ctgov.diff(old, new)
     assert changes[0].after is not None and "Sponsor withdrew funding" in changes[0].after
     subject = ctgov.subject_for_changes(changes, ctgov.title(new))
-    assert subject.startswith("Trial stopped early: ")
+    assert subject.startswith("Trial withdrawn before anyone took part: ")
 
 
 # --- noise: must produce no change -----------------------------------------------------------------

@@ -13,7 +13,13 @@ from alerts.conditions import condition_key
 from alerts.db import transaction
 from alerts.events import parse_event
 from alerts.intake import accept
-from alerts.models import ConditionConcept, ConditionPhrase, ConditionPhraseConcept, Subscription
+from alerts.models import (
+    ConditionConcept,
+    ConditionPhrase,
+    ConditionPhraseConcept,
+    ConditionResolution,
+    Subscription,
+)
 from alerts.pipeline import Rejected, ingest
 from alerts.runtime import Runtime
 from tests.conftest import InlineEnqueue, all_studies, study
@@ -162,43 +168,147 @@ def target_of(runtime: Runtime, subscription_id: int) -> tuple[str, str]:
         return sub.target, sub.label
 
 
+def means(runtime: Runtime, phrase: str) -> set[str]:
+    with transaction(runtime.engine) as session:
+        return {c.id for c in vocabulary.meaning(session, phrase).concepts}
+
+
 @pytest.mark.parametrize(
     "typed", ["Herniated Disk", "Disk, Herniated", "Intervertebral Disc Herniation", "intervertebral disc displacement"]
 )
-def test_known_phrasings_follow_the_concept(runtime: Runtime, inline: InlineEnqueue, typed: str) -> None:
+def test_known_phrasings_mean_the_concept_and_subscriptions_follow_the_phrase(
+    runtime: Runtime, inline: InlineEnqueue, typed: str
+) -> None:
     load(runtime, inline, [study(n) for n in ("NCT01367860", "NCT01339377", "NCT03340545")])
     subscription = follow(runtime, "a@example.org", condition=typed)
-    assert target_of(runtime, subscription) == ("mesh:D007405", typed)
+    assert target_of(runtime, subscription) == (condition_key(typed), typed)
+    assert means(runtime, typed) == {DISPLACEMENT}
+    with transaction(runtime.engine) as session:
+        shown = vocabulary.meaning(session, typed)
+    assert shown.known and shown.name == "Intervertebral Disc Displacement"
 
 
-def test_unknown_phrase_waits_and_follows_the_concept_once_learned(runtime: Runtime, inline: InlineEnqueue) -> None:
-    early = follow(runtime, "early@example.org", condition="Disk, Herniated")
-    unrelated = follow(runtime, "other@example.org", condition="Something Else Entirely")
-    assert target_of(runtime, early) == ("disk herniated", "Disk, Herniated")
-    load(runtime, inline, [study("NCT01339377")])
-    assert target_of(runtime, early) == ("mesh:D007405", "Disk, Herniated")
-    assert target_of(runtime, unrelated)[0] == "something else entirely"
+def test_a_phrase_means_every_sibling_concept_nlm_ties_it_to(runtime: Runtime, inline: InlineEnqueue) -> None:
+    load(runtime, inline, [study(n) for n in ("NCT04015791", "NCT05486611", "NCT04985331", "NCT06295185")])
+    assert means(runtime, "Lumbar Disc Disease") == {DISPLACEMENT, DEGENERATION}
+    assert means(runtime, "Depression") == {"D003863", "D003866"}  # Depression, Depressive Disorder
+    with transaction(runtime.engine) as session:
+        assert vocabulary.meaning(session, "Depression").name == "Depression or Depressive Disorder"
+        assert vocabulary.meaning(session, "Never Seen Anywhere") == vocabulary.Meaning(
+            "never seen anywhere", False, ()
+        )
 
 
-def test_a_known_phrase_without_a_concept_resolves_when_a_record_ties_it(
+def test_a_phrase_tied_to_a_concept_and_its_ancestor_means_the_specific_one(
     runtime: Runtime, inline: InlineEnqueue
 ) -> None:
-    # NCT03505918 lists three conditions NLM did not explain: "Disk Herniated Lumbar" becomes known, unresolved.
-    load(runtime, inline, [study("NCT03505918")])
-    subscription = follow(runtime, "a@example.org", condition="disk herniated lumbar")
-    assert target_of(runtime, subscription)[0] == "disk herniated lumbar"
-    # NCT04276519: it is the one condition left unexplained, beside the unexplained Displacement concept.
-    load(runtime, inline, [study("NCT04276519")])
-    assert target_of(runtime, subscription)[0] == "mesh:D007405"
+    # NCT04948307 ties "Opioid Use Disorder" to Opioid-Related Disorders and to Substance-Related Disorders;
+    # NCT04817267 (filed under Opioid-Related Disorders alone) lists Substance-Related Disorders as its ancestor.
+    load(runtime, inline, [study("NCT04948307")])
+    assert means(runtime, "Opioid Use Disorder") == {"D009293", "D019966"}  # nothing yet says which is broader
+    load(runtime, inline, [study("NCT04817267")])
+    assert means(runtime, "Opioid Use Disorder") == {"D009293"}
+    with transaction(runtime.engine) as session:
+        last = session.scalars(
+            select(ConditionResolution)
+            .where(ConditionResolution.phrase_key == "opioid use disorder")
+            .order_by(ConditionResolution.id.desc())
+        ).first()
+    assert last is not None and last.before == ["D009293", "D019966"] and last.after == ["D009293"]
+    assert "D019966 left out (broader than D009293)" in last.reason and "NCT04817267" in last.reason
 
 
-def test_a_subscriber_with_two_phrasings_of_one_concept_keeps_both(runtime: Runtime, inline: InlineEnqueue) -> None:
+def _filed_under_hernia(nct_id: str) -> dict[str, Any]:
+    """A real disc record NLM had filed under Hernia for "Herniated Disc" (as the first record may be)."""
+    record = study("NCT00124774")
+    record["protocolSection"]["identificationModule"]["nctId"] = nct_id
+    module = record["derivedSection"]["conditionBrowseModule"]
+    module["meshes"] = [{"id": "D006547", "term": "Hernia"}]
+    module["ancestors"] = [{"id": "D020763", "term": "Pathological Conditions, Anatomical"}]
+    module["browseLeaves"] = [{"id": "M9625", "name": "Hernia", "asFound": "Herniated Disc", "relevance": "HIGH"}]
+    return record
+
+
+def test_an_early_guess_is_revisited_and_every_follower_moves_with_the_phrase(
+    runtime: Runtime, inline: InlineEnqueue
+) -> None:
+    from alerts.models import Delivery, Event
+    from tests.factories import new_trial_event
+
+    load(runtime, inline, [_filed_under_hernia("NCT90000001")])
+    followers = [follow(runtime, f"f{i}@example.org", condition="Herniated Disc") for i in range(3)]
+    assert means(runtime, "Herniated Disc") == {HERNIA}
+    # Later records settle it: disc displacement (the same phrase, NLM's asFound, in each).
+    disc = [study(n) for n in ("NCT00124774", "NCT04015791", "NCT05701059", "NCT01339377")]
+    load(runtime, inline, disc)
+    assert means(runtime, "Herniated Disc") == {DISPLACEMENT}
+    with transaction(runtime.engine) as session:
+        history = session.scalars(
+            select(ConditionResolution)
+            .where(ConditionResolution.phrase_key == "herniated disc")
+            .order_by(ConditionResolution.id)
+        ).all()
+        assert [(h.before, h.after) for h in history][-1] == ([HERNIA], [DISPLACEMENT])
+        assert history[-1].subscriptions == len(followers)
+        assert "left out" in history[-1].reason
+    # A hernia trial no longer reaches them; a disc trial worded otherwise does.
+    hernia = _filed_under_hernia("NCT90000002")
+    hernia["protocolSection"]["conditionsModule"]["conditions"] = ["Inguinal Hernia"]
+    ingest(runtime, new_trial_event(hernia, "Inguinal Hernia", event_id="hernia"), inline, "test")
+    ingest(
+        runtime,
+        new_trial_event(study("NCT03340545"), "Intervertebral Disc Herniation", event_id="disc"),
+        inline,
+        "test",
+    )
+    with transaction(runtime.engine) as session:
+        reached = session.execute(
+            select(Event.nct_id, Delivery.subscription_id).join(Event, Event.id == Delivery.event_id)
+        ).all()
+    assert sorted(reached) == [("NCT03340545", s) for s in followers]
+
+
+def test_a_trial_listing_the_phrase_matches_without_any_mesh_indexing(runtime: Runtime, inline: InlineEnqueue) -> None:
+    from alerts.models import Delivery
+    from tests.factories import new_trial_event
+
+    load(runtime, inline, [study(n) for n in ("NCT01367860", "NCT01339377", "NCT03340545")])
+    subscription = follow(runtime, "a@example.org", condition="Herniated Disc")
+    fresh = study("NCT00124774")  # lists "Herniated Disc"
+    del fresh["derivedSection"]  # a new registration NLM has not indexed yet
+    ingest(runtime, new_trial_event(fresh, "Herniated Disc", event_id="fresh"), inline, "test")
+    with transaction(runtime.engine) as session:
+        assert session.scalars(select(Delivery.subscription_id)).all() == [subscription]
+
+
+def test_narrower_terms_only_when_asked(runtime: Runtime, inline: InlineEnqueue) -> None:
+    from alerts import subscriptions
+    from alerts.models import Delivery
+    from tests.factories import new_trial_event
+
+    load(runtime, inline, [study(n) for n in ("NCT04015791", "NCT01339377")])
+    plain = follow(runtime, "plain@example.org", condition="Spinal Diseases")
+    wide = follow(runtime, "wide@example.org", condition="Spinal Diseases")
+    with transaction(runtime.engine) as session:
+        subscriptions.set_filters(session, wide, subscriptions.ConditionFilters(), include_narrower=True)
+    assert means(runtime, "Spinal Diseases") == {SPINAL_DISEASES}
+    ingest(runtime, new_trial_event(study("NCT03340545"), "Intervertebral Disc Herniation"), inline, "test")
+    with transaction(runtime.engine) as session:
+        assert session.scalars(select(Delivery.subscription_id)).all() == [wide]
+    assert plain != wide
+
+
+def test_a_subscriber_with_two_phrasings_of_one_concept_gets_one_email(
+    runtime: Runtime, inline: InlineEnqueue, memory: Any
+) -> None:
+    from tests.factories import new_trial_event
+
     first = follow(runtime, "a@example.org", condition="Herniated Disc")
     second = follow(runtime, "a@example.org", condition="Disk, Herniated")
     load(runtime, inline, [study("NCT01339377")])  # teaches both phrasings at once
-    targets = sorted([target_of(runtime, first)[0], target_of(runtime, second)[0]])
-    # One follows the concept; the other keeps its key (one person cannot follow a target twice).
-    assert targets[1] == "mesh:D007405" and targets[0] in {"herniated disc", "disk herniated"}
+    assert target_of(runtime, first)[0] == "herniated disc" and target_of(runtime, second)[0] == "disk herniated"
+    ingest(runtime, new_trial_event(study("NCT03340545"), "Intervertebral Disc Herniation"), inline, "test")
+    assert [r.email for b in memory.batches for r in b.recipients] == ["a@example.org"]
 
 
 def test_suggestions_rank_concepts_by_trials_and_match_words(runtime: Runtime) -> None:
@@ -216,70 +326,32 @@ def test_suggestions_rank_concepts_by_trials_and_match_words(runtime: Runtime) -
         ("Hernia", HERNIA, filed[HERNIA]),
     ]
     assert her[0].term == "Intervertebral Disc Displacement"
-    # Word matches ("Lumbar Disc Herniation" matches "disc"), one suggestion per concept, at most 10.
-    assert len(disc) <= 10 and len({s.concept or s.key for s in disc}) == len(disc)
+    # Word matches ("Lumbar Disc Herniation" matches "disc"), one suggestion per meaning, at most 10.
+    assert len(disc) <= 10 and len({s.concepts or s.key for s in disc}) == len(disc)
     assert [s.trials for s in disc] == sorted((s.trials for s in disc), reverse=True)
     assert {DISPLACEMENT, DEGENERATION} <= {s.concept for s in disc}
     assert any(s.concept is None for s in disc)  # phrases no record tied to a concept are offered too
     assert [s.concept for s in herniated_di] == [DISPLACEMENT]
 
 
-def test_precision_and_recall_over_every_real_record(runtime: Runtime, inline: InlineEnqueue) -> None:
-    """Subscribe to every MeSH concept through a sponsor's phrasing; each gets exactly its trials."""
-    from sqlalchemy import func
-
-    from alerts.models import Delivery, Event
-    from tests.factories import new_trial_event
-
-    records = all_studies()
-    load_all(runtime)
-    learned = {r["protocolSection"]["identificationModule"]["nctId"]: vocabulary.extract(r) for r in records}
-    concepts = sorted({c for item in learned.values() for c in item.concepts})
-    labels = {k: label for item in learned.values() for k, label in item.phrases.items()}
-    terms = {c: t for item in learned.values() for c, t in item.concepts.items()}
-    chosen: dict[str, str] = {}
-    with transaction(runtime.engine) as session:
-        for concept in concepts:
-            phrasings = sorted(k for item in learned.values() for k, c in item.pairs if c == concept)
-            # A sponsor's or NLM's phrasing other than the term itself when one resolves to the concept.
-            others = [
-                k for k in phrasings if k != condition_key(terms[concept]) and vocabulary.resolve(session, k) == concept
-            ]
-            chosen[concept] = labels[others[0]] if others else terms[concept]
-    assert sum(1 for c in concepts if condition_key(chosen[c]) != condition_key(terms[c])) >= 40
-    subscriptions = {c: follow(runtime, f"{c.lower()}@example.org", condition=chosen[c]) for c in concepts}
-    for concept, subscription in subscriptions.items():
-        assert target_of(runtime, subscription)[0] == f"mesh:{concept}", chosen[concept]
-
-    for nct_id, record in sorted((n, r) for n, r in zip(learned, records, strict=True)):
-        conditions = record["protocolSection"]["conditionsModule"]["conditions"]
-        ingest(runtime, new_trial_event(record, conditions[0], event_id=f"new-{nct_id}"), inline, "test")
-
-    with transaction(runtime.engine) as session:
-        rows = session.execute(
-            select(Subscription.target, Event.nct_id)
-            .join(Delivery, Delivery.subscription_id == Subscription.id)
-            .join(Event, Event.id == Delivery.event_id)
-        ).all()
-        sent = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "sent"))
-    got: dict[str, set[str]] = {}
-    for target, nct_id in rows:
-        got.setdefault(target.removeprefix("mesh:"), set()).add(nct_id)
-    for concept in concepts:
-        expected = {n for n, item in learned.items() if concept in item.concepts}
-        assert got.get(concept, set()) == expected, (concept, terms[concept], chosen[concept])
-    assert sent == len(rows) == sum(len(item.concepts) for item in learned.values())
-
-
 def test_trials_stored_before_the_vocabulary_existed_are_learned_once(runtime: Runtime, inline: InlineEnqueue) -> None:
     from sqlalchemy import delete
 
-    from alerts.models import ConditionSuffix, TrialVocabulary
+    from alerts.models import ConditionAncestry, ConditionMeaning, ConditionResolution, ConditionSuffix, TrialVocabulary
 
     load(runtime, inline, [study(n) for n in ("NCT00124774", "NCT01339377", "NCT01367860")])
     learned = counts(runtime)
     with transaction(runtime.engine) as session:  # as right after migrating to 0002
-        for model in (TrialVocabulary, ConditionPhraseConcept, ConditionSuffix, ConditionPhrase, ConditionConcept):
+        for model in (
+            TrialVocabulary,
+            ConditionResolution,
+            ConditionMeaning,
+            ConditionAncestry,
+            ConditionPhraseConcept,
+            ConditionSuffix,
+            ConditionPhrase,
+            ConditionConcept,
+        ):
             session.execute(delete(model))
     with transaction(runtime.engine) as session:
         assert vocabulary.learn_stored_trials(session, batch=2) == 3
@@ -287,3 +359,24 @@ def test_trials_stored_before_the_vocabulary_existed_are_learned_once(runtime: R
     with transaction(runtime.engine) as session:
         assert vocabulary.learn_stored_trials(session) == 0
         assert vocabulary.resolve(session, "Herniated Disk") == DISPLACEMENT
+        assert vocabulary.resolve_all(session, batch=7) == 0  # already what the evidence says
+        # As right after migrating to 0011: a phrase pinned to one of its concepts is put right.
+        session.execute(delete(ConditionMeaning).where(ConditionMeaning.phrase_key == "herniated disk"))
+    with transaction(runtime.engine) as session:
+        assert vocabulary.resolve_all(session, batch=7) == 1
+        assert {c.id for c in vocabulary.meaning(session, "Herniated Disk").concepts} == {DISPLACEMENT}
+
+
+def test_a_subscription_still_pinned_to_a_concept_follows_that_concept(runtime: Runtime, inline: InlineEnqueue) -> None:
+    """Migration 0011 leaves a pinned ("mesh:") subscription where its owner already follows the phrase."""
+    from sqlalchemy import update
+
+    from alerts.models import Delivery
+    from tests.factories import new_trial_event
+
+    pinned = follow(runtime, "pinned@example.org", condition="Disk, Herniated")
+    with transaction(runtime.engine) as session:
+        session.execute(update(Subscription).where(Subscription.id == pinned).values(target="mesh:D007405"))
+    ingest(runtime, new_trial_event(study("NCT03340545"), "Intervertebral Disc Herniation"), inline, "test")
+    with transaction(runtime.engine) as session:
+        assert session.scalars(select(Delivery.subscription_id)).all() == [pinned]

@@ -73,7 +73,8 @@ _STATUS_HEADLINES: Final[Mapping[str, str]] = {
     "COMPLETED": "Trial completed",
     "TERMINATED": "Trial stopped early",
     "SUSPENDED": "Trial stopped early",
-    "WITHDRAWN": "Trial stopped early",
+    # Withdrawn: stopped before anyone took part (not "stopped early", which tells participants it ended on them).
+    "WITHDRAWN": "Trial withdrawn before anyone took part",
     "AVAILABLE": "Now available",
     "NO_LONGER_AVAILABLE": "No longer available",
     "TEMPORARILY_NOT_AVAILABLE": "Temporarily unavailable",

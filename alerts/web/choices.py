@@ -26,8 +26,8 @@ def condition(session: Session, phrase: str) -> Target | None:
     vouched = vocabulary.vouch(session, phrase)
     if vouched is None:
         return None
-    key = vocabulary.concept_target(vouched.concept) if vouched.concept else vouched.key
-    return Target(SubscriptionKind.CONDITION, key, vouched.name)
+    # Followed by its phrase: what the phrase means is re-resolved as records teach it (alerts.vocabulary).
+    return Target(SubscriptionKind.CONDITION, vouched.key, vouched.name)
 
 
 def suggestions(session: Session, phrase: str, limit: int = MAX_SUGGESTIONS) -> list[vocabulary.Suggestion]:

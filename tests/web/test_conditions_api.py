@@ -36,13 +36,22 @@ def test_suggestions_from_the_records_seen(client: TestClient, runtime: Runtime,
         "term": "Intervertebral Disc Displacement",
         "trials": first["trials"],
         "trials_including_narrower": first["trials"],
+        "concepts": ["D007405"],
+        "name": "Intervertebral Disc Displacement",
     }
     assert first["trials"] >= 30
     # Word matches too, most trials first, at most ten, one per concept.
     items = client.get("/api/conditions", params={"q": "disorder"}).json()
     assert 1 <= len(items) <= 10
     assert [i["trials"] for i in items] == sorted((i["trials"] for i in items), reverse=True)
-    assert len({i["concept"] or i["key"] for i in items}) == len(items)
+    assert len({tuple(i["concepts"]) or i["key"] for i in items}) == len(items)
+    # A phrase meaning several sibling concepts is shown with all their plain names.
+    both = client.get("/api/conditions", params={"q": "lumbar disc dis"}).json()[0]
+    assert both["label"] == "Lumbar Disc Disease" and set(both["concepts"]) == {"D007405", "D055959"}
+    assert both["name"] in {
+        "Intervertebral Disc Displacement or Intervertebral Disc Degeneration",
+        "Intervertebral Disc Degeneration or Intervertebral Disc Displacement",
+    }
     assert any(not i["label"].lower().startswith("disorder") for i in items)
     # Punctuation and case do not matter; strange input is just a query that finds nothing.
     assert client.get("/api/conditions", params={"q": "HERNIATED-di"}).json()[0]["concept"] == "D007405"

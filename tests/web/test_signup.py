@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from alerts import subscriptions
+from alerts import subscriptions, vocabulary
 from alerts.db import transaction
 from alerts.models import SignupRequest, SubscriptionStatus
 from alerts.runtime import Runtime
@@ -44,8 +44,13 @@ def test_api_condition_sign_up_follows_the_vocabularys_words(client: TestClient,
     response = client.post("/api/subscriptions", json={"email": "c@example.org", "condition": "  atopic   DERMATITIS "})
     assert response.status_code == 202
     [sub] = subscriptions_of(runtime, "c@example.org")
-    # The MeSH concept, named by its MeSH term: not the words the visitor typed.
-    assert (sub.kind, sub.target, sub.label) == ("condition", "mesh:D003876", "Dermatitis, Atopic")
+    # Follows the phrase (its meaning is re-resolved as records teach it), named by what it means: the MeSH
+    # terms of its concepts, not the words the visitor typed.
+    with transaction(runtime.engine) as session:
+        meant = vocabulary.meaning(session, "atopic dermatitis")
+    assert "D003876" in {c.id for c in meant.concepts}
+    assert (sub.kind, sub.target, sub.label) == ("condition", "atopic dermatitis", meant.name)
+    assert meant.name is not None and meant.name.startswith("Dermatitis, Atopic")
 
 
 HOSTILE = "Eczema URGENT: your account is locked, verify at https://evil.example/login \u202egnp.exe"
