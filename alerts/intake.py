@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alerts import contents, ctgov, emails, vocabulary
+from alerts import contents, ctgov, emails, places, vocabulary
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import MatchPlan, TrialFacts, create_deliveries_chunk
+from alerts.matching import MatchPlan, NearFacts, TrialFacts, create_deliveries_chunk
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial, utcnow
 from alerts.rendering import Content, Renderer
 
@@ -44,6 +44,8 @@ def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
 def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent) -> None:
     """Remember the newest version seen; an event older than the stored one never overwrites it."""
     record = dict(event.trial)
+    if snapshot is None or snapshot.version_at <= event.occurred_at:
+        places.store_sites(session, event.nct_id, record)
     if snapshot is None:
         session.add(
             Trial(
@@ -101,6 +103,8 @@ def accept(
     context: Callable[[], dict[str, Any]]  # built only when someone is listening
     broader: list[str] = []
     facts: TrialFacts | None = None
+    open_study = TrialFacts.of(event.trial).recruiting
+    near = NearFacts(event.nct_id, open=open_study)
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
         changes = ctgov.diff(old, event.trial) if old is not None else []
@@ -109,6 +113,9 @@ def accept(
         row.changes = emails.changes_as_dicts(changes)
         kind, targets = SubscriptionKind.TRIAL, [event.nct_id]
         dedupe = f"changed:{event.nct_id}:{ctgov.fingerprint(old) if old else ''}:{ctgov.fingerprint(event.trial)}"
+        if old is not None:
+            # What a follower with a place is told first: sites near them that opened, started or stopped.
+            near = NearFacts(event.nct_id, open_study, **places.site_changes(old, event.trial))
         template, context = emails.TRIAL_CHANGED, lambda: emails.trial_changed(event.trial, changes)
     else:
         assert event.type == NEW_TRIAL_FOR_CONDITION and event.condition is not None
@@ -129,7 +136,9 @@ def accept(
     render: Callable[[str | None], Content] | None = None
     if reason is None:
         rows_started = time.perf_counter()
-        plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe)
+        if not _is_newest(snapshot, event):
+            near = NearFacts(event.nct_id)  # the stored sites are a newer version's: name none
+        plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe, near)
         row.match = plan.as_json()
         chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk)
         row.recipients = chunk.created
@@ -140,10 +149,16 @@ def accept(
         timings["rows_s"] = time.perf_counter() - rows_started
         if row.recipients:
             shared = {**site, **context()}
+            bases: dict[str | None, Content] = {}
 
             def render(variant: str | None) -> Content:
-                extra = emails.followed(variant, event.condition or variant) if variant is not None else {}
-                return renderer.render(template, shared | extra)
+                # One premailer run per followed label; each nearby-site outcome is spliced into it.
+                label, outcome = places.split_variant(variant)
+                base = bases.get(label)
+                if base is None:
+                    extra = emails.followed(label, event.condition or label) if label is not None else {}
+                    base = bases[label] = renderer.render(template, shared | extra)
+                return emails.splice_near(renderer, base, event.trial, outcome, shared)
 
             # Rendered (and CSS-inlined) once per variant (followed label) for all its recipients;
             # skipped when nobody is listening.

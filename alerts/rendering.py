@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,16 @@ _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*$")
 
 def placeholder(name: str) -> str:
     return f"%%{name}%%"
+
+
+# Parts of an email that differ between groups of its recipients (what their emails say about sites near
+# them): the shared rendering carries a slot token, and each group's fragment is spliced in after premailer
+# ran once. Fragments are written with inline styles, so they need no CSS inlining of their own.
+SLOTS = ("near_changes", "near_site")
+
+
+def slot(name: str) -> str:
+    return f"%%slot_{name}%%"
 
 
 @dataclass(frozen=True)
@@ -39,8 +49,16 @@ class Content:
         return cls(subject=str(data["subject"]), text=str(data["text"]), html=str(data["html"]))
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 class Renderer:
-    def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
+    """Renders emails. Templates pass text the service only quotes (trial titles, sponsors, site names,
+    contacts, record excerpts, the subscriber's own label) through the ``quoted`` filter: as it is in the
+    email, and marked by ``quote`` where readability is measured (tests/test_plain_language.py)."""
+
+    def __init__(self, templates_dir: Path = TEMPLATES_DIR, quote: Callable[[Any], Any] = _as_is) -> None:
         email_dir = templates_dir / "email"
         self._html = Environment(
             loader=FileSystemLoader(email_dir),
@@ -58,10 +76,12 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        for environment in (self._html, self._text):
+            environment.filters["quoted"] = quote
 
     def render(self, name: str, context: Mapping[str, Any]) -> Content:
         """Render the email ``name`` once; per-recipient fields stay as placeholders."""
-        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | {f"slot_{n}": slot(n) for n in SLOTS} | dict(context)
         subject = self._text.get_template(f"{name}/subject.txt").render(ctx)
         # A header value must be one line: newlines in a title must never become header injection.
         subject = " ".join(subject.split())
@@ -81,6 +101,27 @@ class Renderer:
             disable_validation=True,
         ).transform()
         return Content(subject=subject, text=text, html=inlined)
+
+    def text(self, name: str, context: Mapping[str, Any]) -> str:
+        """Only the plain-text part of ``name`` (no HTML, no premailer), slots left as tokens."""
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | {f"slot_{n}": slot(n) for n in SLOTS} | dict(context)
+        return self._text.get_template(f"{name}/body.txt").render(ctx)
+
+    def fragment(self, name: str, context: Mapping[str, Any]) -> tuple[str, str]:
+        """(text, html) of ``templates/email/_fragments/<name>.{txt,html}``: Jinja only, no premailer."""
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
+        text = self._text.get_template(f"_fragments/{name}.txt").render(ctx)
+        return text, self._html.get_template(f"_fragments/{name}.html").render(ctx)
+
+
+def splice(content: Content, fragments: Mapping[str, tuple[str, str]], subject: str | None = None) -> Content:
+    """Fill the slots of a shared rendering with one group's fragments (absent slots become empty)."""
+    text, body_html = content.text, content.html
+    for name in SLOTS:
+        text_part, html_part = fragments.get(name, ("", ""))
+        text = text.replace(slot(name), text_part)
+        body_html = body_html.replace(slot(name), html_part)
+    return Content(subject=" ".join(subject.split()) if subject else content.subject, text=text, html=body_html)
 
 
 def personalize(content: Content, values: Mapping[str, str]) -> Content:

@@ -146,7 +146,9 @@ def test_filters_are_evaluated_in_the_one_insert_select(runtime: Runtime, inline
 
 def test_trial_facts_come_from_the_record() -> None:
     facts = TrialFacts.of(study(BASE))
-    assert facts == TrialFacts(recruiting=False, countries=("austria", "germany"), phases=("PHASE1", "PHASE2"))
+    assert facts == TrialFacts(
+        recruiting=False, countries=("austria", "germany"), phases=("PHASE1", "PHASE2"), min_age=18.0, max_age=60.0
+    )
     assert TrialFacts.of(edited(status="Not yet recruiting")).recruiting  # spelled as a label, still recognised
     assert TrialFacts.of({"protocolSection": {"statusModule": "junk"}}) == TrialFacts()
 
