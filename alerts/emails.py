@@ -234,6 +234,7 @@ _NEAR_MEANINGS: Mapping[str, str] = {
 
 
 def _distance_words(distance: int, unit: places.Unit) -> str:
+    distance = max(1, distance)  # a site in the reader's own town is "1 km" away, never "0 km"
     if unit == "mi":
         return f"{distance} mile" if distance == 1 else f"{distance} miles"
     return f"{distance} km"
