@@ -18,14 +18,17 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from alerts import subscriptions
+from alerts import preferences, subscriptions
 from alerts.addresses import InvalidAddress, normalize_email
 from alerts.db import transaction
-from alerts.models import Trial
+from alerts.models import Subscription, Trial
+from alerts.preferences import InvalidPreference, Preferences
 from alerts.runtime import Runtime
 from alerts.subscriptions import InvalidTarget, Target
 from alerts.web import pages
+from alerts.web import places as place_form
 from alerts.web.deps import RuntimeDep
+from alerts.web.places import PreferencesBody
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, SIGNUP_PER_IP, RateLimited, RateLimiter
 
 log = structlog.get_logger("alerts.web.signup")
@@ -52,6 +55,11 @@ class SignupRequest(BaseModel):
     )
     condition: str | None = Field(
         default=None, max_length=300, description="A condition: be told about new studies for it"
+    )
+    # "Can I take part?" (optional; see alerts.preferences and PUT /api/preferences). Stored only while the
+    # address has no active alert; afterwards its owner changes them with the manage token.
+    preferences: PreferencesBody | None = Field(
+        default=None, description="Optional city, distance, age and sex: only studies the person could join"
     )
 
     @field_validator("email")
@@ -86,6 +94,11 @@ class SignupRequest(BaseModel):
     def _exactly_one(self) -> SignupRequest:
         if (self.trial is None) == (self.condition is None):
             raise ValueError("give exactly one of 'trial' and 'condition'")
+        if self.preferences is not None:
+            try:
+                self.preferences.parse()
+            except InvalidPreference as exc:
+                raise ValueError(f"preferences.{exc.field}: {exc}") from None
         return self
 
     def target(self) -> Target:
@@ -115,7 +128,13 @@ def client_key(runtime: Runtime, request: Request) -> str:
 
 
 def perform_signup(
-    runtime: Runtime, limiter: RateLimiter, enqueue: Any, address: str, targets: list[Target], ip_key: str
+    runtime: Runtime,
+    limiter: RateLimiter,
+    enqueue: Any,
+    address: str,
+    targets: list[Target],
+    ip_key: str,
+    chosen: Preferences | None = None,
 ) -> None:
     """Sign ``address`` up for ``targets`` and queue the confirmations. Raises RateLimited.
 
@@ -135,6 +154,10 @@ def perform_signup(
                     for target in targets
                 ]
                 to_confirm = [o.subscription_id for o in outcomes if o.needs_confirmation]
+                if chosen is not None and outcomes:
+                    owner = session.get(Subscription, outcomes[0].subscription_id)
+                    if owner is not None:
+                        preferences.offer(session, owner.subscriber_id, chosen)
             break
         except IntegrityError:
             # Two sign-ups for one new address raced; the loser finds the winner's rows next time.
@@ -186,6 +209,7 @@ def create_subscription(body: SignupRequest, request: Request, runtime: RuntimeD
             body.email,
             [body.target()],
             client_key(runtime, request),
+            body.preferences.parse() if body.preferences is not None else None,
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
@@ -226,6 +250,7 @@ def _form_page(
     typed_condition: str = "",
     errors: dict[str, str] | None = None,
     status_code: int = 200,
+    form: FormData | None = None,
 ) -> HTMLResponse:
     first_visit = chosen_conditions is None
     trial_offer = None
@@ -245,7 +270,7 @@ def _form_page(
         "typed_trial": typed_trial,
         "typed_condition": typed_condition,
         "errors": errors or {},
-    }
+    } | place_form.form_context(request, None, form)
     return pages.render(request, "subscribe.html", context, status_code=status_code, embeddable=True)
 
 
@@ -339,6 +364,11 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             errors["condition"] = f"That condition can't be used: {exc}."
     if not targets and not {"trial", "condition"} & errors.keys():
         errors["targets"] = "Choose at least one alert." if offer_mode else "Enter a study number or a condition."
+    chosen = None
+    try:
+        chosen = place_form.from_form(form)
+    except InvalidPreference as exc:
+        errors[exc.field] = str(exc)
     if errors:
         return _form_page(
             request,
@@ -351,10 +381,17 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             typed_condition="" if offer_mode else (condition_values[0][:300] if condition_values else ""),
             errors=errors,
             status_code=422,
+            form=form,
         )
     try:
         perform_signup(
-            runtime, _limiter(request), request.app.state.enqueue, address, targets, client_key(runtime, request)
+            runtime,
+            _limiter(request),
+            request.app.state.enqueue,
+            address,
+            targets,
+            client_key(runtime, request),
+            chosen if chosen != Preferences() else None,
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
