@@ -9,7 +9,7 @@ from typing import Any
 from alerts import ctgov, places, vocabulary
 from alerts.conditions import condition_key
 from alerts.eligibility import Eligibility
-from alerts.rendering import Content, Renderer, splice
+from alerts.rendering import Renderer
 
 CONFIRM = "confirm-subscription"
 TRIAL_CHANGED = "trial-changed"
@@ -281,31 +281,15 @@ def near_you(record: Mapping[str, Any], outcome: places.Outcome | None) -> dict[
     }
 
 
-def splice_near(
-    renderer: Renderer,
-    base: Content,
-    record: Mapping[str, Any],
-    outcome: places.Outcome | None,
-    shared: Mapping[str, Any],
-) -> Content:
-    """One group's email: the shared rendering ``base`` with its "near you" parts filled in.
-
-    A change alert whose reader has a site change near them leads with it, in the subject too.
-    """
+def near_fragments(
+    renderer: Renderer, record: Mapping[str, Any], outcome: places.Outcome | None, shared: Mapping[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """One outcome's "near you" fragments, slot -> (text, html) (see ``alerts.contents``)."""
     context = near_you(record, outcome)
     trial = shared.get("trial") or {}
     take = trial.get("take_part") if isinstance(trial, Mapping) else None
     context["central_contact"] = bool(take and take.get("contact"))
-    fragments = {
+    return {
         "near_changes": renderer.fragment("near_changes", context),
         "near_site": renderer.fragment("near_site", context),
     }
-    subject = None
-    if context["near_changes"] and "changes" in shared:
-        first = context["near_changes"][0]
-        lead = ctgov.Change("near", "", None, None, 1000, first["headline"])
-        others = [
-            ctgov.Change(c["field"], c["label"], None, None, c["importance"], c["headline"]) for c in shared["changes"]
-        ]
-        subject = ctgov.subject_for_changes([lead, *others], ctgov.title(record))
-    return splice(base, fragments, subject)

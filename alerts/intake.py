@@ -149,16 +149,14 @@ def accept(
         timings["rows_s"] = time.perf_counter() - rows_started
         if row.recipients:
             shared = {**site, **context()}
-            bases: dict[str | None, Content] = {}
 
             def render(variant: str | None) -> Content:
-                # One premailer run per followed label; each nearby-site outcome is spliced into it.
-                label, outcome = places.split_variant(variant)
-                base = bases.get(label)
-                if base is None:
-                    extra = emails.followed(label, event.condition or label) if label is not None else {}
-                    base = bases[label] = renderer.render(template, shared | extra)
-                return emails.splice_near(renderer, base, event.trial, outcome, shared)
+                if variant is not None and variant.startswith(places.OUTCOME_SEPARATOR):
+                    # A nearby-site outcome: its fragments only (Jinja, no premailer; alerts.contents).
+                    _, outcome = places.split_variant(variant)
+                    return contents.pack(emails.near_fragments(renderer, event.trial, outcome, shared))
+                extra = emails.followed(variant, event.condition or variant) if variant is not None else {}
+                return renderer.render(template, shared | extra)
 
             # Rendered (and CSS-inlined) once per variant (followed label) for all its recipients;
             # skipped when nobody is listening.

@@ -17,7 +17,7 @@ import bisect
 import functools
 import math
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -132,6 +132,9 @@ class Gazetteer:
 
     def get(self, city_id: int) -> Place | None:
         return self._places.get(city_id)
+
+    def cities(self) -> Iterator[Place]:
+        return iter(self._places.values())
 
     def search(self, query: str, limit: int = 10) -> list[Place]:
         """Cities whose name (or a Latin-script alternate name) starts with ``query``, most populous first.
@@ -453,8 +456,8 @@ def split_variant(variant: str | None) -> tuple[str | None, Outcome | None]:
     if variant is None:
         return None, None
     label, separator, tail = variant.partition(OUTCOME_SEPARATOR)
-    if not separator:
-        return variant, None
+    if not separator or not tail:  # no outcome, or the bare separator: readers without a place
+        return label or None, None
     unit_text, _, rest = tail.partition(";")
     found: dict[str, tuple[int, int]] = {}
     for item in rest.split(";"):

@@ -26,13 +26,15 @@ def placeholder(name: str) -> str:
 
 
 # Parts of an email that differ between groups of its recipients (what their emails say about sites near
-# them): the shared rendering carries a slot token, and each group's fragment is spliced in after premailer
-# ran once. Fragments are written with inline styles, so they need no CSS inlining of their own.
+# them, alerts.contents): the shared rendering carries one placeholder per part and slot, ``%%near_site_text%%``
+# in the text and ``%%near_site_html%%`` in the HTML, filled per recipient at send time like the links. The
+# fragments are our own renderings, written with inline styles (premailer never sees them).
 SLOTS = ("near_changes", "near_site")
+FRAGMENT_SUFFIXES = ("_text", "_html")
 
 
-def slot(name: str) -> str:
-    return f"%%slot_{name}%%"
+def slot(name: str, part: str) -> str:
+    return placeholder(f"{name}_{part}")
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,14 @@ class Renderer:
 
     def render(self, name: str, context: Mapping[str, Any]) -> Content:
         """Render the email ``name`` once; per-recipient fields stay as placeholders."""
-        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | {f"slot_{n}": slot(n) for n in SLOTS} | dict(context)
-        subject = self._text.get_template(f"{name}/subject.txt").render(ctx)
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
+        text_ctx = ctx | {f"slot_{n}": slot(n, "text") for n in SLOTS}
+        html_ctx = ctx | {f"slot_{n}": slot(n, "html") for n in SLOTS}
+        subject = self._text.get_template(f"{name}/subject.txt").render(text_ctx)
         # A header value must be one line: newlines in a title must never become header injection.
         subject = " ".join(subject.split())
-        text = self._text.get_template(f"{name}/body.txt").render(ctx)
-        raw_html = self._html.get_template(f"{name}/body.html").render(ctx | {"subject": subject})
+        text = self._text.get_template(f"{name}/body.txt").render(text_ctx)
+        raw_html = self._html.get_template(f"{name}/body.html").render(html_ctx | {"subject": subject})
         # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
         # main process, a worker that only sends) never render.
         import premailer
@@ -104,7 +108,7 @@ class Renderer:
 
     def text(self, name: str, context: Mapping[str, Any]) -> str:
         """Only the plain-text part of ``name`` (no HTML, no premailer), slots left as tokens."""
-        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | {f"slot_{n}": slot(n) for n in SLOTS} | dict(context)
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | {f"slot_{n}": slot(n, "text") for n in SLOTS} | dict(context)
         return self._text.get_template(f"{name}/body.txt").render(ctx)
 
     def fragment(self, name: str, context: Mapping[str, Any]) -> tuple[str, str]:
@@ -114,20 +118,20 @@ class Renderer:
         return text, self._html.get_template(f"_fragments/{name}.html").render(ctx)
 
 
-def splice(content: Content, fragments: Mapping[str, tuple[str, str]], subject: str | None = None) -> Content:
-    """Fill the slots of a shared rendering with one group's fragments (absent slots become empty)."""
-    text, body_html = content.text, content.html
-    for name in SLOTS:
-        text_part, html_part = fragments.get(name, ("", ""))
-        text = text.replace(slot(name), text_part)
-        body_html = body_html.replace(slot(name), html_part)
-    return Content(subject=" ".join(subject.split()) if subject else content.subject, text=text, html=body_html)
-
-
 def personalize(content: Content, values: Mapping[str, str]) -> Content:
-    """Fill the per-recipient placeholders. Values are URLs made of URL-safe characters only."""
+    """Fill the per-recipient placeholders.
+
+    Values are URLs made of URL-safe characters, except fragments (names ending in ``_text`` / ``_html``):
+    our own renderings of one part, put into that part as they are.
+    """
     text, body_html = content.text, content.html
     for name, value in values.items():
+        if name.endswith("_text"):
+            text = text.replace(placeholder(name), value)
+            continue
+        if name.endswith("_html"):
+            body_html = body_html.replace(placeholder(name), value)
+            continue
         if not _SAFE_VALUE.match(value):
             raise ValueError(f"per-recipient value {name!r} has characters unsafe in HTML")
         text = text.replace(placeholder(name), value)

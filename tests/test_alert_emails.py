@@ -90,7 +90,7 @@ def test_each_recipient_reads_what_they_follow(
         variants = contents.variant_counts(session, outcome.event_id)
         assert variants[0] == ("Disk, Herniated", 3) and len(variants) == 4
         stored = session.scalar(select(func.count()).select_from(EventContent))
-        assert stored == 4
+        assert stored == 4 + 1  # and the "near you" fragments of readers without a place (alerts.contents)
         row = session.get(Event, outcome.event_id)
         assert row is not None and row.content is not None
         # Event.content stays the single rendering readers of one rendering see: the most common one.

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from alerts import places, preferences, subscriptions
 from alerts.db import transaction
 from alerts.eligibility import Eligibility
-from alerts.models import City, Subscriber, TrialSite
+from alerts.models import City, EventContent, Subscriber, TrialSite
 from alerts.pipeline import ingest
 from alerts.runtime import Runtime
 from alerts.transports.memory import MemoryTransport
@@ -208,15 +208,19 @@ def test_a_new_site_near_a_follower_leads_their_change_alert_one_rendering_per_o
     by_to = {str(m["To"]): m for m in memory.messages}
     assert len(by_to) == 5
     near = by_to["near0@example.org"]
-    assert str(near["Subject"]).startswith(f"A new site opened {km} km from you and ")
     text = near.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert text.index(f"A new site opened {km} km from you") < text.index("* New study site")
     assert "You may be able to join close to home." in text
     assert f"The nearest open site is {km} km from you:" in text
-    assert not str(by_to["far@example.org"]["Subject"]).startswith("A new site")
+    assert "A new site opened" not in by_to["far@example.org"].get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert str(by_to["nowhere@example.org"]["Subject"]).startswith("New site in Nijmegen")
-    # One rendering per distinct outcome: three readers in Nijmegen, one in Paris, one without a place.
+    # Three outcomes: three readers in Nijmegen, one in Paris, one without a place; the email is rendered
+    # (premailer) once, each outcome's fragments once, and one send carries all five.
     assert len({m.get_body(("plain",)).get_content().split("Unsubscribe")[0] for m in memory.messages}) == 3  # type: ignore[union-attr]
+    assert len(memory.batches) == 1
+    with transaction(runtime.engine) as session:
+        stored = session.scalars(select(EventContent.variant)).all()
+    assert sorted(v.count(places.OUTCOME_SEPARATOR) for v in stored) == [1, 1, 1]
 
 
 def place_follower_prefs(runtime: Runtime, email: str, city_id: int, distance: int) -> None:

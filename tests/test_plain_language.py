@@ -138,7 +138,7 @@ def email_texts(renderer: Renderer) -> list[str]:
                 near = emails.near_you(version, outcome) | {"central_contact": index % 3 == 0}
                 text = base
                 for slot_name in ("near_changes", "near_site"):
-                    text = text.replace(f"%%slot_{slot_name}%%", renderer.fragment(slot_name, near)[0])
+                    text = text.replace(f"%%{slot_name}_text%%", renderer.fragment(slot_name, near)[0])
                 texts.append(text)
         confirm = emails.confirm_subscription(
             f"changes to study {ctgov.nct_id(record)}: {mark(ctgov.title(record))}", 7
