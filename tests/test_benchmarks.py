@@ -26,3 +26,11 @@ def test_fanout_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
 def test_naive_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
     result = run_naive(20, tmp_path, timeout_s=120)
     assert (result["missing"], result["duplicated"], result["requests"]) == (0, 0, 20)
+
+
+def test_fanout_benchmark_with_every_follower_placed_reaches_everyone_once(tmp_path: Path) -> None:
+    # Every follower has a city and a distance: one request per batch still (the near-you parts are
+    # per-recipient fragments, alerts.contents), and the distance filter lets everyone through.
+    result = run_batched(2500, tmp_path, timeout_s=120, placed=True)
+    assert (result["missing"], result["duplicated"], result["requests"]) == (0, 0, 3)
+    assert result["placed"] is True
