@@ -44,10 +44,10 @@ def split(variant: str | None) -> tuple[str | None, str]:
     return label or None, OUTCOME_SEPARATOR + tail if separator else NO_PLACE
 
 
-def pack(fragments: Mapping[str, tuple[str, str]]) -> Content:
-    """One outcome's fragments (slot -> (text, html)) as a storable Content."""
+def pack(fragments: Mapping[str, tuple[str, str]], subject: str | None = None) -> Content:
+    """One outcome's fragments (slot -> (text, html)), and its subject if it has its own, as a Content."""
     return Content(
-        subject="",
+        subject=subject or "",
         text=FRAGMENT_JOIN.join(fragments.get(n, ("", ""))[0] for n in SLOTS),
         html=FRAGMENT_JOIN.join(fragments.get(n, ("", ""))[1] for n in SLOTS),
     )
@@ -180,6 +180,7 @@ class Prepared:
     key: str | None  # the label whose rendering it is (None: Event.content)
     content: Content
     values: dict[str, str]
+    subject: str | None = None  # the outcome's own subject (a change alert leading with a site near them)
 
 
 def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> dict[str | None, Prepared]:
@@ -196,6 +197,8 @@ def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> 
     prepared: dict[str | None, Prepared] = {}
     for variant, (label, outcome) in parts.items():
         content = found.get(label)
+        fragments = found.get(outcome) or found.get(NO_PLACE)
         if content is not None:
-            prepared[variant] = Prepared(label, content, unpack(found.get(outcome) or found.get(NO_PLACE)))
+            subject = fragments.subject if fragments is not None and fragments.subject else None
+            prepared[variant] = Prepared(label, content, unpack(fragments), subject)
     return prepared

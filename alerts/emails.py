@@ -293,3 +293,15 @@ def near_fragments(
         "near_changes": renderer.fragment("near_changes", context),
         "near_site": renderer.fragment("near_site", context),
     }
+
+
+def near_subject(record: Mapping[str, Any], outcome: places.Outcome | None, shared: Mapping[str, Any]) -> str | None:
+    """A change alert whose reader has a site change near them leads with it in the subject too."""
+    near = near_you(record, outcome)["near_changes"]
+    if not near or "changes" not in shared:
+        return None
+    lead = ctgov.Change("near", "", None, None, 1000, near[0]["headline"])
+    others = [
+        ctgov.Change(c["field"], c["label"], None, None, c["importance"], c["headline"]) for c in shared["changes"]
+    ]
+    return ctgov.subject_for_changes([lead, *others], ctgov.title(record))

@@ -154,7 +154,10 @@ def accept(
                 if variant is not None and variant.startswith(places.OUTCOME_SEPARATOR):
                     # A nearby-site outcome: its fragments only (Jinja, no premailer; alerts.contents).
                     _, outcome = places.split_variant(variant)
-                    return contents.pack(emails.near_fragments(renderer, event.trial, outcome, shared))
+                    return contents.pack(
+                        emails.near_fragments(renderer, event.trial, outcome, shared),
+                        emails.near_subject(event.trial, outcome, shared),
+                    )
                 extra = emails.followed(variant, event.condition or variant) if variant is not None else {}
                 return renderer.render(template, shared | extra)
 

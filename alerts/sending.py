@@ -316,7 +316,9 @@ def _group_recipients(
             "manage_url": f"{manage_prefix}{manage_token}",
             **ready.values,
         }
-        recipient = Recipient(delivery_id, email, values, f"{message_id_head}{delivery_id}{message_id_tail}")
+        recipient = Recipient(
+            delivery_id, email, values, f"{message_id_head}{delivery_id}{message_id_tail}", ready.subject
+        )
         group = groups.get(ready.key)
         if group is None:
             group = groups[ready.key] = []

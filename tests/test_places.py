@@ -208,11 +208,13 @@ def test_a_new_site_near_a_follower_leads_their_change_alert_one_rendering_per_o
     by_to = {str(m["To"]): m for m in memory.messages}
     assert len(by_to) == 5
     near = by_to["near0@example.org"]
+    assert str(near["Subject"]).startswith(f"A new site opened {km} km from you and ")
     text = near.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert text.index(f"A new site opened {km} km from you") < text.index("* New study site")
     assert "You may be able to join close to home." in text
     assert f"The nearest open site is {km} km from you:" in text
     assert "A new site opened" not in by_to["far@example.org"].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert not str(by_to["far@example.org"]["Subject"]).startswith("A new site")
     assert str(by_to["nowhere@example.org"]["Subject"]).startswith("New site in Nijmegen")
     # Three outcomes: three readers in Nijmegen, one in Paris, one without a place; the email is rendered
     # (premailer) once, each outcome's fragments once, and one send carries all five.

@@ -167,6 +167,12 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         email = r.email
         body = {"to": [{"email": email}], "substitutions": substitutions, "headers": headers, "custom_args": args}
         chars = len(email) + sub_bytes + 2 * (joined_chars + fragment_bytes) + len(message_id)
+        if r.subject is not None:
+            if _CONTROL.search(r.subject):
+                failed.append(_fail(r, "the subject would contain a control character"))
+                continue
+            body["subject"] = r.subject  # SendGrid: a personalization's subject overrides the message's
+            chars += len(r.subject)
         items.append(_Item(r, body, email.lower(), 12 * chars + fixed_bound))
     return items, failed
 
