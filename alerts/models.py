@@ -26,8 +26,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# A delivery's variant: a followed label (up to 300) plus a nearby-site outcome. Widened to 400 on
+# PostgreSQL by migration 0013 (a catalog change); SQLite does not enforce lengths and could only widen by
+# rebuilding the table (see 0002), so its declared length stays 300.
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+Variant = String(400).with_variant(String(300), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -239,7 +243,7 @@ class Delivery(Base):
     # Which shared rendering this recipient gets (alerts.contents): the label of the condition they follow
     # for new-trial emails; None for the event's one rendering (Event.content).
     # Plus, for a subscriber with a place, what their email says about nearby sites (alerts.places.outcome_sql).
-    variant: Mapped[str | None] = mapped_column(String(400))
+    variant: Mapped[str | None] = mapped_column(Variant)
 
 
 class Suppression(Base):
@@ -306,7 +310,7 @@ class EventContent(Base):
     __tablename__ = "event_contents"
 
     event_id: Mapped[int] = mapped_column(Id, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
-    variant: Mapped[str] = mapped_column(String(400), primary_key=True)
+    variant: Mapped[str] = mapped_column(Variant, primary_key=True)
     subject: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     html: Mapped[str] = mapped_column(Text)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import FastAPI
 
 from alerts import __version__
+from alerts import places as gazetteer_places
 from alerts.runtime import Runtime, get_runtime
 from alerts.web import api_events, conditions, links, ops, pages, places, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
@@ -26,6 +28,9 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         enqueue = CeleryEnqueue()
     app.state.enqueue = enqueue
     app.state.limiter = RateLimiter.from_settings(app.state.runtime.settings)
+    # The city gazetteer takes about half a second to index: built in the background at start, so the
+    # first visitor's city search does not wait for it (functools.cache: once per process).
+    threading.Thread(target=gazetteer_places.gazetteer, name="gazetteer", daemon=True).start()
     pages.install(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
