@@ -289,6 +289,8 @@ def near_fragments(
     trial = shared.get("trial") or {}
     take = trial.get("take_part") if isinstance(trial, Mapping) else None
     context["central_contact"] = bool(take and take.get("contact"))
+    # No central contact: the nearest open site's contact, else the first open site that lists one.
+    context["site_contact"] = take.get("site_contact") if take else None
     return {
         "near_changes": renderer.fragment("near_changes", context),
         "near_site": renderer.fragment("near_site", context),

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from alerts import places, preferences, subscriptions
+from alerts import emails, places, preferences, subscriptions
 from alerts.db import transaction
 from alerts.eligibility import Eligibility
 from alerts.models import City, EventContent, Subscriber, TrialSite
 from alerts.pipeline import ingest
+from alerts.rendering import Renderer
 from alerts.runtime import Runtime
 from alerts.transports.memory import MemoryTransport
 from tests.conftest import InlineEnqueue, study
@@ -275,3 +276,29 @@ def test_sites_without_valid_coordinates_are_not_stored(runtime: Runtime) -> Non
         places.store_sites(session, "NCT00124774", record)
     with transaction(runtime.engine) as session:
         assert session.scalars(select(TrialSite.seq).where(TrialSite.nct_id == "NCT00124774")).all() == [0]
+
+
+def test_how_to_take_part_names_a_contact_the_central_one_else_the_nearest_sites() -> None:
+    renderer = Renderer()
+    record = recruiting(study("NCT00124774"))
+    site = record["protocolSection"]["contactsLocationsModule"]["locations"][0]
+    site["contacts"] = [{"name": "Research desk", "phone": "+31 88 005 8888", "email": "trials@example.org"}]
+    shared = emails.trial_changed(record, [])
+    nearest = places.Outcome("km", {"open": (0, 16)})
+    text = emails.near_fragments(renderer, record, nearest, shared)["near_site"][0]
+    assert "The nearest open site is 16 km from you:" in text
+    assert "Contact at this site: Research desk, +31 88 005 8888, trials@example.org" in text
+    # Without a place: the first open site that lists a contact, named.
+    text = emails.near_fragments(renderer, record, None, shared)["near_site"][0]
+    assert "Contact at Rijnstate Hospital, Arnhem, Netherlands: Research desk" in text
+    # With a central contact, that one is in the shared part and the fragment adds none.
+    record["protocolSection"]["contactsLocationsModule"]["centralContacts"] = [
+        {"name": "Study office", "phone": "+31 26 000 0000"}
+    ]
+    shared = emails.trial_changed(record, [])
+    assert shared["trial"]["take_part"]["contact"] == "Study office, +31 26 000 0000"
+    assert "Contact" not in emails.near_fragments(renderer, record, nearest, shared)["near_site"][0]
+    # No contact anywhere: said so.
+    bare = recruiting(study("NCT00124774"))
+    text = emails.near_fragments(renderer, bare, nearest, emails.trial_changed(bare, []))["near_site"][0]
+    assert "The record lists no contact yet." in text

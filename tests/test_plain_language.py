@@ -135,7 +135,11 @@ def email_texts(renderer: Renderer) -> list[str]:
             shared = SITE | context
             base = renderer.text(template, shared)
             for outcome in outcomes(version):
-                near = emails.near_you(version, outcome) | {"central_contact": index % 3 == 0}
+                take = emails.take_part(version)
+                near = emails.near_you(version, outcome) | {
+                    "central_contact": bool(take and take["contact"]),
+                    "site_contact": take["site_contact"] if take else None,
+                }
                 text = base
                 for slot_name in ("near_changes", "near_site"):
                     text = text.replace(f"%%{slot_name}_text%%", renderer.fragment(slot_name, near)[0])
