@@ -282,6 +282,15 @@ def _matching_insert(
     else:
         variant = null() if outcome is None else func.nullif(outcome, "")
     source: Any = Subscription
+    if chunked:
+        # The chunk's keyset range, closed above (``create_deliveries_chunk``): with the subscribers joined
+        # PostgreSQL hashes them and sorts for the window function instead of walking the index in
+        # order and stopping at the LIMIT, so without an upper bound each chunk read every remaining
+        # subscriber. Repeated on the joined subscribers: an inequality is not carried across a join.
+        upto = bindparam("upto", type_=BigInteger())
+        where.append(Subscription.subscriber_id <= upto)
+        if sites is not None:
+            where += [Subscriber.id > bindparam("after", type_=BigInteger()), Subscriber.id <= upto]
     if sites is not None:
         source = join(Subscription, Subscriber, Subscriber.id == Subscription.subscriber_id).outerjoin(
             sites, sites.c.city_id == Subscriber.city_id
@@ -481,16 +490,35 @@ def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, af
     )
     if statement is None:
         return Chunk(0, after, before, before, True)
-    session.connection().execute(statement, params | {"after": after, "chunk": chunk})
+    # The chunk is the next ``chunk`` candidate subscriptions (right target, active) after ``after``:
+    # their last subscriber bounds the range, read in order from the matching index. The filters may
+    # leave fewer deliveries than that; the fan-out is complete when fewer candidates than that are left.
+    direct_and_broader = list(params["targets"])
+    bound = session.scalar(
+        select(Subscription.subscriber_id)
+        .where(
+            Subscription.kind == plan.kind.value,
+            Subscription.target.in_(direct_and_broader),
+            Subscription.status == SubscriptionStatus.ACTIVE.value,
+            Subscription.subscriber_id > after,
+        )
+        .order_by(Subscription.subscriber_id)
+        .offset(chunk - 1)
+        .limit(1)
+    )
+    complete = bound is None
+    upto = int(bound) if bound is not None else 2**62
+    session.connection().execute(statement, params | {"after": after, "chunk": chunk, "upto": upto})
     # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index reads the
     # chunk's rows back cheaply.
-    created, last, upto = session.execute(
+    created, last, newest_id = session.execute(
         select(func.count(), func.max(Delivery.subscriber_id), func.max(Delivery.id)).where(
             Delivery.event_id == event_id, Delivery.id > before
         )
     ).one()
     created = int(created or 0)
-    return Chunk(created, int(last) if last is not None else after, before, int(upto or before), created < chunk)
+    cursor = upto if not complete else (int(last) if last is not None else after)
+    return Chunk(created, cursor, before, int(newest_id or before), complete)
 
 
 def batch_ranges(

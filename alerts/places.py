@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import Float, Integer, String, and_, bindparam, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Subquery
+from sqlalchemy.sql.selectable import CTE
 
 from alerts.models import City, TrialSite
 
@@ -380,7 +380,7 @@ NEAR_KINDS: Final = ("any", "open", "added", "started", "stopped")
 
 
 @functools.cache
-def nearest_sites(kinds: tuple[str, ...] = ("any", "open")) -> Subquery:
+def nearest_sites(kinds: tuple[str, ...] = ("any", "open")) -> CTE:
     """Per chosen city: the nearest site of the trial ``:near_nct_id`` of each kind, within 500 miles.
 
     Columns: city_id, then ``<kind>_km`` and ``<kind>_seq`` per kind (NULL: none that close). Kinds:
@@ -405,7 +405,9 @@ def nearest_sites(kinds: tuple[str, ...] = ("any", "open")) -> Subquery:
             case((close, metres / 1000.0)).label(f"{kind}_km"),
             case((close, cast(coded.c[kind] - metres * SEQ_SPAN, Integer))).label(f"{kind}_seq"),
         ]
-    return select(*columns).subquery("near")
+    # MATERIALIZED: computed once per statement. As a plain subquery PostgreSQL pulls it up into the join
+    # and runs the nearest-site lookups once per subscriber instead of once per city.
+    return select(*columns).cte("near").prefix_with("MATERIALIZED", dialect="postgresql")
 
 
 def within(km: Any, limit_km: Any) -> ColumnElement[bool]:
@@ -456,7 +458,7 @@ CHANGE_KINDS: Final = ("added", "started", "stopped")
 
 
 def outcome_sql(
-    near: Subquery, city_id: Any, unit: Any, limit_km: Any, show_open: bool, changes: Sequence[str]
+    near: CTE, city_id: Any, unit: Any, limit_km: Any, show_open: bool, changes: Sequence[str]
 ) -> ColumnElement[Any] | None:
     """SQL for a subscriber's outcome: "\\x1fkm;open:3:34;added:7:12;", or '' without a place.
 
