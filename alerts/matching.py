@@ -295,6 +295,12 @@ def _matching_insert(
         source = join(Subscription, Subscriber, Subscriber.id == Subscription.subscriber_id).outerjoin(
             sites, sites.c.city_id == Subscriber.city_id
         )
+    already = aliased(Delivery)
+    dedupe_key = bindparam("dedupe_key", type_=String())
+    # Subscribers this news already reached, left out before ranking: probed by (dedupe_key, subscriber_id)
+    # per candidate. (Tested on the ranked rows instead, PostgreSQL could pick an anti join that scans every
+    # delivery of the news per candidate: quadratic over the chunks of a fan-out.)
+    where.append(~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == Subscription.subscriber_id))
     candidates = (
         select(
             Subscription.subscriber_id,
@@ -307,8 +313,6 @@ def _matching_insert(
         .where(*where)
         .subquery()
     )
-    already = aliased(Delivery)
-    dedupe_key = bindparam("dedupe_key", type_=String())
     now = bindparam("now", type_=Delivery.created_at.type)
     matches = (
         select(
@@ -322,10 +326,7 @@ def _matching_insert(
             now,
             candidates.c.variant,
         )
-        .where(
-            candidates.c.rank == 1,
-            ~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == candidates.c.subscriber_id),
-        )
+        .where(candidates.c.rank == 1)
         # Keyset order: delivery ids follow subscriber ids, so batches read the index in order.
         .order_by(candidates.c.subscriber_id)
     )
