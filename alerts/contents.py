@@ -8,19 +8,60 @@ variant among its deliveries (``Delivery.variant``: the followed label, set by m
 rendering is stored in ``event_contents``. premailer still runs once per (event, variant), never per
 recipient. ``Event.content`` keeps the rendering of the most common variant, for readers of one rendering.
 
-Sending calls ``contents_for`` with the variants of the deliveries it claimed.
+Readers with a place (``alerts.places``): their delivery's variant is the label plus their nearby-site
+outcome ("\x1fkm;open:3:34;"). The email itself is still rendered once per label; what differs per outcome
+(the "near you" changes and the nearest open site) is a pair of small fragments per slot, rendered once per
+outcome and stored as an ``event_contents`` row whose variant is the outcome (it starts with "\x1f"; text and
+html hold the fragments of every slot, joined by FRAGMENT_JOIN). Sending fills them in per recipient like
+the links (``rendering.personalize``, SendGrid substitutions), so one request still carries a whole batch.
+Readers without a place get the fragments of the bare outcome "\x1f".
+
+Sending calls ``prepare`` with the variants of the deliveries it claimed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from alerts.models import Delivery, Event, EventContent
-from alerts.rendering import Content
+from alerts.places import OUTCOME_SEPARATOR
+from alerts.rendering import SLOTS, Content
+
+FRAGMENT_JOIN = "\x1e"  # between the slots' fragments in one stored row (never in rendered text)
+NO_PLACE = OUTCOME_SEPARATOR  # the outcome of readers without a place
+
+
+def split(variant: str | None) -> tuple[str | None, str]:
+    """A delivery variant -> (its label, None for the event's main rendering; its outcome key)."""
+    if variant is None:
+        return None, NO_PLACE
+    label, separator, tail = variant.partition(OUTCOME_SEPARATOR)
+    return label or None, OUTCOME_SEPARATOR + tail if separator else NO_PLACE
+
+
+def pack(fragments: Mapping[str, tuple[str, str]], subject: str | None = None) -> Content:
+    """One outcome's fragments (slot -> (text, html)), and its subject if it has its own, as a Content."""
+    return Content(
+        subject=subject or "",
+        text=FRAGMENT_JOIN.join(fragments.get(n, ("", ""))[0] for n in SLOTS),
+        html=FRAGMENT_JOIN.join(fragments.get(n, ("", ""))[1] for n in SLOTS),
+    )
+
+
+def unpack(content: Content | None) -> dict[str, str]:
+    """Per-recipient values for ``rendering.personalize``: {"near_site_text": ..., "near_site_html": ...}."""
+    texts = content.text.split(FRAGMENT_JOIN) if content is not None else []
+    htmls = content.html.split(FRAGMENT_JOIN) if content is not None else []
+    values = {}
+    for index, name in enumerate(SLOTS):
+        values[f"{name}_text"] = texts[index] if index < len(texts) else ""
+        values[f"{name}_html"] = htmls[index] if index < len(htmls) else ""
+    return values
 
 
 def variant_counts(session: Session, event_id: int, after_id: int = 0) -> list[tuple[str | None, int]]:
@@ -36,23 +77,35 @@ def variant_counts(session: Session, event_id: int, after_id: int = 0) -> list[t
 
 
 def render_variants(session: Session, event: Event, render: Callable[[str | None], Content], after_id: int = 0) -> int:
-    """Render ``event`` once per variant of its deliveries and store each. Returns the number rendered.
+    """Render ``event`` once per label and once per outcome of its deliveries, and store each.
 
-    ``render(variant)`` makes one rendering (None: the event's shared one). The first (most common)
-    variant's rendering also becomes ``Event.content``. With ``after_id`` (a later chunk of a fan-out),
-    only variants of the deliveries after it that have no rendering yet are rendered.
+    ``render(label)`` makes one rendering (None: the event's shared one); ``render(outcome)`` (a string
+    starting with "\x1f") makes that outcome's fragments (``pack``). The most common label's rendering
+    also becomes ``Event.content``. With ``after_id`` (a later chunk of a fan-out), only what the
+    deliveries after it need and nothing has yet is rendered. Returns the number of renderings.
     """
-    variants = variant_counts(session, event.id, after_id)
-    if after_id:
-        rendered = set(session.scalars(select(EventContent.variant).where(EventContent.event_id == event.id)))
-        variants = [(v, n) for v, n in variants if (event.content is None if v is None else v not in rendered)]
-    for index, (variant, _count) in enumerate(variants):
-        content = render(variant)
-        if variant is not None:
-            session.add(EventContent(event_id=event.id, variant=variant, **content.as_dict()))
-        if variant is None or (index == 0 and event.content is None):
+    labels: dict[str | None, int] = {}
+    outcomes: set[str] = set()
+    for variant, count in variant_counts(session, event.id, after_id):
+        label, outcome = split(variant)
+        labels[label] = labels.get(label, 0) + count
+        outcomes.add(outcome)
+    ranked = sorted(labels.items(), key=lambda item: (-item[1], item[0] or ""))
+    rendered = set(session.scalars(select(EventContent.variant).where(EventContent.event_id == event.id)))
+    made = 0
+    for index, (label, _count) in enumerate(ranked):
+        if (label is None and event.content is not None) or (label is not None and label in rendered):
+            continue
+        content = render(label)
+        made += 1
+        if label is not None:
+            session.add(EventContent(event_id=event.id, variant=label, **content.as_dict()))
+        if label is None or (index == 0 and event.content is None):
             event.content = content.as_dict()
-    return len(variants)
+    for outcome in sorted(outcomes - rendered):
+        session.add(EventContent(event_id=event.id, variant=outcome, **render(outcome).as_dict()))
+        made += 1
+    return made
 
 
 def fall_back_to_main(session: Session, event_id: int, after_id: int) -> None:
@@ -65,10 +118,31 @@ def fall_back_to_main(session: Session, event_id: int, after_id: int) -> None:
     rendered = select(EventContent.variant).where(EventContent.event_id == event_id)
     session.execute(
         update(Delivery)
-        .where(Delivery.event_id == event_id, Delivery.id > after_id, Delivery.variant.not_in(rendered))
+        .where(
+            Delivery.event_id == event_id,
+            Delivery.id > after_id,
+            Delivery.variant.not_in(rendered),
+            ~Delivery.variant.contains(OUTCOME_SEPARATOR),
+        )
         .values(variant=None)
         .execution_options(synchronize_session=False)
     )
+    # Readers with a place keep their outcome (its fragments fall back in ``prepare``): only the label goes.
+    done = set(session.scalars(rendered))
+    placed = session.scalars(
+        select(Delivery.variant)
+        .distinct()
+        .where(Delivery.event_id == event_id, Delivery.id > after_id, Delivery.variant.contains(OUTCOME_SEPARATOR))
+    )
+    for variant in list(placed):
+        label, outcome = split(variant)
+        if label is not None and label not in done:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.event_id == event_id, Delivery.id > after_id, Delivery.variant == variant)
+                .values(variant=outcome)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def contents_for(session: Session, event_id: int, variants: Iterable[str | None]) -> dict[str | None, Content]:
@@ -97,3 +171,34 @@ def contents_for(session: Session, event_id: int, variants: Iterable[str | None]
 def content_for(session: Session, event_id: int, variant: str | None) -> Content | None:
     """The rendering to send to a delivery of ``event_id`` with ``variant``; None if there is none."""
     return contents_for(session, event_id, [variant]).get(variant)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one variant's recipients are sent: the rendering (by ``key``) and their fragment values."""
+
+    key: str | None  # the label whose rendering it is (None: Event.content)
+    content: Content
+    values: dict[str, str]
+    subject: str | None = None  # the outcome's own subject (a change alert leading with a site near them)
+
+
+def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> dict[str | None, Prepared]:
+    """For each variant: its label's rendering and its outcome's fragments, in one or two queries.
+
+    An outcome without fragments (first met by a fan-out resumed without its record) gets those of
+    readers without a place, or none. A variant whose label has no rendering is absent from the result:
+    the caller must not send it (``fall_back_to_main`` moves such deliveries to the main rendering).
+    """
+    wanted = set(variants)
+    parts = {variant: split(variant) for variant in wanted}
+    needed = {label for label, _ in parts.values()} | {outcome for _, outcome in parts.values()} | {NO_PLACE}
+    found = contents_for(session, event_id, needed)
+    prepared: dict[str | None, Prepared] = {}
+    for variant, (label, outcome) in parts.items():
+        content = found.get(label)
+        fragments = found.get(outcome) or found.get(NO_PLACE)
+        if content is not None:
+            subject = fragments.subject if fragments is not None and fragments.subject else None
+            prepared[variant] = Prepared(label, content, unpack(fragments), subject)
+    return prepared

@@ -25,6 +25,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # Distances in SQL use radians/sin/cos/asin/sqrt/floor, which not every SQLite build has.
+    from alerts.places import sqlite_functions
+
+    sqlite_functions(dbapi_connection)
 
 
 def _postgres_session(dbapi_connection: Any, _record: Any) -> None:

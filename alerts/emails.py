@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Final
 
-from alerts import ctgov, vocabulary
+from alerts import ctgov, places, vocabulary
 from alerts.conditions import condition_key
+from alerts.eligibility import Eligibility
+from alerts.rendering import Renderer
 
 CONFIRM = "confirm-subscription"
 TRIAL_CHANGED = "trial-changed"
@@ -22,6 +24,7 @@ def _place(location: ctgov.Location) -> str:
 def trial_context(record: Mapping[str, Any]) -> dict[str, Any]:
     summary = ctgov.summarize(record)
     return {
+        "take_part": take_part(record),
         "nct_id": summary.nct_id,
         "title": summary.title,
         "url": summary.url,
@@ -38,6 +41,26 @@ def changes_as_dicts(changes: Sequence[ctgov.Change]) -> list[dict[str, Any]]:
     return [asdict(change) for change in changes]
 
 
+# The registry's terms, as patients say them.
+PLAIN_LABELS = {
+    "Recruitment status": "Status",
+    "Site recruitment status": "Site status",
+    "Number of participants": "Number of people",
+    "Age requirement": "Age limits",
+    "Healthy volunteers": "People without the illness",
+    "Eligibility criteria": "Who can join",
+    "Trial phase": "Study stage (phase)",
+    "Treatments being studied": "Treatments tested",
+}
+
+
+def _plain_count(value: str | None) -> str | None:
+    return value.replace(" participants", " people").replace(" participant", " person") if value else value
+
+
+QUOTED_FIELDS = frozenset(
+    {"site_added", "site_removed", "why_stopped", "interventions", "central_contacts", "title", "eligibility_criteria"}
+)
 # Both values this short: one line, "Recruitment status: Not yet recruiting → Recruiting".
 INLINE_MAX_CHARS = 70
 # Fields whose values say what they are ("Removed: “...”", "Added: “...”"): shown without Before/Now.
@@ -52,7 +75,19 @@ def present_change(change: ctgov.Change) -> dict[str, Any]:
     removed: the label already says which); the excerpts alone for eligibility criteria.
     """
     before, after = change.before, change.after
-    shown = asdict(change)
+    label, _, site = change.label.partition(": ") if change.field == "site_status" else (change.label, "", "")
+    label = PLAIN_LABELS.get(label, label)
+    if change.field == "enrollment":
+        before, after = _plain_count(before), _plain_count(after)
+    shown = asdict(change) | {
+        "meaning": meaning(change),
+        # Record text the email only quotes (site names, reasons, contacts...), as opposed to our own words.
+        "quoted": change.field in QUOTED_FIELDS,
+        "label_text": label,
+        "label_quote": site or None,
+        "before": before,
+        "after": after,
+    }
     if change.field in _SELF_DESCRIBED:
         lines = [("", text, "plain") for text in (before, after) if text]
     elif before is not None and after is not None and len(before) + len(after) <= INLINE_MAX_CHARS:
@@ -78,9 +113,9 @@ def trial_changed(record: Mapping[str, Any], changes: Sequence[ctgov.Change]) ->
 # only never get them: alerts.matching).
 NOT_JOINABLE: Final[Mapping[str, str]] = {
     "COMPLETED": "This study has already finished. It cannot be joined.",
-    "ACTIVE_NOT_RECRUITING": "This study is no longer taking new participants. It cannot be joined.",
+    "ACTIVE_NOT_RECRUITING": "This study is not taking new people. It cannot be joined.",
     "TERMINATED": "This study was stopped early. It cannot be joined.",
-    "SUSPENDED": "This study is paused and not taking new participants. It cannot be joined for now.",
+    "SUSPENDED": "This study is on hold and not taking new people. It cannot be joined for now.",
     "WITHDRAWN": "This study was withdrawn before anyone took part. It cannot be joined.",
     "NO_LONGER_AVAILABLE": "This program is no longer available. It cannot be joined.",
     "TEMPORARILY_NOT_AVAILABLE": "This program is not available for now. It cannot be joined for now.",
@@ -129,3 +164,168 @@ def confirm_subscription(what: str | Sequence[str], expires_days: int) -> dict[s
     items = [what] if isinstance(what, str) else list(what)
     summary = items[0] if len(items) == 1 else f"{len(items)} alerts"
     return {"what": summary, "items": items, "expires_days": expires_days}
+
+
+# --- "Can I take part?" -------------------------------------------------------------------------------
+
+OPEN_STATUSES = frozenset({"RECRUITING", "NOT_YET_RECRUITING"})
+
+
+def _status_code(record: Mapping[str, Any]) -> str | None:
+    return ctgov.summarize(record).status_code
+
+
+def central_contact(record: Mapping[str, Any]) -> str | None:
+    """The study's first central contact with a phone or an email: "Name, phone, email"."""
+    section = record.get("protocolSection")
+    module = section.get("contactsLocationsModule") if isinstance(section, Mapping) else None
+    contacts = module.get("centralContacts") if isinstance(module, Mapping) else None
+    for item in contacts if isinstance(contacts, list) else ():
+        if isinstance(item, Mapping):
+            found = places.contact_text(item)
+            if found:
+                return found
+    return None
+
+
+def take_part(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The shared part of "How to take part", for a study that is recruiting (or about to); else None."""
+    if _status_code(record) not in OPEN_STATUSES:
+        return None
+    who = Eligibility.of(record)
+    contact = central_contact(record)
+    site_contact = None
+    if contact is None:
+        # No central contact: the first open site that lists one (a placed reader gets their nearest).
+        site = next((s for s in places.sites(record) if s.recruiting and s.contact), None)
+        site_contact = {"site": site.label, "contact": site.contact} if site is not None else None
+    return {"who": who.words(), "healthy": who.healthy_volunteers, "contact": contact, "site_contact": site_contact}
+
+
+# One sentence per kind of change: what it means for someone who might take part.
+_MEANINGS: Mapping[str, str] = {
+    "why_stopped": "This is the reason the study team gave.",
+    "site_added": "This is a new place where people may be able to join.",
+    "site_removed": "People can no longer join at this place.",
+    "site_status": "Check if this place is taking new people.",
+    "results_posted": "You can now read what the study found.",
+    "start_date": "The study may start sooner or later than planned.",
+    "primary_completion_date": "The study may end sooner or later than planned.",
+    "completion_date": "The study may end sooner or later than planned.",
+    "enrollment": "The study now plans for a different number of people.",
+    "eligibility_ages": "Check again if you can take part.",
+    "eligibility_sex": "Check again if you can take part.",
+    "healthy_volunteers": "Check again if you can take part.",
+    "eligibility_criteria": "Check again if you can take part.",
+    "interventions": "The study now tests other treatments.",
+    "phases": "The study has moved to a new stage.",
+    "central_contacts": "Use the new details if you want to ask about the study.",
+    "title": "Only the name has changed.",
+}
+_STATUS_MEANINGS: Mapping[str, str] = {
+    "RECRUITING": "You may be able to join this study now.",
+    "NOT_YET_RECRUITING": "The study will soon look for people to join.",
+    "ENROLLING_BY_INVITATION": "Only people the study team asks can join.",
+    "ACTIVE_NOT_RECRUITING": "The study is not taking new people now.",
+    "COMPLETED": "The study is over. Its results may come later.",
+    "SUSPENDED": "The study is on hold. It is not taking new people.",
+    "TERMINATED": "The study ended early. It is not taking new people.",
+    "WITHDRAWN": "The study stopped before anyone joined.",
+}
+_LABEL_CODES: Mapping[str, str] = {label: code for code, label in ctgov.STATUS_LABELS.items()}
+
+
+def meaning(change: ctgov.Change) -> str | None:
+    """ "What this means for you", in one plain sentence (None when there is nothing to add)."""
+    if change.field == "status":
+        after = (change.after or "").split(" (reason:")[0]
+        return _STATUS_MEANINGS.get(_LABEL_CODES.get(after, ""), "The study has a new status.")
+    return _MEANINGS.get(change.field)
+
+
+_NEAR_SENTENCES: Mapping[str, str] = {
+    "added": "A new site opened {distance} from you",
+    "started": "The site near you started recruiting, {distance} from you",
+    "stopped": "The site near you stopped recruiting, {distance} from you",
+}
+_NEAR_MEANINGS: Mapping[str, str] = {
+    "added": "You may be able to join close to home.",
+    "started": "You may be able to join there now.",
+    "stopped": "That site is not taking new people now.",
+}
+
+
+def _distance_words(distance: int, unit: places.Unit) -> str:
+    distance = max(1, distance)  # a site in the reader's own town is "1 km" away, never "0 km"
+    if unit == "mi":
+        return f"{distance} mile" if distance == 1 else f"{distance} miles"
+    return f"{distance} km"
+
+
+def near_you(record: Mapping[str, Any], outcome: places.Outcome | None) -> dict[str, Any]:
+    """The per-group part of an email for a reader with a place (``outcome``; None: no place given).
+
+    ``changes`` are the "near you" change kinds, most important first (a new site, a site that started,
+    then one that stopped recruiting); ``nearest`` is the nearest open site with its distance.
+    """
+    by_seq = {site.seq: site for site in places.sites(record)}
+    changes = []
+    nearest = None
+    if outcome is not None:
+        for kind in places.CHANGE_KINDS:
+            if kind in outcome.sites:
+                seq, distance = outcome.sites[kind]
+                site = by_seq.get(seq)
+                if site is not None:
+                    words = _distance_words(distance, outcome.unit)
+                    changes.append(
+                        {
+                            "kind": kind,
+                            "headline": _NEAR_SENTENCES[kind].format(distance=words),
+                            "site": site.label,
+                            "meaning": _NEAR_MEANINGS[kind],
+                        }
+                    )
+        if "open" in outcome.sites:
+            seq, distance = outcome.sites["open"]
+            site = by_seq.get(seq)
+            if site is not None:
+                nearest = {
+                    "site": site.label,
+                    "distance": _distance_words(distance, outcome.unit),
+                    "contact": site.contact,
+                }
+    return {
+        "placed": outcome is not None,
+        "near_changes": changes,
+        "nearest": nearest,
+        "search_radius": "500 miles" if outcome is not None and outcome.unit == "mi" else "800 km",
+    }
+
+
+def near_fragments(
+    renderer: Renderer, record: Mapping[str, Any], outcome: places.Outcome | None, shared: Mapping[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """One outcome's "near you" fragments, slot -> (text, html) (see ``alerts.contents``)."""
+    context = near_you(record, outcome)
+    trial = shared.get("trial") or {}
+    take = trial.get("take_part") if isinstance(trial, Mapping) else None
+    context["central_contact"] = bool(take and take.get("contact"))
+    # No central contact: the nearest open site's contact, else the first open site that lists one.
+    context["site_contact"] = take.get("site_contact") if take else None
+    return {
+        "near_changes": renderer.fragment("near_changes", context),
+        "near_site": renderer.fragment("near_site", context),
+    }
+
+
+def near_subject(record: Mapping[str, Any], outcome: places.Outcome | None, shared: Mapping[str, Any]) -> str | None:
+    """A change alert whose reader has a site change near them leads with it in the subject too."""
+    near = near_you(record, outcome)["near_changes"]
+    if not near or "changes" not in shared:
+        return None
+    lead = ctgov.Change("near", "", None, None, 1000, near[0]["headline"])
+    others = [
+        ctgov.Change(c["field"], c["label"], None, None, c["importance"], c["headline"]) for c in shared["changes"]
+    ]
+    return ctgov.subject_for_changes([lead, *others], ctgov.title(record))

@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alerts import catchup, contents, ctgov, emails, vocabulary
+from alerts import catchup, contents, ctgov, emails, places, vocabulary
 from alerts.catchup import CaughtUp, RenderFor
 from alerts.conditions import condition_keys
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import Chunk, MatchPlan, TrialFacts, create_deliveries_chunk
+from alerts.matching import Chunk, MatchPlan, NearFacts, TrialFacts, create_deliveries_chunk
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial, utcnow
 from alerts.rendering import Content, Renderer
 
@@ -81,6 +81,8 @@ def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
 def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent, fingerprint: str | None = None) -> None:
     """Remember the newest version seen; an event older than the stored one never overwrites it."""
     record = dict(event.trial)
+    if snapshot is None or snapshot.version_at <= event.occurred_at:
+        places.store_sites(session, event.nct_id, record)
     if snapshot is None:
         session.add(
             Trial(
@@ -183,6 +185,8 @@ def accept(
     broader: list[str] = []
     facts: TrialFacts | None = None
     new_fingerprint: str | None = None  # computed once: the dedupe key and the stored snapshot share it
+    open_study = TrialFacts.of(event.trial).recruiting
+    near = NearFacts(event.nct_id, open=open_study)
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
         new_fingerprint = ctgov.fingerprint(event.trial)
@@ -199,6 +203,9 @@ def accept(
         row.changes = emails.changes_as_dicts(changes)
         kind, targets = SubscriptionKind.TRIAL, [event.nct_id]
         dedupe = f"changed:{event.nct_id}:{old_fingerprint}:{new_fingerprint}"
+        if old is not None:
+            # What a follower with a place is told first: sites near them that opened, started or stopped.
+            near = NearFacts(event.nct_id, open_study, **places.site_changes(old, event.trial))
         template, context = emails.TRIAL_CHANGED, lambda: emails.trial_changed(event.trial, changes)
     else:
         assert event.type == NEW_TRIAL_FOR_CONDITION and event.condition is not None
@@ -222,7 +229,9 @@ def accept(
     render: Callable[[str | None], Content] | None = None
     if reason is None:
         rows_started = time.perf_counter()
-        plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe)
+        if not _is_newest(snapshot, event):
+            near = NearFacts(event.nct_id)  # the stored sites are a newer version's: name none
+        plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe, near)
         row.match = plan.as_json()
         if kind == SubscriptionKind.TRIAL and pre is not None and pre.trial_audience is not None:
             listening = event.nct_id in pre.trial_audience
@@ -240,6 +249,13 @@ def accept(
             shared = {**site, **context()}
 
             def render(variant: str | None) -> Content:
+                if variant is not None and variant.startswith(places.OUTCOME_SEPARATOR):
+                    # A nearby-site outcome: its fragments only (Jinja, no premailer; alerts.contents).
+                    _, outcome = places.split_variant(variant)
+                    return contents.pack(
+                        emails.near_fragments(renderer, event.trial, outcome, shared),
+                        emails.near_subject(event.trial, outcome, shared),
+                    )
                 extra = emails.followed(variant, event.condition or variant) if variant is not None else {}
                 return renderer.render(template, shared | extra)
 

@@ -32,12 +32,15 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Executable,
+    Float,
     Integer,
     String,
     bindparam,
+    case,
     exists,
     func,
     insert,
+    join,
     literal,
     null,
     or_,
@@ -45,11 +48,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from alerts import ctgov
+from alerts import ctgov, places
 from alerts.conditions import condition_key
+from alerts.eligibility import Eligibility
 from alerts.models import (
     Delivery,
     DeliveryStatus,
+    Subscriber,
     Subscription,
     SubscriptionFilter,
     SubscriptionKind,
@@ -75,6 +80,10 @@ class TrialFacts:
     recruiting: bool = False  # recruiting or not yet recruiting
     countries: tuple[str, ...] = ()  # country_key of every country with a site
     phases: tuple[str, ...] = ()  # phase codes ("PHASE2", "NA"...)
+    # eligibilityModule: ages in years (None: no limit), sex ("FEMALE" / "MALE"; None: all).
+    min_age: float | None = None
+    max_age: float | None = None
+    sex: str | None = None
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> TrialFacts:
@@ -83,10 +92,70 @@ class TrialFacts:
             status = status.get(key) if isinstance(status, Mapping) else None
         code = "_".join(status.upper().split()) if isinstance(status, str) else None
         countries = {country_key(loc.country) for loc in ctgov.locations(record) if loc.country}
+        accepts = Eligibility.of(record)
         return cls(
             recruiting=code in OPEN_STATUSES,
             countries=tuple(sorted(countries - {""})),
             phases=tuple(ctgov.phase_codes(record)),
+            min_age=accepts.minimum.years if accepts.minimum is not None else None,
+            max_age=accepts.maximum.years if accepts.maximum is not None else None,
+            sex=accepts.sex,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "recruiting": self.recruiting,
+            "countries": list(self.countries),
+            "phases": list(self.phases),
+            "min_age": self.min_age,
+            "max_age": self.max_age,
+            "sex": self.sex,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrialFacts:
+        return cls(
+            bool(data["recruiting"]),
+            tuple(data["countries"]),
+            tuple(data["phases"]),
+            data.get("min_age"),
+            data.get("max_age"),
+            data.get("sex"),
+        )
+
+
+@dataclass(frozen=True)
+class NearFacts:
+    """What a subscriber with a place is told about the trial's sites (alerts.places, alerts.emails).
+
+    ``open``: the study is recruiting, so every placed subscriber's email names their nearest open site.
+    ``added`` / ``started`` / ``stopped``: positions (in the new record's locations) of the sites a
+    ``trial.changed`` added, that began recruiting and that stopped recruiting.
+    """
+
+    nct_id: str
+    open: bool = False
+    added: tuple[int, ...] = ()
+    started: tuple[int, ...] = ()
+    stopped: tuple[int, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "nct_id": self.nct_id,
+            "open": self.open,
+            "added": list(self.added),
+            "started": list(self.started),
+            "stopped": list(self.stopped),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NearFacts:
+        return cls(
+            str(data["nct_id"]),
+            bool(data.get("open")),
+            tuple(data.get("added") or ()),
+            tuple(data.get("started") or ()),
+            tuple(data.get("stopped") or ()),
         )
 
 
@@ -99,30 +168,28 @@ class MatchPlan:
     broader_targets: tuple[str, ...]
     facts: TrialFacts | None
     dedupe_key: str
+    near: NearFacts | None = None
 
     def as_json(self) -> dict[str, Any]:
-        facts = self.facts
         return {
             "kind": self.kind.value,
             "targets": list(self.targets),
             "broader_targets": list(self.broader_targets),
-            "facts": None
-            if facts is None
-            else {"recruiting": facts.recruiting, "countries": list(facts.countries), "phases": list(facts.phases)},
+            "facts": None if self.facts is None else self.facts.as_json(),
             "dedupe_key": self.dedupe_key,
+            "near": None if self.near is None else self.near.as_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MatchPlan:
-        facts = data.get("facts")
+        facts, near = data.get("facts"), data.get("near")
         return cls(
             kind=SubscriptionKind(data["kind"]),
             targets=tuple(data["targets"]),
             broader_targets=tuple(data.get("broader_targets") or ()),
-            facts=None
-            if facts is None
-            else TrialFacts(bool(facts["recruiting"]), tuple(facts["countries"]), tuple(facts["phases"])),
+            facts=None if facts is None else TrialFacts.from_json(facts),
             dedupe_key=str(data["dedupe_key"]),
+            near=None if near is None else NearFacts.from_json(near),
         )
 
 
@@ -143,6 +210,25 @@ def _passes(kind: str, values: bool) -> ColumnElement[bool]:
     )
 
 
+def _reachable(sites: Any, eligibility: tuple[bool, bool, bool]) -> list[ColumnElement[bool]]:
+    """A subscriber's place, distance, age and sex let the trial through (see the module docstring).
+
+    Distance: no limit, or the nearest site (open site, if they asked) of the trial to their city is
+    within it; a trial with no site coordinates has no nearest site, so only those without a limit get
+    it. Age and sex: not given, or the trial's limits allow them (eligibility.Eligibility.accepts).
+    """
+    nearest = case((Subscriber.recruiting_sites_only.is_(True), sites.c.open_km), else_=sites.c.any_km)
+    clauses = [or_(Subscriber.distance_km.is_(None), places.within(nearest, Subscriber.distance_km))]
+    has_min, has_max, has_sex = eligibility
+    if has_min:
+        clauses.append(or_(Subscriber.age.is_(None), Subscriber.age + 1 > bindparam("min_age", type_=Float())))
+    if has_max:
+        clauses.append(or_(Subscriber.age.is_(None), Subscriber.age <= bindparam("max_age", type_=Float())))
+    if has_sex:
+        clauses.append(or_(Subscriber.sex.is_(None), Subscriber.sex == bindparam("trial_sex", type_=String())))
+    return clauses
+
+
 @functools.cache
 def _matching_insert(
     kind: SubscriptionKind,
@@ -153,12 +239,16 @@ def _matching_insert(
     select_only: bool = False,
     chunked: bool = False,
     confirmed_before: bool = False,
+    eligibility: tuple[bool, bool, bool] = (False, False, False),
+    near: tuple[bool, tuple[str, ...]] | None = None,
 ) -> Executable:
     """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
 
     Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
     country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers);
     confirmed_before: only subscriptions confirmed by then (catching up on an earlier event).
+    eligibility (the trial has a minimum age, a maximum age, one sex): min_age, max_age, trial_sex;
+    near (show the nearest open site, site change kinds): near_nct_id, <kind>_seqs.
     """
     where: list[ColumnElement[bool]] = [
         Subscription.kind == kind.value,
@@ -176,11 +266,46 @@ def _matching_insert(
         where.append(
             or_(Subscription.target.in_(bindparam("direct", expanding=True)), Subscription.include_narrower.is_(True))
         )
-    if kind == SubscriptionKind.CONDITION:
+    condition = kind == SubscriptionKind.CONDITION
+    show_open, changes = near if near is not None else (False, ())
+    # The nearest sites of the trial to every chosen city, computed once per city (alerts.places).
+    sites = places.nearest_sites(("any", "open", *changes)) if condition or near is not None else None
+    if condition:
         if not recruiting:
             where.append(Subscription.recruiting_only.is_(False))
         where += [_passes(COUNTRY, countries), _passes(PHASE, phases)]
-    variant = Subscription.label if kind == SubscriptionKind.CONDITION else null()
+        where += _reachable(sites, eligibility)
+    outcome = (
+        places.outcome_sql(
+            sites, Subscriber.city_id, Subscriber.distance_unit, Subscriber.distance_km, show_open, changes
+        )
+        if sites is not None
+        else None
+    )
+    if condition:
+        variant: Any = Subscription.label if outcome is None else Subscription.label + outcome
+    else:
+        variant = null() if outcome is None else func.nullif(outcome, "")
+    source: Any = Subscription
+    if chunked:
+        # The chunk's keyset range, closed above (``create_deliveries_chunk``): with the subscribers joined
+        # PostgreSQL hashes them and sorts for the window function instead of walking the index in
+        # order and stopping at the LIMIT, so without an upper bound each chunk read every remaining
+        # subscriber. Repeated on the joined subscribers: an inequality is not carried across a join.
+        upto = bindparam("upto", type_=BigInteger())
+        where.append(Subscription.subscriber_id <= upto)
+        if sites is not None:
+            where += [Subscriber.id > bindparam("after", type_=BigInteger()), Subscriber.id <= upto]
+    if sites is not None:
+        source = join(Subscription, Subscriber, Subscriber.id == Subscription.subscriber_id).outerjoin(
+            sites, sites.c.city_id == Subscriber.city_id
+        )
+    already = aliased(Delivery)
+    dedupe_key = bindparam("dedupe_key", type_=String())
+    # Subscribers this news already reached, left out before ranking: probed by (dedupe_key, subscriber_id)
+    # per candidate. (Tested on the ranked rows instead, PostgreSQL could pick an anti join that scans every
+    # delivery of the news per candidate: quadratic over the chunks of a fan-out.)
+    where.append(~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == Subscription.subscriber_id))
     candidates = (
         select(
             Subscription.subscriber_id,
@@ -189,11 +314,10 @@ def _matching_insert(
             # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link).
             func.row_number().over(partition_by=Subscription.subscriber_id, order_by=Subscription.id).label("rank"),
         )
+        .select_from(source)
         .where(*where)
         .subquery()
     )
-    already = aliased(Delivery)
-    dedupe_key = bindparam("dedupe_key", type_=String())
     now = bindparam("now", type_=Delivery.created_at.type)
     matches = (
         select(
@@ -207,10 +331,7 @@ def _matching_insert(
             now,
             candidates.c.variant,
         )
-        .where(
-            candidates.c.rank == 1,
-            ~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == candidates.c.subscriber_id),
-        )
+        .where(candidates.c.rank == 1)
         # Keyset order: delivery ids follow subscriber ids, so batches read the index in order.
         .order_by(candidates.c.subscriber_id)
     )
@@ -242,6 +363,7 @@ def _statement(
     select_only: bool,
     chunked: bool = False,
     confirmed_before: datetime | None = None,
+    near: NearFacts | None = None,
 ) -> tuple[Executable | None, dict[str, Any]]:
     direct = list(dict.fromkeys(targets))
     broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
@@ -249,6 +371,7 @@ def _statement(
         return None, {}
     facts = facts or TrialFacts()
     condition = kind == SubscriptionKind.CONDITION
+    changes = tuple(k for k in places.CHANGE_KINDS if near is not None and getattr(near, k))
     statement = _matching_insert(
         kind,
         bool(broader),
@@ -258,6 +381,8 @@ def _statement(
         select_only,
         chunked,
         confirmed_before is not None,
+        (facts.min_age is not None, facts.max_age is not None, facts.sex is not None) if condition else (False,) * 3,
+        (near.open, changes) if near is not None and (near.open or changes) else None,
     )
     params = {
         "event_id": event_id,
@@ -267,9 +392,16 @@ def _statement(
         "direct": direct,
         "country_values": list(facts.countries),
         "phase_values": list(facts.phases),
+        "min_age": facts.min_age,
+        "max_age": facts.max_age,
+        "trial_sex": facts.sex,
+        # A trial without a stored site (or a plan without place facts) has no nearest site anywhere.
+        "near_nct_id": near.nct_id if near is not None else "",
     }
     if confirmed_before is not None:
         params["confirmed_before"] = confirmed_before
+    for kind_name in changes:
+        params[f"{kind_name}_seqs"] = list(getattr(near, kind_name))
     return statement, params
 
 
@@ -280,7 +412,14 @@ def would_receive(session: Session, event_id: int, plan: MatchPlan, limit: int =
     counted (they would get nothing).
     """
     statement, params = _statement(
-        event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, select_only=True
+        event_id,
+        plan.kind,
+        plan.targets,
+        plan.dedupe_key,
+        plan.broader_targets,
+        plan.facts,
+        select_only=True,
+        near=plan.near,
     )
     if statement is None:
         return 0, []
@@ -301,6 +440,7 @@ def create_deliveries(
     broader_targets: Sequence[str] = (),
     facts: TrialFacts | None = None,
     confirmed_before: datetime | None = None,
+    near: NearFacts | None = None,
 ) -> int:
     """One queued delivery per subscriber with an active subscription that matches (module docstring).
 
@@ -318,7 +458,15 @@ def create_deliveries(
     subscriptions confirmed by then count (``alerts.catchup``). Returns the number of the event's rows.
     """
     statement, params = _statement(
-        event_id, kind, targets, dedupe_key, broader_targets, facts, False, confirmed_before=confirmed_before
+        event_id,
+        kind,
+        targets,
+        dedupe_key,
+        broader_targets,
+        facts,
+        False,
+        confirmed_before=confirmed_before,
+        near=near,
     )
     if statement is None:
         return 0
@@ -350,20 +498,47 @@ def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, af
     newest = select(func.max(Delivery.id)).where(Delivery.event_id == event_id)
     before = int(session.scalar(newest) or 0)
     statement, params = _statement(
-        event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, False, chunked=True
+        event_id,
+        plan.kind,
+        plan.targets,
+        plan.dedupe_key,
+        plan.broader_targets,
+        plan.facts,
+        False,
+        chunked=True,
+        near=plan.near,
     )
     if statement is None:
         return Chunk(0, after, before, before, True)
-    session.connection().execute(statement, params | {"after": after, "chunk": chunk})
+    # The chunk is the next ``chunk`` candidate subscriptions (right target, active) after ``after``:
+    # their last subscriber bounds the range, read in order from the matching index. The filters may
+    # leave fewer deliveries than that; the fan-out is complete when fewer candidates than that are left.
+    direct_and_broader = list(params["targets"])
+    bound = session.scalar(
+        select(Subscription.subscriber_id)
+        .where(
+            Subscription.kind == plan.kind.value,
+            Subscription.target.in_(direct_and_broader),
+            Subscription.status == SubscriptionStatus.ACTIVE.value,
+            Subscription.subscriber_id > after,
+        )
+        .order_by(Subscription.subscriber_id)
+        .offset(chunk - 1)
+        .limit(1)
+    )
+    complete = bound is None
+    upto = int(bound) if bound is not None else 2**62
+    session.connection().execute(statement, params | {"after": after, "chunk": chunk, "upto": upto})
     # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index reads the
     # chunk's rows back cheaply.
-    created, last, upto = session.execute(
+    created, last, newest_id = session.execute(
         select(func.count(), func.max(Delivery.subscriber_id), func.max(Delivery.id)).where(
             Delivery.event_id == event_id, Delivery.id > before
         )
     ).one()
     created = int(created or 0)
-    return Chunk(created, int(last) if last is not None else after, before, int(upto or before), created < chunk)
+    cursor = upto if not complete else (int(last) if last is not None else after)
+    return Chunk(created, cursor, before, int(newest_id or before), complete)
 
 
 def batch_ranges(

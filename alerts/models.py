@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,8 +26,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# A delivery's variant: a followed label (up to 300) plus a nearby-site outcome. Widened to 400 on
+# PostgreSQL by migration 0013 (a catalog change); SQLite does not enforce lengths and could only widen by
+# rebuilding the table (see 0002), so its declared length stays 300.
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+Variant = String(400).with_variant(String(300), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -101,6 +106,15 @@ class Subscriber(Base):
     # Signed once at creation: the manage link never changes, so sending never signs it again.
     manage_token: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # "Can I take part?" (alerts.preferences), each optional and only as given: a gazetteer city (its id,
+    # never the person's coordinates), how far they would travel (None: anywhere) and in which unit they
+    # read distances, only trials with a recruiting site within that distance, age in years and sex.
+    city_id: Mapped[int | None] = mapped_column(Integer)
+    distance_km: Mapped[float | None] = mapped_column(Float)
+    distance_unit: Mapped[str | None] = mapped_column(String(2))
+    recruiting_sites_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    age: Mapped[int | None] = mapped_column(Integer)
+    sex: Mapped[str | None] = mapped_column(String(6))  # "FEMALE" | "MALE"
 
     subscriptions: Mapped[list[Subscription]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", passive_deletes=True
@@ -232,7 +246,8 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Which shared rendering this recipient gets (alerts.contents): the label of the condition they follow
     # for new-trial emails; None for the event's one rendering (Event.content).
-    variant: Mapped[str | None] = mapped_column(String(300))
+    # Plus, for a subscriber with a place, what their email says about nearby sites (alerts.places.outcome_sql).
+    variant: Mapped[str | None] = mapped_column(Variant)
 
 
 class Suppression(Base):
@@ -299,7 +314,7 @@ class EventContent(Base):
     __tablename__ = "event_contents"
 
     event_id: Mapped[int] = mapped_column(Id, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
-    variant: Mapped[str] = mapped_column(String(300), primary_key=True)
+    variant: Mapped[str] = mapped_column(Variant, primary_key=True)
     subject: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     html: Mapped[str] = mapped_column(Text)
@@ -449,6 +464,9 @@ class SignupRequest(Base):
     email: Mapped[str] = mapped_column(String(320))
     # [{"kind": "trial"|"condition", "key": ..., "label": ...}]: targets the web side already vouched for.
     targets: Mapped[list[dict[str, str]]] = mapped_column(Json)
+    # What else the submission chose, applied by the worker with the targets (alerts.signups.record):
+    # {"preferences": {...}} ("Can I take part?"), {"digest": {...}} (frequency and time).
+    options: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Last time it was queued (maintenance re-queues one whose message was lost).
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
@@ -499,3 +517,34 @@ class WatchRecord(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     last_update: Mapped[str | None] = mapped_column(String(10))  # the record's LastUpdatePostDate
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- places (alerts.places) -----------------------------------------------------------------------------
+
+
+class City(Base):
+    """A gazetteer city some subscriber chose (public GeoNames data, copied when chosen), for matching in SQL."""
+
+    __tablename__ = "cities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # GeoNames id
+    name: Mapped[str] = mapped_column(String(200))
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    # Half-width in degrees of longitude of the band that holds everything within 500 miles (places.lon_span).
+    lon_span: Mapped[float] = mapped_column(Float)
+    timezone: Mapped[str] = mapped_column(String(64))
+
+
+class TrialSite(Base):
+    """The sites with coordinates of a trial's newest stored version (alerts.places.store_sites)."""
+
+    __tablename__ = "trial_sites"
+    # The bounding box reads sites of one trial by latitude band.
+    __table_args__ = (Index("ix_trial_sites_nct_id_lat", "nct_id", "lat"),)
+
+    nct_id: Mapped[str] = mapped_column(String(11), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # index in locations[]
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    recruiting: Mapped[bool] = mapped_column(Boolean)  # recruiting or not yet recruiting

@@ -135,6 +135,7 @@ def replay(session: Session, event_id: int, batch_size: int, dry_run: bool) -> R
         plan.dedupe_key,
         broader_targets=plan.broader_targets,
         facts=plan.facts,
+        near=plan.near,
     )
     # A followed label that had no recipient at the time has no rendering of its own.
     contents.fall_back_to_main(session, event_id, existing)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,18 @@ _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]*$")
 
 def placeholder(name: str) -> str:
     return f"%%{name}%%"
+
+
+# Parts of an email that differ between groups of its recipients (what their emails say about sites near
+# them, alerts.contents): the shared rendering carries one placeholder per part and slot, ``%%near_site_text%%``
+# in the text and ``%%near_site_html%%`` in the HTML, filled per recipient at send time like the links. The
+# fragments are our own renderings, written with inline styles (premailer never sees them).
+SLOTS = ("near_changes", "near_site")
+FRAGMENT_SUFFIXES = ("_text", "_html")
+
+
+def slot(name: str, part: str) -> str:
+    return placeholder(f"{name}_{part}")
 
 
 @dataclass(frozen=True)
@@ -39,8 +51,16 @@ class Content:
         return cls(subject=str(data["subject"]), text=str(data["text"]), html=str(data["html"]))
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 class Renderer:
-    def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
+    """Renders emails. Templates pass text the service only quotes (trial titles, sponsors, site names,
+    contacts, record excerpts, the subscriber's own label) through the ``quoted`` filter: as it is in the
+    email, and marked by ``quote`` where readability is measured (tests/test_plain_language.py)."""
+
+    def __init__(self, templates_dir: Path = TEMPLATES_DIR, quote: Callable[[Any], Any] = _as_is) -> None:
         email_dir = templates_dir / "email"
         self._html = Environment(
             loader=FileSystemLoader(email_dir),
@@ -58,15 +78,19 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        for environment in (self._html, self._text):
+            environment.filters["quoted"] = quote
 
     def render(self, name: str, context: Mapping[str, Any]) -> Content:
         """Render the email ``name`` once; per-recipient fields stay as placeholders."""
         ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
-        subject = self._text.get_template(f"{name}/subject.txt").render(ctx)
+        text_ctx = ctx | {f"slot_{n}": slot(n, "text") for n in SLOTS}
+        html_ctx = ctx | {f"slot_{n}": slot(n, "html") for n in SLOTS}
+        subject = self._text.get_template(f"{name}/subject.txt").render(text_ctx)
         # A header value must be one line: newlines in a title must never become header injection.
         subject = " ".join(subject.split())
-        text = self._text.get_template(f"{name}/body.txt").render(ctx)
-        raw_html = self._html.get_template(f"{name}/body.html").render(ctx | {"subject": subject})
+        text = self._text.get_template(f"{name}/body.txt").render(text_ctx)
+        raw_html = self._html.get_template(f"{name}/body.html").render(html_ctx | {"subject": subject})
         # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
         # main process, a worker that only sends) never render.
         import premailer
@@ -82,11 +106,32 @@ class Renderer:
         ).transform()
         return Content(subject=subject, text=text, html=inlined)
 
+    def text(self, name: str, context: Mapping[str, Any]) -> str:
+        """Only the plain-text part of ``name`` (no HTML, no premailer), slots left as tokens."""
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | {f"slot_{n}": slot(n, "text") for n in SLOTS} | dict(context)
+        return self._text.get_template(f"{name}/body.txt").render(ctx)
+
+    def fragment(self, name: str, context: Mapping[str, Any]) -> tuple[str, str]:
+        """(text, html) of ``templates/email/_fragments/<name>.{txt,html}``: Jinja only, no premailer."""
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
+        text = self._text.get_template(f"_fragments/{name}.txt").render(ctx)
+        return text, self._html.get_template(f"_fragments/{name}.html").render(ctx)
+
 
 def personalize(content: Content, values: Mapping[str, str]) -> Content:
-    """Fill the per-recipient placeholders. Values are URLs made of URL-safe characters only."""
+    """Fill the per-recipient placeholders.
+
+    Values are URLs made of URL-safe characters, except fragments (names ending in ``_text`` / ``_html``):
+    our own renderings of one part, put into that part as they are.
+    """
     text, body_html = content.text, content.html
     for name, value in values.items():
+        if name.endswith("_text"):
+            text = text.replace(placeholder(name), value)
+            continue
+        if name.endswith("_html"):
+            body_html = body_html.replace(placeholder(name), value)
+            continue
         if not _SAFE_VALUE.match(value):
             raise ValueError(f"per-recipient value {name!r} has characters unsafe in HTML")
         text = text.replace(placeholder(name), value)

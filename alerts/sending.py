@@ -21,7 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from alerts import counters
-from alerts.contents import contents_for
+from alerts.contents import Prepared, prepare
 from alerts.db import transaction
 from alerts.models import (
     Delivery,
@@ -352,8 +352,10 @@ def _classify(rows: Sequence[Any]) -> tuple[list[int], list[int], list[Any], set
     return skipped, suppressed, sendable, variants
 
 
-def _group_recipients(rows: Sequence[Any], links: Links) -> dict[str | None, list[Recipient]]:
-    """A Recipient per row (its links and Message-ID), by variant. Runs for every recipient of the send."""
+def _group_recipients(
+    rows: Sequence[Any], links: Links, prepared: Mapping[str | None, Prepared]
+) -> dict[str | None, list[Recipient]]:
+    """A Recipient per row (its links, fragments and Message-ID), by rendering. Runs for every recipient."""
     # The link builders append the token to a fixed prefix, and the Message-ID differs only by the id:
     # build the fixed parts once, not per row.
     unsubscribe_prefix = links.unsubscribe("")
@@ -362,14 +364,20 @@ def _group_recipients(rows: Sequence[Any], links: Links) -> dict[str | None, lis
     groups: dict[str | None, list[Recipient]] = {}
     for row in rows:
         delivery_id, variant, email, manage_token, unsubscribe_token, _status, _suppression_id = row
+        ready = prepared.get(variant)
+        if ready is None:
+            continue  # no rendering at all: the caller refuses the send
         values = {
             "unsubscribe_url": f"{unsubscribe_prefix}{unsubscribe_token}",
             "manage_url": f"{manage_prefix}{manage_token}",
+            **ready.values,
         }
-        recipient = Recipient(delivery_id, email, values, f"{message_id_head}{delivery_id}{message_id_tail}")
-        group = groups.get(variant)
+        recipient = Recipient(
+            delivery_id, email, values, f"{message_id_head}{delivery_id}{message_id_tail}", ready.subject
+        )
+        group = groups.get(ready.key)
         if group is None:
-            group = groups[variant] = []
+            group = groups[ready.key] = []
         group.append(recipient)
     return groups
 
@@ -397,18 +405,19 @@ def send_range(
         skipped, suppressed, sendable, variants = _classify(rows)
         _mark(session, skipped, DeliveryStatus.SKIPPED, "subscription ended before sending")
         _mark(session, suppressed, DeliveryStatus.SUPPRESSED, "address is suppressed")
-        # One shared rendering per variant (alerts.contents): the event's, or per followed condition.
-        contents = contents_for(session, event_id, variants)
+        # One shared rendering per followed label (alerts.contents), and each outcome's fragments.
+        prepared = prepare(session, event_id, variants)
     report.skipped = len(skipped)
     report.suppressed = len(suppressed)
     report.timings["claim_s"] = clock() - started
     started = clock()
-    groups = _group_recipients(sendable, links)
-    if not groups:
-        return report
-    missing = [variant for variant in groups if variant not in contents]
+    missing = [variant for variant in variants if variant not in prepared]
     if missing:
         raise RuntimeError(f"event {event_id} has deliveries but no rendered content for {len(missing)} variant(s)")
+    groups = _group_recipients(sendable, links, prepared)
+    if not groups:
+        return report
+    contents = {ready.key: ready.content for ready in prepared.values()}
     report.timings["prepare_s"] = clock() - started
     transport_timings = getattr(transport, "timings", None)
     before = dict(transport_timings) if isinstance(transport_timings, dict) else {}

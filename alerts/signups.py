@@ -8,6 +8,7 @@ or already active) and returns the subscriptions that need confirming: one email
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,8 +16,10 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from alerts import preferences
 from alerts.addresses import AddressHasher
 from alerts.models import SignupRequest, SubscriptionKind, utcnow
+from alerts.preferences import Preferences
 from alerts.subscriptions import Target, sign_up
 from alerts.tokens import Signer
 
@@ -24,9 +27,17 @@ from alerts.tokens import Signer
 REQUEUE_AFTER_S = 120
 
 
-def record(session: Session, email: str, targets: Sequence[Target]) -> int:
-    """Record a sign-up (one INSERT); returns the id to queue. ``email`` is already normalized."""
-    row = SignupRequest(email=email, targets=[{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets])
+def record(session: Session, email: str, targets: Sequence[Target], *, chosen: Preferences | None = None) -> int:
+    """Record a sign-up (one INSERT); returns the id to queue. ``email`` is already normalized.
+
+    ``chosen``: "Can I take part?" preferences sent with it, applied by the worker (``preferences.offer``).
+    """
+    options = {"preferences": dataclasses.asdict(chosen)} if chosen is not None else None
+    row = SignupRequest(
+        email=email,
+        targets=[{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets],
+        options=options,
+    )
     session.add(row)
     session.flush()
     return int(row.id)
@@ -50,10 +61,16 @@ def decide(session: Session, request_id: int, signer: Signer, hasher: AddressHas
         return None
     to_confirm: list[int] = []
     active: list[int] = []
+    subscriber_id = 0
     for item in row.targets:
         target = Target(SubscriptionKind(item["kind"]), item["key"], item["label"])
         outcome = sign_up(session, row.email, target, signer, hasher)
         (to_confirm if outcome.needs_confirmation else active).append(outcome.subscription_id)
+        subscriber_id = outcome.subscriber_id
+    chosen = (row.options or {}).get("preferences")
+    if chosen is not None and row.targets:
+        # Stored only while the address has no active alert: a stranger's form cannot move someone's place.
+        preferences.offer(session, subscriber_id, Preferences(**chosen))
     session.delete(row)
     return Decision(to_confirm=list(dict.fromkeys(to_confirm)), already_active=active)
 

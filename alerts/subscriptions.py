@@ -204,6 +204,7 @@ class SignUp:
     subscription_id: int
     # True when a confirmation email should go out (pending); an active subscription is left alone.
     needs_confirmation: bool
+    subscriber_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def sign_up(
         subscription.unsubscribe_token = signer.sign(Purpose.UNSUBSCRIBE, subscription.id)
     if subscription.status == SubscriptionStatus.ACTIVE:
         # Re-submitting never downgrades an active subscription.
-        return SignUp(subscription.id, needs_confirmation=False)
+        return SignUp(subscription.id, needs_confirmation=False, subscriber_id=subscriber.id)
     if subscription.status == SubscriptionStatus.UNSUBSCRIBED:
         subscription.status = SubscriptionStatus.PENDING
         subscription.unsubscribed_at = None
@@ -307,7 +308,7 @@ def sign_up(
             session, subscription, rows, filters.recruiting_only if filters is not None else None, include_narrower
         )
     subscription.confirm_sent_at = utcnow()
-    return SignUp(subscription.id, needs_confirmation=True)
+    return SignUp(subscription.id, needs_confirmation=True, subscriber_id=subscriber.id)
 
 
 def confirm(session: Session, subscription_id: int) -> Subscription | None:

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alerts import vocabulary
+import psycopg
+
+from alerts import places, vocabulary
 from alerts.conditions import condition_key
 from alerts.config import Settings, environment, load_settings
 from alerts.db import make_engine, transaction
@@ -50,6 +52,13 @@ QUIET_TRIAL = "NCT02782117"  # Amblyopia: nobody follows it
 
 def record(nct_id: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((STUDIES / f"{nct_id}.json").read_text())
+    return data
+
+
+def recruiting(data: dict[str, Any]) -> dict[str, Any]:
+    data["protocolSection"]["statusModule"]["overallStatus"] = "RECRUITING"
+    for site in data["protocolSection"]["contactsLocationsModule"]["locations"]:
+        site["status"] = "RECRUITING"
     return data
 
 
@@ -163,12 +172,46 @@ def task_seconds(log_path: Path, task: str) -> list[float]:
     return found
 
 
+def place_everyone(url: str, radius_km: float = 250.0) -> int:
+    """Give every follower a city within ``radius_km`` of the trial's site and a distance that reaches it.
+
+    The cities are the gazetteer's within that radius (one per follower, round robin), the distances 250 or
+    500 km: everyone still gets the email, but through the distance filter, and each city's nearest-site
+    outcome is its own rendering. Returns the number of cities.
+    """
+    site = next(s for s in places.sites(record(TRIAL)) if s.lat is not None)
+    assert site.lat is not None and site.lon is not None
+    gazetteer = places.gazetteer()
+    chosen = [p for p in gazetteer.cities() if places.great_circle_km(p.lat, p.lon, site.lat, site.lon) <= radius_km]
+    engine = make_engine(url)
+    with transaction(engine) as session:
+        for place in chosen:
+            places.remember_city(session, place)
+    engine.dispose()
+    values = ",".join(f"({i}, {p.id})" for i, p in enumerate(chosen))
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        with conn.cursor() as cur:
+            cur.execute(
+                f"UPDATE subscribers SET city_id = c.city_id, distance_unit = 'km', "
+                f"distance_km = CASE WHEN subscribers.id % 2 = 0 THEN 250 ELSE 500 END "
+                f"FROM (VALUES {values}) AS c(idx, city_id) WHERE subscribers.id % {len(chosen)} = c.idx"
+            )
+            cur.execute("ANALYZE subscribers; ANALYZE cities")
+        conn.commit()
+    return len(chosen)
+
+
 @contextmanager
-def followers(n: int, tmp: Path) -> Iterator[tuple[StandInProcess, str, Settings]]:
-    """A private schema with N followers of CONDITION and a running stand-in: (stand-in, target, settings)."""
+def followers(n: int, tmp: Path, placed: bool = False) -> Iterator[tuple[StandInProcess, str, Settings]]:
+    """A private schema with N followers of CONDITION and a running stand-in: (stand-in, target, settings).
+
+    ``placed``: every follower also has a city and a distance (``place_everyone``).
+    """
     with pg_schema() as url, StandInProcess(args=["--no-record-bodies", "--no-record-custom-args"]) as standin:
         target = prepare_vocabulary(url)
         bulk_subscribers(url, n, "condition", target, CONDITION)
+        if placed:
+            place_everyone(url)
         yield standin, target, bench_settings(url, standin.url, tmp)
 
 
@@ -185,9 +228,9 @@ def delivery_figures(n: int, wall: float | None, first: float | None, stats: dic
     }
 
 
-def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
-    with followers(n, tmp) as (standin, _target, settings):
-        log_path = tmp / f"worker-{n}.log"
+def run_batched(n: int, tmp: Path, timeout_s: float, placed: bool = False) -> dict[str, Any]:
+    with followers(n, tmp, placed) as (standin, _target, settings):
+        log_path = tmp / f"worker-{n}{'-placed' if placed else ''}.log"
         worker = start_worker(settings, log_path)
         try:
             producer = create_app(settings)
@@ -196,7 +239,8 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
                 "event_id": f"bench-{uuid.uuid4().hex}",
                 "condition": CONDITION,
                 "occurred_at": "2026-11-25T06:00:00Z",
-                "trial": record(TRIAL),
+                # Placed followers: a recruiting trial, so every email names the reader's nearest open site.
+                "trial": recruiting(record(TRIAL)) if placed else record(TRIAL),
             }
             assert standin.process is not None
             standin_pid = standin.process.pid
@@ -235,6 +279,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
             peaks, pss = stop(worker)
     quiet_times = task_seconds(log_path, "alerts.events.new_trial_for_condition")[1:]
     return delivery_figures(n, wall, first, stats) | {
+        "placed": placed,
         "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
         "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
         "worker_pss_total_mib": round(pss / 1024, 1),
@@ -269,18 +314,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[100_000], help="recipients (several: one run each)")
     parser.add_argument("--naive", action="store_true", help="also run the naive design in the same run")
+    parser.add_argument(
+        "--placed", action="store_true", help="also run each N with every follower placed (a city and a distance)"
+    )
     parser.add_argument("--naive-n", type=int, default=1000, help="recipients for the naive run")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="alerts-bench-"))
     results = [run_batched(n, tmp, args.timeout) for n in args.n]
+    if args.placed:
+        results += [run_batched(n, tmp, args.timeout, placed=True) for n in args.n]
     naive = run_naive(args.naive_n, tmp, args.timeout) if args.naive else None
     if args.json:
         print(json.dumps({"batched": results, "naive": naive}, indent=2))
     for r in results:
         print(
-            f"\nbatched  N={r['n']:,}  wall={r['wall_s']:.2f}s  {r['emails_per_s']:,.0f} emails/s  "
+            f"\nbatched{' placed' if r['placed'] else ''}  N={r['n']:,}  wall={r['wall_s']:.2f}s  "
+            f"{r['emails_per_s']:,.0f} emails/s  "
             f"first={r['first_acceptance_s']:.2f}s  requests={r['requests']}  missing={r['missing']}  "
             f"duplicated={r['duplicated']}  worker peak RSS={r['worker_peak_rss_total_mib']} MiB "
             f"(per process {r['worker_peak_rss_mib']}; PSS at the end, shared pages once: "

@@ -81,7 +81,7 @@ def test_each_recipient_reads_what_they_follow(
     assert str(messages["disc1@example.org"]["Subject"]).startswith("New trial for Disk, Herniated: ")
     assert str(messages["radiculopathy@example.org"]["Subject"]).startswith("New trial for Radiculopathy: ")
     # Why a differently worded trial arrived: what NLM filed it under.
-    assert "Filed under: Intervertebral Disc Displacement, Radiculopathy" in text_of(messages["disc0@example.org"])
+    assert "Topics:      Intervertebral Disc Displacement, Radiculopathy" in text_of(messages["disc0@example.org"])
 
     # One shared rendering (and one premailer run) per followed label, one transport batch per label.
     assert len(premailer_calls) == 4
@@ -90,7 +90,7 @@ def test_each_recipient_reads_what_they_follow(
         variants = contents.variant_counts(session, outcome.event_id)
         assert variants[0] == ("Disk, Herniated", 3) and len(variants) == 4
         stored = session.scalar(select(func.count()).select_from(EventContent))
-        assert stored == 4
+        assert stored == 4 + 1  # and the "near you" fragments of readers without a place (alerts.contents)
         row = session.get(Event, outcome.event_id)
         assert row is not None and row.content is not None
         # Event.content stays the single rendering readers of one rendering see: the most common one.
@@ -156,13 +156,17 @@ def test_trial_changed_email_lists_changes_before_and_after_most_important_first
     (message,) = memory.messages
     text = text_of(message)
     lines = [line.rstrip() for line in text.splitlines()]
-    start = lines.index("What changed, most important first:")
-    assert lines[start + 1 : start + 8] == [
-        "* Recruitment status: Not yet recruiting → Recruiting",
+    start = lines.index("The record of this study has changed. Here is what changed, most important first.")
+    changes = [line for line in lines[start + 1 :] if line.startswith(("* ", "    ")) and line.strip()]
+    assert changes[:10] == [
+        "* Status: Not yet recruiting → Recruiting",
+        "    You may be able to join this study now.",
         "* New study site",
         "    Hôpital Lariboisière, Paris, France (Recruiting)",
-        "* Age requirement: 18 years to 70 years → 21 years to 70 years",
-        "* Eligibility criteria",
+        "    This is a new place where people may be able to join.",
+        "* Age limits: 18 years to 70 years → 21 years to 70 years",
+        "    Check again if you can take part.",
+        "* Who can join",
         "    Removed: “Skeletally mature male or female (non-pregnant) between 18 and 70 years of age”",
         "    Added: “Skeletally mature male or female (non-pregnant) between 21 and 70 years of age”",
     ]

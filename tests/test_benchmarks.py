@@ -39,3 +39,11 @@ def test_watch_benchmark_totals_survive_a_kill(tmp_path: Path) -> None:
         assert once[key] == killed[key], key
     assert once["deliveries"] == once["distinct (news, subscriber)"] > 0
     assert all(0 < mib < 1024 for mib in once["peak_rss_mib"] + killed["peak_rss_mib"])
+
+
+def test_fanout_benchmark_with_every_follower_placed_reaches_everyone_once(tmp_path: Path) -> None:
+    # Every follower has a city and a distance: one request per batch still (the near-you parts are
+    # per-recipient fragments, alerts.contents), and the distance filter lets everyone through.
+    result = run_batched(2500, tmp_path, timeout_s=120, placed=True)
+    assert (result["missing"], result["duplicated"], result["requests"]) == (0, 0, 3)
+    assert result["placed"] is True

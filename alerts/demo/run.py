@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from alerts import subscriptions
+from alerts import places, preferences, subscriptions
 from alerts.config import Settings, environment, load_settings
 from alerts.ctgov.standin import RegistryStandIn
 from alerts.db import transaction, upgrade
@@ -123,10 +123,15 @@ def run_demo(workspace: Path, outbox: Path | None, say: Callable[[str], None] = 
             second = subscriptions.sign_up(
                 session, CONDITION_FOLLOWER, subscriptions.condition_target(CONDITION), runtime.signer, runtime.hasher
             )
+            # Sam also said where they live (Foshan, next to Guangzhou), how far they would go, and their age.
+            owner = session.get(Subscription, second.subscription_id)
+            assert owner is not None
+            foshan = places.gazetteer().search("Foshan", limit=1)[0]
+            preferences.offer(session, owner.subscriber_id, preferences.parse(city=foshan.id, distance=50, age=52))
         for signup in (first, second):
             enqueue.send_confirmation(signup.subscription_id)
         say("subscribed two people (pending until they confirm):")
-        say(f"  {TRIAL_FOLLOWER} -> study NCT06740149;  {CONDITION_FOLLOWER} -> {CONDITION}")
+        say(f"  {TRIAL_FOLLOWER} -> study NCT06740149;  {CONDITION_FOLLOWER} -> {CONDITION} (near Foshan, 50 km)")
         _wait("2 confirmation emails written", lambda: len(list(outbox.glob("*.eml"))) >= 2, 60, say)
         for path in sorted(outbox.glob("*.eml")):
             token = _confirm_token(_read(path))

@@ -20,6 +20,9 @@ class Recipient:
     # Placeholder name -> value, e.g. {"unsubscribe_url": "https://.../unsubscribe/<token>"}.
     values: Mapping[str, str]
     message_id: str
+    # This recipient's subject when it differs from the batch's (a change alert that leads with a site
+    # near them, alerts.contents); None: the batch content's subject.
+    subject: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from alerts.transports.base import Batch, Recipient, fill
 def build_message(batch: Batch, recipient: Recipient) -> EmailMessage:
     content = personalize(batch.content, recipient.values)
     msg = EmailMessage()
-    msg["Subject"] = content.subject
+    msg["Subject"] = recipient.subject or content.subject
     msg["From"] = Address(display_name=batch.from_name, addr_spec=batch.from_email)
     msg["To"] = recipient.email
     msg["Date"] = format_datetime(localtime())

@@ -52,6 +52,7 @@ _HTML_UNSAFE = re.compile(r"[&<>\"'\x00-\x1f\x7f]")
 # ASCII text, which per-recipient values (URLs) are.
 _HTML_UNSAFE_BYTES = b"&<>\"'" + bytes(range(0x20)) + b"\x7f"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FRAGMENT_SUFFIXES = ("_text", "_html")
 _PERSONALIZATION_FIELD = re.compile(r"^personalizations(?:\.|\[)(\d+)")
 
 # Privacy: no tracking pixel, no rewritten links, no SendGrid-inserted unsubscribe footer (we have our own).
@@ -121,17 +122,24 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
     names: tuple[str, ...] | None = None
     tag_of: dict[str, str] = {}
     tag_chars = 0
+    fragment_names: list[str] = []
+    url_names: list[str] = []
     for r in batch.recipients:
         values = r.values
         if tuple(values) != names:
             names = tuple(values)
             tag_of = {name: f"%%{name}%%" for name in names}
             tag_chars = sum(map(len, tag_of.values()))
+            # Fragments (alerts.contents: our own rendering of one part, whose tag only that part has) are
+            # put in as they are; every other value is a URL and must be safe in HTML as it is.
+            fragment_names = [name for name in names if name.endswith(_FRAGMENT_SUFFIXES)]
+            url_names = [name for name in names if not name.endswith(_FRAGMENT_SUFFIXES)]
         substitutions: dict[str, str] = {}
         for name, value in values.items():
             substitutions[tag_of[name]] = value
         # Values are URLs; SendGrid puts the same value into the HTML part unescaped.
-        joined = "".join(values.values())
+        joined = "".join([values[name] for name in url_names]) if fragment_names else "".join(values.values())
+        fragment_bytes = sum(len(values[name].encode("utf-8")) for name in fragment_names) if fragment_names else 0
         joined_chars = len(joined)
         ascii_only = joined.isascii()
         if ascii_only:
@@ -142,7 +150,7 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         if unsafe:
             failed.append(_fail(r, "a per-recipient value has characters unsafe in HTML"))
             continue
-        sub_bytes = tag_chars + (joined_chars if ascii_only else len(joined.encode("utf-8")))
+        sub_bytes = tag_chars + (joined_chars if ascii_only else len(joined.encode("utf-8"))) + fragment_bytes
         if sub_bytes > MAX_SUBSTITUTION_BYTES:
             failed.append(_fail(r, f"substitutions are {sub_bytes} bytes; SendGrid allows {MAX_SUBSTITUTION_BYTES}"))
             continue
@@ -158,7 +166,13 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         args = {"delivery_id": str(r.delivery_id)} if alert else {"ref": ref_prefix + str(r.delivery_id)}
         email = r.email
         body = {"to": [{"email": email}], "substitutions": substitutions, "headers": headers, "custom_args": args}
-        chars = len(email) + sub_bytes + 2 * joined_chars + len(message_id)
+        chars = len(email) + sub_bytes + 2 * (joined_chars + fragment_bytes) + len(message_id)
+        if r.subject is not None:
+            if _CONTROL.search(r.subject):
+                failed.append(_fail(r, "the subject would contain a control character"))
+                continue
+            body["subject"] = r.subject  # SendGrid: a personalization's subject overrides the message's
+            chars += len(r.subject)
         items.append(_Item(r, body, email.lower(), 12 * chars + fixed_bound))
     return items, failed
 

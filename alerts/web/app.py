@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import FastAPI
@@ -9,8 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alerts import __version__
+from alerts import places as gazetteer_places
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, conditions, health, links, ops, pages, signup, webhooks
+from alerts.web import api_events, conditions, health, links, ops, pages, places, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
 from alerts.web.security import BodyLimit, StrictTransport, body_limits
 from alerts.web.validation import request_validation_error
@@ -36,6 +38,9 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         enqueue = CeleryEnqueue()
     app.state.enqueue = enqueue
     app.state.limiter = RateLimiter.from_settings(settings)
+    # The city gazetteer takes about half a second to index: built in the background at start, so the
+    # first visitor's city search does not wait for it (functools.cache: once per process).
+    threading.Thread(target=gazetteer_places.gazetteer, name="gazetteer", daemon=True).start()
     pages.install(app)
     app.add_exception_handler(RequestValidationError, request_validation_error)
 
@@ -49,6 +54,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     app.include_router(signup.router)
     app.include_router(links.router)
     app.include_router(conditions.router)
+    app.include_router(places.router)
     app.include_router(webhooks.router)
 
     # The last added is the outermost. The real client address (from a trusted proxy's X-Forwarded-For)

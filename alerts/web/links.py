@@ -19,12 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alerts import subscriptions, text
+from alerts import preferences, subscriptions, text
 from alerts.db import transaction
 from alerts.models import Subscriber, Subscription, SubscriptionKind, SubscriptionStatus
+from alerts.preferences import InvalidPreference
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
 from alerts.web import pages
+from alerts.web import places as place_form
 from alerts.web.deps import RuntimeDep
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, RateLimited, RateLimiter
 
@@ -313,16 +315,22 @@ def _manage_page(
     notice: str | None = None,
     erase_error: str | None = None,
     status_code: int = 200,
+    errors: dict[str, str] | None = None,
+    form: FormData | None = None,
 ) -> HTMLResponse:
     with transaction(runtime.engine) as session:
         items = _items(session, subscriber_id)
+        subscriber = session.get(Subscriber, subscriber_id)
+        chosen = preferences.of(subscriber) if subscriber is not None else None
     context = {
         "items": items,
         "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
         "base_action": f"/manage/{token}",
         "notice": notice,
         "erase_error": erase_error,
-    }
+        "errors": errors or {},
+        "summary": chosen.describe() if chosen is not None else [],
+    } | place_form.form_context(request, chosen, form)
     return pages.render(request, "manage.html", context, status_code=status_code)
 
 
@@ -375,6 +383,32 @@ def _manage_unsubscribe(request: Request, token: str, runtime: Runtime, form: Fo
                 notice = f"You're unsubscribed from {subscriptions.describe(session, subscription)}."
                 log.info("subscription.unsubscribed", subscription_id=subscription.id, scope="one", via="manage")
     return _manage_page(request, runtime, token, subscriber_id, notice=notice)
+
+
+@router.post("/manage/{token}/preferences", include_in_schema=False, response_class=HTMLResponse)
+async def manage_preferences(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    form = await _read_form(request)
+    return await run_in_threadpool(_manage_preferences, request, token, runtime, form)
+
+
+def _manage_preferences(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    """Replace the subscriber's place, distance, age and sex (every field optional; blank clears it)."""
+    try:
+        subscriber_id = _subscriber_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    if subscriber_id is None:
+        return pages.gone_link(request)
+    try:
+        chosen = place_form.from_form(form)
+    except InvalidPreference as exc:
+        return _manage_page(
+            request, runtime, token, subscriber_id, errors={exc.field: str(exc)}, status_code=422, form=form
+        )
+    with transaction(runtime.engine) as session:
+        preferences.set_preferences(session, subscriber_id, chosen)
+    log.info("preferences.changed", subscriber_id=subscriber_id, via="manage")  # never the values
+    return _manage_page(request, runtime, token, subscriber_id, notice="Your choices are saved.")
 
 
 @router.post("/manage/{token}/erase", include_in_schema=False, response_class=HTMLResponse)

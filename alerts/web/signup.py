@@ -27,11 +27,14 @@ from alerts import signups, subscriptions, text
 from alerts.addresses import InvalidAddress, normalize_email
 from alerts.db import transaction
 from alerts.models import Trial
+from alerts.preferences import InvalidPreference, Preferences
 from alerts.runtime import Runtime
 from alerts.subscriptions import InvalidTarget, Target
 from alerts.web import choices, pages
+from alerts.web import places as place_form
 from alerts.web.conditions import ConditionSuggestion
 from alerts.web.deps import RuntimeDep
+from alerts.web.places import PreferencesBody
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, SIGNUP_PER_IP, RateLimited, RateLimiter
 from alerts.web.validation import FieldIssue, ValidationProblem
 
@@ -89,6 +92,11 @@ class SignupRequest(BaseModel):
         ),
         examples=["Acute-On-Chronic Liver Failure"],
     )
+    # "Can I take part?" (optional; see alerts.preferences and PUT /api/preferences). Stored only while the
+    # address has no active alert; afterwards its owner changes them with the manage token.
+    preferences: PreferencesBody | None = Field(
+        default=None, description="Optional city, distance, age and sex: only studies the person could join"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -137,6 +145,11 @@ class SignupRequest(BaseModel):
     def _exactly_one(self) -> SignupRequest:
         if (self.trial is None) == (self.condition is None):
             raise ValueError("give exactly one of 'trial' and 'condition'")
+        if self.preferences is not None:
+            try:
+                self.preferences.parse()
+            except InvalidPreference as exc:
+                raise ValueError(f"preferences.{exc.field}: {exc}") from None
         return self
 
 
@@ -168,7 +181,13 @@ def client_key(runtime: Runtime, request: Request) -> str:
 
 
 def perform_signup(
-    runtime: Runtime, limiter: RateLimiter, enqueue: Any, address: str, targets: list[Target], ip_key: str
+    runtime: Runtime,
+    limiter: RateLimiter,
+    enqueue: Any,
+    address: str,
+    targets: list[Target],
+    ip_key: str,
+    chosen: Preferences | None = None,
 ) -> None:
     """Count the attempt, record the sign-up and queue it. Raises RateLimited.
 
@@ -180,7 +199,7 @@ def perform_signup(
     limiter.hit(SIGNUP_PER_IP, settings.signup_per_ip, ip_key)
     limiter.hit(CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address))
     with transaction(runtime.engine) as session:
-        request_id = signups.record(session, address, targets)
+        request_id = signups.record(session, address, targets, chosen=chosen)
     enqueue.process_signup(request_id)
     log.info("signup.recorded", request_id=request_id, targets=len(targets))
 
@@ -238,7 +257,13 @@ def create_subscription(body: SignupRequest, request: Request, runtime: RuntimeD
         return JSONResponse(problem.model_dump(), status_code=422)
     try:
         perform_signup(
-            runtime, _limiter(request), request.app.state.enqueue, body.email, [target], client_key(runtime, request)
+            runtime,
+            _limiter(request),
+            request.app.state.enqueue,
+            body.email,
+            [target],
+            client_key(runtime, request),
+            body.preferences.parse() if body.preferences is not None else None,
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
@@ -282,6 +307,7 @@ def _form_page(
     suggested: list[str] | None = None,
     errors: dict[str, str] | None = None,
     status_code: int = 200,
+    form: FormData | None = None,
 ) -> HTMLResponse:
     first_visit = chosen_conditions is None
     trial_offer = None
@@ -303,7 +329,7 @@ def _form_page(
         "typed_condition": typed_condition,
         "suggested": suggested or [],
         "errors": errors or {},
-    }
+    } | place_form.form_context(request, None, form)
     return pages.render(request, "subscribe.html", context, status_code=status_code)
 
 
@@ -447,6 +473,11 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
     errors, targets = found.errors, found.targets
     if not targets and not {"trial", "condition"} & errors.keys():
         errors["targets"] = "Choose at least one alert." if offer_mode else "Enter a study number or a condition."
+    chosen = None
+    try:
+        chosen = place_form.from_form(form)
+    except InvalidPreference as exc:
+        errors[exc.field] = str(exc)
     if errors:
         condition_values = found.condition_values
         return _form_page(
@@ -461,6 +492,7 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             suggested=found.suggested,
             errors=errors,
             status_code=422,
+            form=form,
         )
     try:
         perform_signup(
@@ -470,6 +502,7 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             found.address,
             list(dict.fromkeys(targets)),
             client_key(runtime, request),
+            chosen if chosen != Preferences() else None,
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)

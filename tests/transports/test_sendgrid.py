@@ -270,3 +270,25 @@ def test_after_a_retryable_answer_the_rest_of_the_batch_waits(
     assert [(r.outcome, r.ambiguous) for r in results] == [(Outcome.RETRY, False)] * 2
     assert (results[1].error or "").startswith("not tried after: SendGrid 500")
     assert standin.stats()["requests_total"] == 1
+
+
+def test_fragments_and_a_recipients_own_subject_travel_in_their_personalization(
+    sendgrid: SendGridTransport, standin: SendGridStandIn
+) -> None:
+    """A reader with a place (alerts.contents): their "near you" fragments, one per part, and their subject."""
+    near = recipient(2)
+    near = type(near)(
+        2,
+        near.email,
+        dict(near.values)
+        | {"near_site_text": "The nearest open site is 3 km from you:", "near_site_html": "<p>3 km &amp; open</p>"},
+        near.message_id,
+        "A new site opened 3 km from you: A study",
+    )
+    results = sendgrid.send(make_batch(recipients=[recipient(1), near]))
+    assert outcomes(results) == {"sent": 2} and len(standin.requests) == 1
+    by_email = {p.to[0]: p for p in standin.personalizations}
+    placed = by_email[near.email]
+    assert placed.subject == "A new site opened 3 km from you: A study"
+    assert placed.substitutions["%%near_site_html%%"] == "<p>3 km &amp; open</p>"  # our own HTML, as it is
+    assert by_email["person1@example.org"].subject == "New trial for Herniated Disc"

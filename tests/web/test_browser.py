@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
+from alerts import places
 from alerts.models import SubscriptionStatus
 from alerts.pipeline import ingest
 from alerts.runtime import Runtime
@@ -216,6 +217,10 @@ def test_subscriber_journey(site: Site, browser: Browser, request: pytest.Fixtur
     page.keyboard.press("Tab")  # the study, already ticked
     page.keyboard.press("Tab")  # the condition
     page.keyboard.press("Space")
+    # "Studies you could join": every field optional, reached in order, each with why it is asked.
+    for field in ("city", "distance", "recruiting_sites_only", "age", "sex"):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == field
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Get alerts"
     page.keyboard.press("Enter")
@@ -239,3 +244,28 @@ def test_subscriber_journey(site: Site, browser: Browser, request: pytest.Fixtur
     shots.take(page, "gone-phone")
     phone.close()
     assert len(list(shots.folder.glob("*.png"))) == shots.count
+
+
+def test_city_autocomplete_picks_a_gazetteer_city(site: Site, browser: Browser, request: pytest.FixtureRequest) -> None:
+    """The one script: typing a city fetches suggestions (POST) and picking one fills the hidden city id."""
+    db = request.node.callspec.params.get("db_url", "db")
+    folder = SCREENSHOTS / f"{db}-places"
+    folder.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(f"{site.url}/subscribe?condition=Asthma")
+    page.get_by_label("Your city or nearest town").fill("Arnh")
+    # (The first search may wait for the gazetteer's index on a busy machine.)
+    expect(page.locator("#city-options option").first).to_have_attribute(
+        "value", "Arnhem, The Netherlands", timeout=30_000
+    )
+    page.get_by_label("Your city or nearest town").fill("Arnhem, The Netherlands")
+    expect(page.locator("#city_id")).to_have_value(str(places.gazetteer().search("Arnhem")[0].id), timeout=30_000)
+    page.get_by_label("How far could you travel?").select_option(index=2)  # 50 (km or miles by locale)
+    page.get_by_label("Your age").fill("54")
+    page.screenshot(path=str(folder / "subscribe-with-a-place.png"), full_page=True)
+    # Nothing blocked by the Content-Security-Policy (the browser's own favicon request may 404).
+    assert [e for e in errors if "Refused" in e or "Content Security Policy" in e] == []
+    context.close()
