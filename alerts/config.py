@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     pending_expiry_days: int = Field(default=14, gt=0)
     retention_days: int = Field(default=180, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
+    # How often beat runs the digest schedule tick (alerts.digests.schedule): a digest leaves at most this
+    # long after its window closes. Windows close on the hour, or the half or quarter hour in zones such as
+    # America/St_Johns or Asia/Kathmandu, so a minute is plenty.
+    digest_tick_s: float = Field(default=60.0, gt=0)
     # First retry of a failed send waits about this long; each further retry doubles it (capped at 300 s).
     send_retry_base_s: float = Field(default=2.0, gt=0)
 

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from alerts import contents, ctgov, emails, vocabulary
 from alerts.conditions import condition_keys
+from alerts.digests import held
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import MatchPlan, TrialFacts, create_deliveries_chunk
+from alerts.matching import MatchPlan, TrialFacts, create_deliveries_chunk, create_held_items
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial, utcnow
 from alerts.rendering import Content, Renderer
 
@@ -35,6 +36,8 @@ class Accepted:
     timings: dict[str, float] = field(default_factory=dict)
     # Renders one more variant of the email, for the later chunks of a fan-out (alerts.fanout).
     render: Callable[[str | None], Content] | None = field(default=None, repr=False, compare=False)
+    # Items held for digest subscribers instead of emails (alerts.digests).
+    held: int = 0
 
 
 def _is_newest(snapshot: Trial | None, event: TrialEvent) -> bool:
@@ -101,6 +104,8 @@ def accept(
     context: Callable[[], dict[str, Any]]  # built only when someone is listening
     broader: list[str] = []
     facts: TrialFacts | None = None
+    old: Mapping[str, Any] | None = None
+    changes: list[ctgov.Change] = []
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
         changes = ctgov.diff(old, event.trial) if old is not None else []
@@ -127,17 +132,24 @@ def accept(
     session.add(row)
     session.flush()
     render: Callable[[str | None], Content] | None = None
+    held_count = 0
     if reason is None:
         rows_started = time.perf_counter()
         plan = MatchPlan(kind, tuple(targets), tuple(broader), facts, dedupe)
         row.match = plan.as_json()
         chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk)
         row.recipients = chunk.created
+        # Digest subscribers: the same match becomes held items, with the entry rendered once for all.
+        held_count = create_held_items(session, row.id, plan)
         if chunk.complete:
             row.status = EventStatus.FANNED_OUT
         else:
             row.status, row.fanout_cursor, row.fanout_at = EventStatus.FANNING_OUT, chunk.last_subscriber_id, utcnow()
         timings["rows_s"] = time.perf_counter() - rows_started
+        if held_count:
+            render_started = time.perf_counter()
+            held.prepare(session, renderer, site, row.id, dedupe, event.trial, old, changes)
+            timings["held_render_s"] = time.perf_counter() - render_started
         if row.recipients:
             shared = {**site, **context()}
 
@@ -153,4 +165,4 @@ def accept(
     else:
         row.reason = reason
     timings["match_s"] = time.perf_counter() - started - sum(timings.values())
-    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render)
+    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render, held_count)

@@ -49,6 +49,7 @@ from alerts.conditions import condition_key
 from alerts.models import (
     Delivery,
     DeliveryStatus,
+    HeldItem,
     Subscription,
     SubscriptionFilter,
     SubscriptionKind,
@@ -59,6 +60,7 @@ from alerts.models import (
 # Statuses that pass a "recruiting only" filter.
 OPEN_STATUSES: Final = frozenset({"RECRUITING", "NOT_YET_RECRUITING"})
 COUNTRY: Final = "country"
+IMMEDIATELY: Final = "immediately"  # Subscription.frequency of an email per event (alerts.digests.preferences)
 PHASE: Final = "phase"
 
 
@@ -142,20 +144,12 @@ def _passes(kind: str, values: bool) -> ColumnElement[bool]:
     )
 
 
-@functools.cache
-def _matching_insert(
-    kind: SubscriptionKind,
-    broader: bool,
-    recruiting: bool,
-    countries: bool,
-    phases: bool,
-    select_only: bool = False,
-    chunked: bool = False,
-) -> Executable:
-    """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
+def _candidates(
+    kind: SubscriptionKind, broader: bool, recruiting: bool, countries: bool, phases: bool, chunked: bool
+) -> Any:
+    """Active subscriptions the event matches, ranked per subscriber (the oldest owns the news).
 
-    Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
-    country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers).
+    The one place filters are applied: immediate deliveries and digest held items both select from it.
     """
     where: list[ColumnElement[bool]] = [
         Subscription.kind == kind.value,
@@ -176,17 +170,39 @@ def _matching_insert(
             where.append(Subscription.recruiting_only.is_(False))
         where += [_passes(COUNTRY, countries), _passes(PHASE, phases)]
     variant = Subscription.label if kind == SubscriptionKind.CONDITION else null()
-    candidates = (
+    return (
         select(
             Subscription.subscriber_id,
             Subscription.id.label("subscription_id"),
             variant.label("variant"),
-            # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link).
+            # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link),
+            # and its frequency decides between an email now and a held item for the digest.
+            Subscription.frequency,
             func.row_number().over(partition_by=Subscription.subscriber_id, order_by=Subscription.id).label("rank"),
         )
         .where(*where)
         .subquery()
     )
+
+
+@functools.cache
+def _matching_insert(
+    kind: SubscriptionKind,
+    broader: bool,
+    recruiting: bool,
+    countries: bool,
+    phases: bool,
+    select_only: bool = False,
+    chunked: bool = False,
+) -> Executable:
+    """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
+
+    Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
+    country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers).
+    Only subscriptions whose owner is emailed immediately; digest subscriptions get held items
+    (``_holding_insert``, the same candidates).
+    """
+    candidates = _candidates(kind, broader, recruiting, countries, phases, chunked)
     already = aliased(Delivery)
     dedupe_key = bindparam("dedupe_key", type_=String())
     now = bindparam("now", type_=Delivery.created_at.type)
@@ -204,6 +220,7 @@ def _matching_insert(
         )
         .where(
             candidates.c.rank == 1,
+            candidates.c.frequency == IMMEDIATELY,
             ~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == candidates.c.subscriber_id),
         )
         # Keyset order: delivery ids follow subscriber ids, so batches read the index in order.
@@ -227,6 +244,36 @@ def _matching_insert(
     return insert(Delivery).from_select(columns, matches)
 
 
+@functools.cache
+def _holding_insert(
+    kind: SubscriptionKind, broader: bool, recruiting: bool, countries: bool, phases: bool
+) -> Executable:
+    """Held items for the digest subscriptions among the same candidates as ``_matching_insert``.
+
+    Deduplicated like deliveries: one item per subscriber and piece of news, and none for news the
+    subscriber was already emailed (a subscription switched from immediately to a digest in between).
+    """
+    candidates = _candidates(kind, broader, recruiting, countries, phases, False)
+    dedupe_key = bindparam("dedupe_key", type_=String())
+    held = aliased(HeldItem)
+    emailed = aliased(Delivery)
+    matches = select(
+        bindparam("event_id", type_=Integer()),
+        candidates.c.subscriber_id,
+        candidates.c.subscription_id,
+        dedupe_key,
+        candidates.c.variant,
+        bindparam("now", type_=HeldItem.created_at.type),
+    ).where(
+        candidates.c.rank == 1,
+        candidates.c.frequency != IMMEDIATELY,
+        ~exists().where(held.dedupe_key == dedupe_key, held.subscriber_id == candidates.c.subscriber_id),
+        ~exists().where(emailed.dedupe_key == dedupe_key, emailed.subscriber_id == candidates.c.subscriber_id),
+    )
+    columns = ["event_id", "subscriber_id", "subscription_id", "dedupe_key", "variant", "created_at"]
+    return insert(HeldItem).from_select(columns, matches)
+
+
 def _statement(
     event_id: int,
     kind: SubscriptionKind,
@@ -236,6 +283,7 @@ def _statement(
     facts: TrialFacts | None,
     select_only: bool,
     chunked: bool = False,
+    holding: bool = False,
 ) -> tuple[Executable | None, dict[str, Any]]:
     direct = list(dict.fromkeys(targets))
     broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
@@ -243,15 +291,8 @@ def _statement(
         return None, {}
     facts = facts or TrialFacts()
     condition = kind == SubscriptionKind.CONDITION
-    statement = _matching_insert(
-        kind,
-        bool(broader),
-        facts.recruiting or not condition,
-        bool(facts.countries),
-        bool(facts.phases),
-        select_only,
-        chunked,
-    )
+    shape = (kind, bool(broader), facts.recruiting or not condition, bool(facts.countries), bool(facts.phases))
+    statement = _holding_insert(*shape) if holding else _matching_insert(*shape, select_only, chunked)
     params = {
         "event_id": event_id,
         "dedupe_key": dedupe_key,
@@ -313,6 +354,22 @@ def create_deliveries(
     session.connection().execute(statement, params)
     # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index counts fast.
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
+
+
+def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:
+    """One held item per subscriber whose matching subscription is a digest (daily or weekly).
+
+    The same candidates, filters and oldest-owns rule as ``create_deliveries`` (one statement builder),
+    for every digest subscriber at once: held items are small rows and nothing waits on them to be sent.
+    Returns the number created.
+    """
+    statement, params = _statement(
+        event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, False, holding=True
+    )
+    if statement is None:
+        return 0
+    session.connection().execute(statement, params)
+    return int(session.scalar(select(func.count()).where(HeldItem.event_id == event_id)) or 0)
 
 
 @dataclass(frozen=True)

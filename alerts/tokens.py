@@ -17,6 +17,8 @@ class Purpose(enum.StrEnum):
     CONFIRM = "confirm"
     UNSUBSCRIBE = "unsubscribe"
     MANAGE = "manage"
+    # A digest's one-click link: ends every subscription whose items that digest carried (alerts.digests).
+    DIGEST = "digest"
 
 
 class TokenError(Exception):

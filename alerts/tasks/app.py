@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.delivery.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+            "alerts.digests.tick": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+            "alerts.digests.send": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.webhooks.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
         },
         # Acknowledge after the task ran, and give the message back if the worker process died: a killed
@@ -110,12 +112,19 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.tasks.subscriptions",
             "alerts.tasks.maintenance",
             "alerts.tasks.webhooks",
+            "alerts.tasks.digests",
         ],
         beat_schedule={
             "maintenance": {
                 "task": "alerts.maintenance.run",
                 "schedule": settings.maintenance_interval_s,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.maintenance_interval_s},
+            },
+            # One tick closes every due digest window with one grouped query (alerts.digests.schedule).
+            "digests": {
+                "task": "alerts.digests.tick",
+                "schedule": settings.digest_tick_s,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.digest_tick_s},
             },
         },
     )

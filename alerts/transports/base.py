@@ -20,6 +20,10 @@ class Recipient:
     # Placeholder name -> value, e.g. {"unsubscribe_url": "https://.../unsubscribe/<token>"}.
     values: Mapping[str, str]
     message_id: str
+    # Per-recipient blocks of the message that are not links (a digest's own entries, alerts.digests.send):
+    # "subject", "html" and "text" fill PART_TAGS in that one part of the batch's content, as they are (the
+    # HTML is escaped by its renderer). None for emails whose content is entirely shared.
+    parts: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class Transport(Protocol):
     def send(self, batch: Batch) -> list[Result]:
         """Send every recipient of ``batch`` and say what happened to each one."""
         ...
+
+
+# Where each per-recipient part goes: a tag that appears only in its own part of the shared content.
+PART_TAGS = {"subject": "%%part_subject%%", "html": "%%part_html%%", "text": "%%part_text%%"}
 
 
 def fill(template: str, values: Mapping[str, str]) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 import structlog
 
 from alerts.logs import redact
-from alerts.transports.base import Batch, Outcome, Recipient, Result, fill
+from alerts.transports.base import PART_TAGS, Batch, Outcome, Recipient, Result, fill
 
 log = structlog.get_logger("alerts.transports.sendgrid")
 
@@ -146,6 +146,24 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         if sub_bytes > MAX_SUBSTITUTION_BYTES:
             failed.append(_fail(r, f"substitutions are {sub_bytes} bytes; SendGrid allows {MAX_SUBSTITUTION_BYTES}"))
             continue
+        parts = r.parts
+        if parts:
+            # A digest's own entries (alerts.digests.send): whole HTML / text blocks, escaped by their
+            # renderer and put by SendGrid only where their tag is (one part each), so not screened as URLs.
+            part_bytes = 0
+            for name, value in parts.items():
+                tag = PART_TAGS[name]
+                substitutions[tag] = value
+                part_bytes += len(tag) + len(value.encode("utf-8"))
+            if _CONTROL.search(parts.get("subject", "")):
+                failed.append(_fail(r, "the subject would contain a control character"))
+                continue
+            sub_bytes += part_bytes
+            if sub_bytes > MAX_SUBSTITUTION_BYTES:
+                failed.append(
+                    _fail(r, f"substitutions are {sub_bytes} bytes; SendGrid allows {MAX_SUBSTITUTION_BYTES}")
+                )
+                continue
         message_id = r.message_id
         if "\r" in message_id or "\n" in message_id:
             failed.append(_fail(r, "the Message-ID would contain a line break"))

@@ -1,0 +1,201 @@
+"""The schedule tick: close every due digest window with one grouped query and set-based statements.
+
+Beat runs ``tick`` every minute (``ALERTS_DIGEST_TICK_S``). Each subscriber with digest subscriptions has
+``digest_due_at``, the next window close in their own time (``alerts.digests.windows``). One query groups
+the due subscribers by time zone, hour, weekday and cadence; for each group the window it closes and the
+next one are worked out once in Python (zoneinfo), and three statements do the rest for the whole group:
+
+1. ``INSERT INTO digests ... SELECT`` one row per due subscriber who holds something for this window. The
+   window is part of the row's unique key (subscriber, window close): the same window can never become a
+   second digest, whoever runs the tick again.
+2. ``UPDATE held_items SET digest_id`` for the items the window carries (held before its close; weekly
+   subscriptions' items only on the subscriber's weekday).
+3. ``UPDATE subscribers SET digest_due_at`` to the next close.
+
+All in one transaction, behind a lock, so two ticks (a duplicated beat, a redelivered task) take turns and
+the second finds nothing due. A tick that comes late (workers down) closes only the latest window: one
+late digest with everything held, not one per missed window. Sending is queued after the commit, in
+ranges of digest ids (``alerts.digests.send``); a lost send task is re-queued by maintenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
+
+from alerts.db import transaction
+from alerts.digests.preferences import zone
+from alerts.digests.windows import DAILY, WEEKLY, latest_close, local_weekday, next_close
+from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, Subscription, utcnow
+
+# pg_advisory_xact_lock key of the tick ("digests" as a number); SQLite serializes writers anyway.
+TICK_LOCK = 0x64696765737473
+
+
+@dataclass
+class TickReport:
+    groups: int = 0  # (time zone, hour, weekday, cadence) groups due
+    due: int = 0  # subscribers whose window closed
+    digests: int = 0  # digests created (due subscribers holding something)
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # (after_id, upto_id] of the new digests
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": TICK_LOCK})
+    else:
+        # A write takes SQLite's database lock at once (its driver begins a transaction only at the first
+        # write), so the reads below see everything a tick before this one committed.
+        session.execute(update(Subscriber).where(Subscriber.id == -1).values(digest_due_at=None))
+
+
+def _in_group(tz: str, hour: int, weekday: int, cadence: str | None, now: datetime) -> Any:
+    cadence_match = Subscriber.digest_cadence.is_(None) if cadence is None else Subscriber.digest_cadence == cadence
+    return and_(
+        Subscriber.time_zone == tz,
+        Subscriber.digest_hour == hour,
+        Subscriber.digest_weekday == weekday,
+        cadence_match,
+        Subscriber.digest_due_at <= now,
+    )
+
+
+def _carried(weekly_too: bool, window: datetime) -> Any:
+    """Held items a window carries: held before its close; weekly subscriptions' only when ``weekly_too``."""
+    condition = and_(HeldItem.digest_id.is_(None), HeldItem.created_at <= window)
+    if weekly_too:
+        return condition
+    daily = select(Subscription.id).where(Subscription.id == HeldItem.subscription_id, Subscription.frequency != WEEKLY)
+    return and_(condition, exists(daily))
+
+
+def close_windows(session: Session, now: datetime) -> TickReport:
+    """Close every window due at ``now`` (one digest per subscriber and window). In the caller's transaction."""
+    report = TickReport()
+    _lock(session)
+    groups = session.execute(
+        select(
+            Subscriber.time_zone,
+            Subscriber.digest_hour,
+            Subscriber.digest_weekday,
+            Subscriber.digest_cadence,
+            func.count(),
+        )
+        .where(Subscriber.digest_due_at <= now)
+        .group_by(Subscriber.time_zone, Subscriber.digest_hour, Subscriber.digest_weekday, Subscriber.digest_cadence)
+    ).all()
+    if not groups:
+        return report
+    newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
+    for tz, hour, weekday, cadence, count in groups:
+        report.groups += 1
+        report.due += int(count)
+        place = zone(tz)
+        # A subscriber without digest subscriptions left (cadence None) still gets what they hold, daily.
+        window = latest_close(now, place, hour, weekday, cadence)
+        following = next_close(now, place, hour, weekday, cadence or DAILY)
+        weekly_too = cadence != DAILY or local_weekday(window, place) == weekday
+        in_group = _in_group(tz, hour, weekday, cadence, now)
+        earlier = aliased(Digest)
+        carried = _carried(weekly_too, window)
+        has_items = exists(select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, carried))
+        already = exists(select(earlier.id).where(earlier.subscriber_id == Subscriber.id, earlier.window_at == window))
+        columns = ["subscriber_id", "window_at", "status", "items", "attempts", "created_at", "updated_at"]
+        rows = select(
+            Subscriber.id,
+            literal(window, Digest.window_at.type),
+            literal(DigestStatus.QUEUED.value),
+            literal(0),
+            literal(0),
+            literal(now, Digest.created_at.type),
+            literal(now, Digest.updated_at.type),
+        ).where(in_group, has_items, ~already)
+        session.execute(insert(Digest).from_select(columns, rows))
+        # The new digests take the items their window carries.
+        session.execute(
+            update(HeldItem)
+            .where(
+                Digest.subscriber_id == HeldItem.subscriber_id,
+                Digest.window_at == window,
+                Digest.id > newest_before,
+                carried,
+            )
+            .values(digest_id=Digest.id)
+            .execution_options(synchronize_session=False)
+        )
+        if cadence is None:
+            # Nothing left to schedule once what they held is out; otherwise the next window sends the rest.
+            leftover = exists(
+                select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, HeldItem.digest_id.is_(None))
+            )
+            next_due: Any = select(literal(following, Subscriber.digest_due_at.type)).where(leftover).scalar_subquery()
+        else:
+            next_due = following
+        session.execute(
+            update(Subscriber)
+            .where(in_group)
+            .values(digest_due_at=next_due)
+            .execution_options(synchronize_session=False)
+        )
+    created = select(Digest.id).where(Digest.id > newest_before)
+    report.digests = int(session.scalar(select(func.count()).select_from(created.subquery())) or 0)
+    return report
+
+
+def _ranges(
+    session: Session, after_id: int, batch_size: int, touched_at: datetime | None = None
+) -> list[tuple[int, int]]:
+    """(after_id, upto_id] ranges of at most ``batch_size`` queued digests with ids after ``after_id``
+    (only those touched at ``touched_at`` when given)."""
+    condition = and_(Digest.id > after_id, Digest.status == DigestStatus.QUEUED.value)
+    if touched_at is not None:
+        condition = and_(condition, Digest.updated_at == touched_at)
+    numbered = (
+        select(Digest.id, func.row_number().over(order_by=Digest.id).label("rn"), func.count().over().label("total"))
+        .where(condition)
+        .subquery()
+    )
+    ends = select(numbered.c.id).where((numbered.c.rn % batch_size == 0) | (numbered.c.rn == numbered.c.total))
+    out = []
+    after = after_id
+    for upto in session.scalars(ends.order_by(numbered.c.id)):
+        out.append((after, int(upto)))
+        after = int(upto)
+    return out
+
+
+def tick(engine: Engine, batch_size: int, now: datetime | None = None) -> TickReport:
+    """Close due windows in one transaction; returns the ranges of new digests for the caller to queue."""
+    moment = now or utcnow()
+    with transaction(engine) as session:
+        newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
+        report = close_windows(session, moment)
+        if report.digests:
+            report.ranges = _ranges(session, newest_before, batch_size)
+    return report
+
+
+def requeue(session: Session, stale_after_s: int, batch_size: int) -> list[tuple[int, int]]:
+    """Maintenance: sending leases that ran out go back to queued; ranges of digests queued too long ago.
+
+    A digest claimed by a worker that died may have been handed to the provider already: like deliveries,
+    the re-send is counted (attempts) and carries the same Message-ID, so mail systems drop a duplicate.
+    """
+    now = utcnow()
+    expired = and_(Digest.status == DigestStatus.SENDING.value, Digest.lease_until < now)
+    stale = and_(Digest.status == DigestStatus.QUEUED.value, Digest.updated_at < now - timedelta(seconds=stale_after_s))
+    oldest = session.scalar(select(func.min(Digest.id)).where(or_(expired, stale)))
+    if oldest is None:
+        return []
+    # Touched now, so the next pass does not queue them again while these tasks are on the broker.
+    session.execute(
+        update(Digest)
+        .where(or_(expired, stale))
+        .values(status=DigestStatus.QUEUED.value, lease_until=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _ranges(session, int(oldest) - 1, batch_size, touched_at=now)
