@@ -177,13 +177,12 @@ def _render_missing(session: Session, renderer: Renderer, site: Mapping[str, Any
         if parsed is None:
             continue  # a new trial's fragment is made when held; without it the entry is left out
         nct, from_fp, to_fp = parsed
-        versions = dict(
-            session.execute(
-                select(TrialVersion.fingerprint, TrialVersion.record).where(
-                    TrialVersion.nct_id == nct, TrialVersion.fingerprint.in_([from_fp, to_fp])
-                )
-            ).tuples()
+        rows = session.execute(
+            select(TrialVersion.fingerprint, TrialVersion.record).where(
+                TrialVersion.nct_id == nct, TrialVersion.fingerprint.in_([from_fp, to_fp])
+            )
         )
+        versions = {fingerprint: record for fingerprint, record in rows}
         if from_fp not in versions or to_fp not in versions:
             continue  # versions pruned: the entry is left out rather than shown wrong
         old, new = versions[from_fp], versions[to_fp]
