@@ -182,3 +182,73 @@ def set_frequency(session: Session, subscription_id: int, frequency: str) -> Sub
 def describe_time(subscriber: Subscriber) -> str:
     """ "08:00 (Europe/Paris)" / "08:00 on Mondays (Europe/Paris)": how the manage page states it."""
     return f"{subscriber.digest_hour:02d}:00 ({subscriber.time_zone})"
+
+
+@dataclass(frozen=True)
+class DigestChoice:
+    """What a sign-up asks for: a frequency for its subscriptions and, for digests, when they arrive.
+
+    The one object sign-up flows (form, JSON API, a future one) hand to ``subscriptions.sign_up``.
+    """
+
+    frequency: str | None = None
+    preferences: DigestPreferences | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        frequency: str | None = None,
+        time_zone: str | None = None,
+        hour: int | str | None = None,
+        weekday: int | str | None = None,
+    ) -> DigestChoice:
+        """Raises InvalidPreference, whose message names the problem."""
+        preferences = DigestPreferences.parse(time_zone, hour, weekday)
+        empty = preferences == DigestPreferences()
+        return cls(parse_frequency(frequency) if frequency else None, None if empty else preferences)
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, object]) -> DigestChoice:
+        def text(name: str) -> str | None:
+            value = form.get(name)
+            return value if isinstance(value, str) else None
+
+        return cls.parse(text("frequency"), text("time_zone"), text("digest_hour"), text("digest_weekday"))
+
+
+def form_context(
+    frequency: str | None = None, time_zone: str | None = None, hour: int | None = None, weekday: int | None = None
+) -> dict[str, object]:
+    """What the sign-up form and the manage page need to offer the choices (templates/web/_digest_fields.html)."""
+    return {
+        "digest": {
+            "frequencies": [(value, FREQUENCY_LABELS[value]) for value in FREQUENCIES],
+            "frequency": frequency or IMMEDIATELY,
+            "hours": [(h, f"{h:02d}:00") for h in range(24)],
+            "hour": DEFAULT_HOUR if hour is None else hour,
+            "weekdays": list(enumerate(WEEKDAYS)),
+            "weekday": DEFAULT_WEEKDAY if weekday is None else weekday,
+            "time_zones": time_zones(),
+            "time_zone": time_zone or DEFAULT_TIME_ZONE,
+        }
+    }
+
+
+def form_context_from(form: Mapping[str, object] | None) -> dict[str, object]:
+    """``form_context`` with what a submitted form chose (a form shown again with errors keeps them)."""
+    if form is None:
+        return form_context() | {"digest_zone_from_browser": True}
+
+    def text(name: str) -> str | None:
+        value = form.get(name)
+        return value if isinstance(value, str) else None
+
+    frequency = text("frequency")
+    zone_name = text("time_zone")
+    hour, weekday = text("digest_hour"), text("digest_weekday")
+    return form_context(
+        frequency if frequency in FREQUENCIES else None,
+        zone_name if zone_name in time_zones() else None,
+        int(hour) if hour and hour.isdigit() and int(hour) < 24 else None,
+        int(weekday) if weekday and weekday.isdigit() and int(weekday) < 7 else None,
+    ) | {"digest_zone_from_browser": zone_name is None}

@@ -104,12 +104,22 @@ def close_windows(session: Session, now: datetime) -> TickReport:
         carried = _carried(weekly_too, window)
         has_items = exists(select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, carried))
         already = exists(select(earlier.id).where(earlier.subscriber_id == Subscriber.id, earlier.window_at == window))
-        columns = ["subscriber_id", "window_at", "status", "items", "attempts", "created_at", "updated_at"]
+        columns = [
+            "subscriber_id",
+            "window_at",
+            "status",
+            "items",
+            "subscription_ids",
+            "attempts",
+            "created_at",
+            "updated_at",
+        ]
         rows = select(
             Subscriber.id,
             literal(window, Digest.window_at.type),
             literal(DigestStatus.QUEUED.value),
             literal(0),
+            literal([], Digest.subscription_ids.type),
             literal(0),
             literal(now, Digest.created_at.type),
             literal(now, Digest.updated_at.type),

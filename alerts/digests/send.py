@@ -388,7 +388,13 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
         _mark(session, empty, DigestStatus.EMPTY)
         if prepared:
             # One executemany by primary key, not a statement per digest.
-            session.execute(update(Digest), [{"id": p.digest_id, "items": p.assembled.entries} for p in prepared])
+            session.execute(
+                update(Digest),
+                [
+                    {"id": p.digest_id, "items": p.assembled.entries, "subscription_ids": p.assembled.subscription_ids}
+                    for p in prepared
+                ],
+            )
     report.skipped, report.suppressed, report.empty = len(skipped), len(suppressed), len(empty)
     report.timings["claim_s"] = clock() - started
     started = clock()

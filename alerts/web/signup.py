@@ -21,6 +21,7 @@ from starlette.datastructures import FormData
 from alerts import subscriptions
 from alerts.addresses import InvalidAddress, normalize_email
 from alerts.db import transaction
+from alerts.digests.preferences import DigestChoice, InvalidPreference, form_context_from, parse_time_zone
 from alerts.models import Trial
 from alerts.runtime import Runtime
 from alerts.subscriptions import InvalidTarget, Target
@@ -53,6 +54,16 @@ class SignupRequest(BaseModel):
     condition: str | None = Field(
         default=None, max_length=300, description="A condition: be told about new studies for it"
     )
+    frequency: Literal["immediately", "daily", "weekly"] | None = Field(
+        default=None, description="An email per change (immediately, the default), or a daily or weekly digest"
+    )
+    time_zone: str | None = Field(
+        default=None, max_length=64, description="IANA time zone of digests, e.g. Europe/Paris (default UTC)"
+    )
+    digest_hour: int | None = Field(default=None, ge=0, le=23, description="Local hour of digests (default 8)")
+    digest_weekday: int | None = Field(
+        default=None, ge=0, le=6, description="Day of weekly digests, 0 = Monday (the default) to 6 = Sunday"
+    )
 
     @field_validator("email")
     @classmethod
@@ -81,6 +92,17 @@ class SignupRequest(BaseModel):
             return subscriptions.condition_target(value).label
         except InvalidTarget as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str | None) -> str | None:
+        try:
+            return parse_time_zone(value) if value is not None else None
+        except InvalidPreference as exc:
+            raise ValueError(str(exc)) from None
+
+    def digest(self) -> DigestChoice:
+        return DigestChoice.parse(self.frequency, self.time_zone, self.digest_hour, self.digest_weekday)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SignupRequest:
@@ -115,7 +137,13 @@ def client_key(runtime: Runtime, request: Request) -> str:
 
 
 def perform_signup(
-    runtime: Runtime, limiter: RateLimiter, enqueue: Any, address: str, targets: list[Target], ip_key: str
+    runtime: Runtime,
+    limiter: RateLimiter,
+    enqueue: Any,
+    address: str,
+    targets: list[Target],
+    ip_key: str,
+    digest: DigestChoice | None = None,
 ) -> None:
     """Sign ``address`` up for ``targets`` and queue the confirmations. Raises RateLimited.
 
@@ -130,8 +158,17 @@ def perform_signup(
     for attempt in range(3):
         try:
             with transaction(runtime.engine) as session:
+                choice = digest or DigestChoice()
                 outcomes = [
-                    subscriptions.sign_up(session, address, target, runtime.signer, runtime.hasher)
+                    subscriptions.sign_up(
+                        session,
+                        address,
+                        target,
+                        runtime.signer,
+                        runtime.hasher,
+                        frequency=choice.frequency,
+                        preferences=choice.preferences,
+                    )
                     for target in targets
                 ]
                 to_confirm = [o.subscription_id for o in outcomes if o.needs_confirmation]
@@ -186,6 +223,7 @@ def create_subscription(body: SignupRequest, request: Request, runtime: RuntimeD
             body.email,
             [body.target()],
             client_key(runtime, request),
+            body.digest(),
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
@@ -226,6 +264,7 @@ def _form_page(
     typed_condition: str = "",
     errors: dict[str, str] | None = None,
     status_code: int = 200,
+    form: FormData | None = None,
 ) -> HTMLResponse:
     first_visit = chosen_conditions is None
     trial_offer = None
@@ -245,6 +284,8 @@ def _form_page(
         "typed_trial": typed_trial,
         "typed_condition": typed_condition,
         "errors": errors or {},
+        # Digest choices (alerts.digests.preferences), kept as typed when the form comes back with errors.
+        **form_context_from(form),
     }
     return pages.render(request, "subscribe.html", context, status_code=status_code, embeddable=True)
 
@@ -337,6 +378,11 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             targets.append(subscriptions.condition_target(phrase))
         except InvalidTarget as exc:
             errors["condition"] = f"That condition can't be used: {exc}."
+    digest = DigestChoice()
+    try:
+        digest = DigestChoice.from_form(form)
+    except InvalidPreference as exc:
+        errors["frequency"] = f"That choice can't be used: {exc}."
     if not targets and not {"trial", "condition"} & errors.keys():
         errors["targets"] = "Choose at least one alert." if offer_mode else "Enter a study number or a condition."
     if errors:
@@ -351,10 +397,17 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             typed_condition="" if offer_mode else (condition_values[0][:300] if condition_values else ""),
             errors=errors,
             status_code=422,
+            form=form,
         )
     try:
         perform_signup(
-            runtime, _limiter(request), request.app.state.enqueue, address, targets, client_key(runtime, request)
+            runtime,
+            _limiter(request),
+            request.app.state.enqueue,
+            address,
+            targets,
+            client_key(runtime, request),
+            digest,
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
