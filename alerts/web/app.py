@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from alerts import __version__
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, conditions, links, ops, pages, signup, webhooks
+from alerts.web import api_events, conditions, digests, links, ops, pages, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
 
 
@@ -36,6 +36,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     app.include_router(ops.router)
     app.include_router(signup.router)
     app.include_router(links.router)
+    app.include_router(digests.router)
     app.include_router(conditions.router)
     app.include_router(webhooks.router)
     return app

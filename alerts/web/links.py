@@ -24,6 +24,7 @@ from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
 from alerts.web import pages
 from alerts.web.deps import RuntimeDep
+from alerts.web.digests import manage_context
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, RateLimited, RateLimiter
 
 log = structlog.get_logger("alerts.web.links")
@@ -286,17 +287,25 @@ def _manage_page(
     notice: str | None = None,
     erase_error: str | None = None,
     status_code: int = 200,
+    digest_error: str | None = None,
 ) -> HTMLResponse:
     with transaction(runtime.engine) as session:
         items = _items(session, subscriber_id)
+        # Each alert's frequency and when digests arrive (alerts.web.digests).
+        digests = manage_context(session, subscriber_id)
     context = {
         "items": items,
         "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
         "base_action": f"/manage/{token}",
         "notice": notice,
         "erase_error": erase_error,
+        "digest_error": digest_error,
+        **digests,
     }
     return pages.render(request, "manage.html", context, status_code=status_code)
+
+
+render_manage_page = _manage_page
 
 
 def _subscriber_id(runtime: Runtime, token: str) -> int | None:
