@@ -245,6 +245,7 @@ def digest_context(runtime: Runtime) -> DigestContext:
         site=runtime.site,
         sender=runtime.sender,
         lease_s=runtime.settings.send_lease_s,
+        pack_limit_bytes=runtime.settings.digest_pack_limit_bytes,
     )
 
 
@@ -278,6 +279,7 @@ def send_digests(runtime: Runtime, after_id: int, upto_id: int) -> DigestReport:
         shared_batches=report.shared_batches,
         packed=report.packed,
         alone=report.alone,
+        content_chars=report.content_chars,
         timings={k: round(v, 4) for k, v in report.timings.items()},
     )
     return report

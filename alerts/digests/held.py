@@ -29,8 +29,9 @@ CHANGED = "changed"
 NEW = "new"
 GROUP = "group"
 STATIC = "static"
-# A digest entry shows at most this many changes of a trial; the rest are counted ("and 3 more changes").
-MAX_CHANGES_SHOWN = 5
+# A digest entry shows at most this many changes of a trial (most important first); the rest are counted
+# ("and 3 more changes") and the entry links to the study record.
+MAX_CHANGES_SHOWN = 2
 
 
 def _insert_ignoring(session: Session, model: Any, keys: list[str]) -> Any:

@@ -60,9 +60,11 @@ from alerts.tokens import Purpose, Signer
 from alerts.transports.base import PART_TAGS, Batch, Outcome, Recipient, Result, Transport
 
 # SendGrid allows 10,000 bytes of substitutions per recipient; the links (digest one-click, manage, stops)
-# take the rest.
-PACK_LIMIT_BYTES = 7_000
+# take the rest. ALERTS_DIGEST_PACK_LIMIT_BYTES.
+PACK_LIMIT_BYTES = 9_500
 CATEGORY = "digest"
+# Single-digest batches recorded together (see send_range).
+RECORD_EVERY = 50
 
 
 @dataclass
@@ -77,6 +79,9 @@ class DigestReport:
     shared_batches: int = 0  # batches of identical digests (one rendering, links per recipient)
     packed: int = 0  # digests sent with their entries as substitutions
     alone: int = 0  # digests too large to pack: a message of their own
+    # Characters of content handed to the transport (shared content once per batch, plus each recipient's
+    # own parts): what the request design saves or repeats.
+    content_chars: int = 0
     retry_after_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -93,6 +98,7 @@ class Context:
     site: Mapping[str, Any]
     sender: tuple[str, str]
     lease_s: int
+    pack_limit_bytes: int = PACK_LIMIT_BYTES
 
 
 _SHELLS: dict[tuple[int, str], Content] = {}
@@ -285,7 +291,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
         }
         links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
         message_id = f"{message_head}{p.digest_id}{message_tail}"
-        if sum(len(v.encode("utf-8")) for v in parts.values()) <= PACK_LIMIT_BYTES:
+        if sum(len(v.encode("utf-8")) for v in parts.values()) <= ctx.pack_limit_bytes:
             packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
             report.packed += 1
         else:
@@ -400,7 +406,13 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
     started = clock()
     planned = batches(ctx, prepared, report)
     report.timings["assemble_s"] = clock() - started
-    for batch in planned:
+    # Each batch's outcome is recorded as soon as the provider answered, so a crash later never re-sends an
+    # accepted one; single-digest batches (too large to pack) are recorded a few at a time, since a
+    # transaction per email would cost more than its request (a crash between re-sends at most those).
+    unrecorded: list[Result] = []
+    for index, batch in enumerate(planned):
+        report.content_chars += len(batch.content.html) + len(batch.content.text)
+        report.content_chars += sum(len(p) for r in batch.recipients if r.parts for p in r.parts.values())
         started = clock()
         try:
             results = ctx.transport.send(batch)
@@ -408,7 +420,10 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
             error = f"{type(exc).__name__}: {exc}"[:500]
             results = [Result(r.delivery_id, Outcome.RETRY, error=error) for r in batch.recipients]
         report.timings["transport_s"] = report.timings.get("transport_s", 0.0) + clock() - started
-        started = clock()
-        _record(ctx.engine, results, report)
-        report.timings["record_s"] = report.timings.get("record_s", 0.0) + clock() - started
+        unrecorded += results
+        if len(batch.recipients) > 1 or len(unrecorded) >= RECORD_EVERY or index == len(planned) - 1:
+            started = clock()
+            _record(ctx.engine, unrecorded, report)
+            unrecorded = []
+            report.timings["record_s"] = report.timings.get("record_s", 0.0) + clock() - started
     return report
