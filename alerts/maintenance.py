@@ -160,13 +160,13 @@ def prune_history(session: Session, retention_days: int) -> int:
     session.execute(delete(RejectedEvent).where(RejectedEvent.received_at < cutoff))
     # Digest history: items carried by old digests (what their one-click link ends), the digests, and the
     # records and fragments no window can need any more.
-    old_digests = select(Digest.id).where(Digest.created_at < cutoff, Digest.status != DigestStatus.QUEUED.value)
+    # Digests carry held items by watermark; items that old are long carried (windows are a week at most).
+    session.execute(delete(HeldItem).where(HeldItem.created_at < cutoff).execution_options(synchronize_session=False))
     session.execute(
-        delete(HeldItem)
-        .where(HeldItem.digest_id.in_(old_digests.scalar_subquery()))
+        delete(Digest)
+        .where(Digest.created_at < cutoff, Digest.status != DigestStatus.QUEUED.value)
         .execution_options(synchronize_session=False)
     )
-    session.execute(delete(Digest).where(Digest.id.in_(old_digests.scalar_subquery())))
     session.execute(delete(TrialVersion).where(TrialVersion.created_at < cutoff))
     session.execute(delete(DigestFragment).where(DigestFragment.created_at < cutoff))
     # Provider events are only kept to deduplicate SendGrid's retries, which stop after days.

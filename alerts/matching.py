@@ -41,6 +41,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
 )
 from sqlalchemy.orm import Session, aliased
 
@@ -61,6 +62,7 @@ from alerts.models import (
 OPEN_STATUSES: Final = frozenset({"RECRUITING", "NOT_YET_RECRUITING"})
 COUNTRY: Final = "country"
 IMMEDIATELY: Final = "immediately"  # Subscription.frequency of an email per event (alerts.digests.preferences)
+WEEKLY: Final = "weekly"
 PHASE: Final = "phase"
 
 
@@ -263,6 +265,7 @@ def _holding_insert(
         candidates.c.subscription_id,
         dedupe_key,
         candidates.c.variant,
+        candidates.c.frequency == WEEKLY,
         bindparam("now", type_=HeldItem.created_at.type),
     ).where(
         candidates.c.rank == 1,
@@ -270,7 +273,7 @@ def _holding_insert(
         ~exists().where(held.dedupe_key == dedupe_key, held.subscriber_id == candidates.c.subscriber_id),
         ~exists().where(emailed.dedupe_key == dedupe_key, emailed.subscriber_id == candidates.c.subscriber_id),
     )
-    columns = ["event_id", "subscriber_id", "subscription_id", "dedupe_key", "variant", "created_at"]
+    columns = ["event_id", "subscriber_id", "subscription_id", "dedupe_key", "variant", "weekly", "created_at"]
     return insert(HeldItem).from_select(columns, matches)
 
 
@@ -356,6 +359,17 @@ def create_deliveries(
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
 
 
+# pg_advisory lock key shared by holding (shared) and the digest schedule tick (exclusive).
+HOLD_LOCK: Final = 0x64696765737473
+
+
+def hold_lock(session: Session) -> None:
+    """Shared with other transactions that hold items; exclusive to the schedule tick. SQLite serializes
+    writers anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": HOLD_LOCK})
+
+
 def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:
     """One held item per subscriber whose matching subscription is a digest (daily or weekly).
 
@@ -368,6 +382,9 @@ def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:
     )
     if statement is None:
         return 0
+    # Before the first held item gets an id: the schedule tick closes windows at an id watermark and must
+    # not see a transaction that holds ids below it uncommitted (alerts.digests.schedule).
+    hold_lock(session)
     session.connection().execute(statement, params)
     return int(session.scalar(select(func.count()).where(HeldItem.event_id == event_id)) or 0)
 

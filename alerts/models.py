@@ -112,6 +112,13 @@ class Subscriber(Base):
     # subscriber with only immediate alerts: the tick never reads them. Kept by alerts.digests.preferences.
     digest_cadence: Mapped[str | None] = mapped_column(String(16))
     digest_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # Watermarks: the last held item id their digests have carried, for daily and for weekly items.
+    digest_daily_upto: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), default=0, server_default="0"
+    )
+    digest_weekly_upto: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), default=0, server_default="0"
+    )
 
     subscriptions: Mapped[list[Subscription]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", passive_deletes=True
@@ -385,15 +392,16 @@ class HeldItem(Base):
     """A matched event held for a subscriber's next digest instead of an email (a digest subscription).
 
     Created by the same matching statement as deliveries (alerts.matching), unique per subscriber and
-    piece of news like deliveries. ``digest_id`` is set when a window closes over it (alerts.digests.schedule).
+    piece of news like deliveries. Never updated: a digest carries the subscriber's items between two
+    watermarks (ids), see alerts.digests.schedule, so closing a window writes one row per subscriber,
+    not one per item.
     """
 
     __tablename__ = "held_items"
     __table_args__ = (
         UniqueConstraint("dedupe_key", "subscriber_id", name="uq_held_items_dedupe_subscriber"),
-        # The schedule tick reads a subscriber's unassigned items; sending reads a digest's items.
-        Index("ix_held_items_subscriber_digest", "subscriber_id", "digest_id"),
-        Index("ix_held_items_digest_id", "digest_id"),
+        # Windows and sending read a subscriber's items by id range.
+        Index("ix_held_items_subscriber_id_id", "subscriber_id", "id"),
         Index("ix_held_items_event_id", "event_id"),
     )
 
@@ -406,8 +414,10 @@ class HeldItem(Base):
     dedupe_key: Mapped[str] = mapped_column(String(200))
     # The followed condition label for new-trial items (their group in the digest); None for changes.
     variant: Mapped[str | None] = mapped_column(String(300))
+    # Held for a weekly subscription: only the subscriber's weekly window carries it. Fixed when held, so
+    # a window's content never depends on a later change of frequency.
+    weekly: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    digest_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
 
 
 class Digest(Base):
@@ -424,6 +434,12 @@ class Digest(Base):
     subscriber_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     # The window's scheduled close (UTC): the subscriber's local hour on a local date.
     window_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The held items it carries: the subscriber's items with daily_after < id <= upto, and, when ``weekly``
+    # (the subscriber's weekday, or a weekly cadence), their weekly items with weekly_after < id <= upto.
+    weekly: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    daily_after: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+    weekly_after: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+    upto: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
     status: Mapped[str] = mapped_column(String(16), default=DigestStatus.QUEUED)
     items: Mapped[int] = mapped_column(Integer, default=0)  # entries in the email once merged
     # The subscriptions whose entries the email showed: what its one-click link ends.

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from alerts.digests.held import NEW, change_key, group_key, parse_change_key
-from alerts.digests.windows import WEEKLY
 from alerts.models import SubscriptionStatus
 
 STOP = "%%stop%%"
@@ -39,7 +38,7 @@ class Item:
     variant: str | None
     subscription_id: int
     subscription_status: str | None
-    frequency: str | None
+    weekly: bool  # held for a weekly subscription
     unsubscribe_token: str | None
 
 
@@ -123,7 +122,7 @@ def assemble(
     count_new = sum(len(g) for _, g in shown_groups)
     if not shown_changes and not count_new:
         return None
-    weekly = all(i.frequency == WEEKLY for i in items)
+    weekly = all(i.weekly for i in items)
     cadence = "weekly" if weekly else "daily"
     html: list[str] = [fragments[INTRO[cadence]].html]
     text: list[str] = [fragments[INTRO[cadence]].text]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.orm import Session
 
 from alerts import ctgov, emails
@@ -155,12 +155,23 @@ def prepare(
 # --- dropping what is held ----------------------------------------------------------------------------
 
 
+def _not_carried() -> Any:
+    """Items above their subscriber's watermark: not in any digest yet (alerts.digests.schedule)."""
+    watermark = (
+        select(case((HeldItem.weekly.is_(True), Subscriber.digest_weekly_upto), else_=Subscriber.digest_daily_upto))
+        .where(Subscriber.id == HeldItem.subscriber_id)
+        .scalar_subquery()
+    )
+    return HeldItem.id > watermark
+
+
 def drop_for_subscriptions(session: Session, subscription_ids: Sequence[int]) -> None:
-    """The subscription ended: what it still holds is never sent (sending also skips ended subscriptions)."""
+    """The subscription ended: what it still holds is never sent (sending also skips ended subscriptions,
+    for items a closed window already carries)."""
     if subscription_ids:
         session.execute(
             delete(HeldItem)
-            .where(HeldItem.subscription_id.in_(list(subscription_ids)), HeldItem.digest_id.is_(None))
+            .where(HeldItem.subscription_id.in_(list(subscription_ids)), _not_carried())
             .execution_options(synchronize_session=False)
         )
 
@@ -169,7 +180,7 @@ def drop_for_subscriber(session: Session, subscriber_id: int, erase: bool = Fals
     """Everything still held for the subscriber; with ``erase``, their digest history as well."""
     condition = HeldItem.subscriber_id == subscriber_id
     if not erase:
-        condition = condition & HeldItem.digest_id.is_(None)
+        condition = condition & _not_carried()
     session.execute(delete(HeldItem).where(condition).execution_options(synchronize_session=False))
     if erase:
         # Like deliveries, digests stay as counts without anyone behind them; unsent ones are not sent.
@@ -182,7 +193,7 @@ def drop_for_subscriber(session: Session, subscriber_id: int, erase: bool = Fals
         session.execute(
             update(Digest)
             .where(Digest.subscriber_id == subscriber_id)
-            .values(subscriber_id=None)
+            .values(subscriber_id=None, subscription_ids=[])
             .execution_options(synchronize_session=False)
         )
 
@@ -193,6 +204,6 @@ def drop_for_addresses(session: Session, email_hashes: Sequence[str]) -> None:
         owners = select(Subscriber.id).where(Subscriber.email_hash.in_(list(email_hashes))).scalar_subquery()
         session.execute(
             delete(HeldItem)
-            .where(HeldItem.subscriber_id.in_(owners), HeldItem.digest_id.is_(None))
+            .where(HeldItem.subscriber_id.in_(owners), _not_carried())
             .execution_options(synchronize_session=False)
         )

@@ -3,18 +3,24 @@
 Beat runs ``tick`` every minute (``ALERTS_DIGEST_TICK_S``). Each subscriber with digest subscriptions has
 ``digest_due_at``, the next window close in their own time (``alerts.digests.windows``). One query groups
 the due subscribers by time zone, hour, weekday and cadence; for each group the window it closes and the
-next one are worked out once in Python (zoneinfo), and three statements do the rest for the whole group:
+next one are worked out once in Python (zoneinfo), and two statements do the rest for the whole group:
 
-1. ``INSERT INTO digests ... SELECT`` one row per due subscriber who holds something for this window. The
-   window is part of the row's unique key (subscriber, window close): the same window can never become a
-   second digest, whoever runs the tick again.
-2. ``UPDATE held_items SET digest_id`` for the items the window carries (held before its close; weekly
-   subscriptions' items only on the subscriber's weekday).
-3. ``UPDATE subscribers SET digest_due_at`` to the next close.
+1. ``INSERT INTO digests ... SELECT`` one row per due subscriber who holds something new. The window is
+   part of the row's unique key (subscriber, window close): the same window can never become a second
+   digest, whoever runs the tick again.
+2. ``UPDATE subscribers`` moves their next window close and their watermarks.
 
-All in one transaction, behind a lock, so two ticks (a duplicated beat, a redelivered task) take turns and
-the second finds nothing due. A tick that comes late (workers down) closes only the latest window: one
-late digest with everything held, not one per missed window. Sending is queued after the commit, in
+**Watermarks, not per-item writes.** Held items are never updated. Under the tick's lock no transaction
+is holding items uncommitted (holding takes the same lock, shared, before its first item gets an id:
+``alerts.matching.hold_lock``), so every held item with an id up to the largest one now visible
+(``upto``) is committed, and every later one will have a larger id. A digest carries the subscriber's
+items with ``daily_after < id <= upto`` (daily_after: their previous watermark), and, on their weekly
+window, their weekly subscriptions' items with ``weekly_after < id <= upto``. Closing a window for
+100,000 subscribers writes 100,000 digest rows, not a million item rows.
+
+All in one transaction, behind the lock, so two ticks (a duplicated beat, a redelivered task) take turns
+and the second finds nothing due. A tick that comes late (workers down) closes only the latest window:
+one late digest with everything held, not one per missed window. Sending is queued after the commit, in
 ranges of digest ids (``alerts.digests.send``); a lost send task is re-queued by maintenance.
 """
 
@@ -24,16 +30,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy import Engine, and_, case, exists, func, insert, literal, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from alerts.db import transaction
 from alerts.digests.preferences import zone
-from alerts.digests.windows import DAILY, WEEKLY, latest_close, local_weekday, next_close
-from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, Subscription, utcnow
-
-# pg_advisory_xact_lock key of the tick ("digests" as a number); SQLite serializes writers anyway.
-TICK_LOCK = 0x64696765737473
+from alerts.digests.windows import DAILY, latest_close, local_weekday, next_close
+from alerts.matching import HOLD_LOCK
+from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, utcnow
 
 
 @dataclass
@@ -46,10 +50,11 @@ class TickReport:
 
 def _lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": TICK_LOCK})
+        # Exclusive: waits for every transaction holding items to commit, and keeps new ones out.
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": HOLD_LOCK})
     else:
         # A write takes SQLite's database lock at once (its driver begins a transaction only at the first
-        # write), so the reads below see everything a tick before this one committed.
+        # write): no other writer (holding items, another tick) runs until this one commits.
         session.execute(update(Subscriber).where(Subscriber.id == -1).values(digest_due_at=None))
 
 
@@ -64,13 +69,13 @@ def _in_group(tz: str, hour: int, weekday: int, cadence: str | None, now: dateti
     )
 
 
-def _carried(weekly_too: bool, window: datetime) -> Any:
-    """Held items a window carries: held before its close; weekly subscriptions' only when ``weekly_too``."""
-    condition = and_(HeldItem.digest_id.is_(None), HeldItem.created_at <= window)
+def _holds_new(weekly_too: bool, upto: int) -> Any:
+    """The subscriber (correlated) holds an item this window would carry."""
+    daily = and_(HeldItem.weekly.is_(False), HeldItem.id > Subscriber.digest_daily_upto)
     if weekly_too:
-        return condition
-    daily = select(Subscription.id).where(Subscription.id == HeldItem.subscription_id, Subscription.frequency != WEEKLY)
-    return and_(condition, exists(daily))
+        weekly = and_(HeldItem.weekly.is_(True), HeldItem.id > Subscriber.digest_weekly_upto)
+        daily = or_(daily, weekly)
+    return exists(select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, HeldItem.id <= upto, daily))
 
 
 def close_windows(session: Session, now: datetime) -> TickReport:
@@ -91,6 +96,7 @@ def close_windows(session: Session, now: datetime) -> TickReport:
     if not groups:
         return report
     newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
+    upto = int(session.scalar(select(func.max(HeldItem.id))) or 0)
     for tz, hour, weekday, cadence, count in groups:
         report.groups += 1
         report.due += int(count)
@@ -101,12 +107,14 @@ def close_windows(session: Session, now: datetime) -> TickReport:
         weekly_too = cadence != DAILY or local_weekday(window, place) == weekday
         in_group = _in_group(tz, hour, weekday, cadence, now)
         earlier = aliased(Digest)
-        carried = _carried(weekly_too, window)
-        has_items = exists(select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, carried))
         already = exists(select(earlier.id).where(earlier.subscriber_id == Subscriber.id, earlier.window_at == window))
         columns = [
             "subscriber_id",
             "window_at",
+            "weekly",
+            "daily_after",
+            "weekly_after",
+            "upto",
             "status",
             "items",
             "subscription_ids",
@@ -117,39 +125,33 @@ def close_windows(session: Session, now: datetime) -> TickReport:
         rows = select(
             Subscriber.id,
             literal(window, Digest.window_at.type),
+            literal(weekly_too),
+            Subscriber.digest_daily_upto,
+            Subscriber.digest_weekly_upto,
+            literal(upto, Digest.upto.type),
             literal(DigestStatus.QUEUED.value),
             literal(0),
             literal([], Digest.subscription_ids.type),
             literal(0),
             literal(now, Digest.created_at.type),
             literal(now, Digest.updated_at.type),
-        ).where(in_group, has_items, ~already)
+        ).where(in_group, _holds_new(weekly_too, upto), ~already)
         session.execute(insert(Digest).from_select(columns, rows))
-        # The new digests take the items their window carries.
-        session.execute(
-            update(HeldItem)
-            .where(
-                Digest.subscriber_id == HeldItem.subscriber_id,
-                Digest.window_at == window,
-                Digest.id > newest_before,
-                carried,
-            )
-            .values(digest_id=Digest.id)
-            .execution_options(synchronize_session=False)
-        )
+        values: dict[str, Any] = {"digest_daily_upto": upto, "digest_due_at": following}
+        if weekly_too:
+            values["digest_weekly_upto"] = upto
         if cadence is None:
-            # Nothing left to schedule once what they held is out; otherwise the next window sends the rest.
-            leftover = exists(
-                select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, HeldItem.digest_id.is_(None))
+            # No digest subscription left: once what they held is out (weekly items too), nothing to schedule.
+            pending = exists(
+                select(HeldItem.id).where(
+                    HeldItem.subscriber_id == Subscriber.id,
+                    HeldItem.weekly.is_(True),
+                    HeldItem.id > (upto if weekly_too else Subscriber.digest_weekly_upto),
+                )
             )
-            next_due: Any = select(literal(following, Subscriber.digest_due_at.type)).where(leftover).scalar_subquery()
-        else:
-            next_due = following
+            values["digest_due_at"] = case((pending, literal(following, Subscriber.digest_due_at.type)), else_=None)
         session.execute(
-            update(Subscriber)
-            .where(in_group)
-            .values(digest_due_at=next_due)
-            .execution_options(synchronize_session=False)
+            update(Subscriber).where(in_group).values(**values).execution_options(synchronize_session=False)
         )
     created = select(Digest.id).where(Digest.id > newest_before)
     report.digests = int(session.scalar(select(func.count()).select_from(created.subquery())) or 0)

@@ -17,8 +17,8 @@ absent from the official OpenAPI description the stand-in validates against. So,
 2. Every other digest is packed: the batch's content is the digest shell (layout, CSS, footer) sent once
    per request, and each recipient's entries go in its own substitutions (``Recipient.parts``), 1,000
    digests per request. The entries repeat across recipients, which SendGrid leaves no way to avoid.
-3. A digest whose entries exceed ``PACK_LIMIT_BYTES`` (SendGrid's 10,000 bytes of substitutions, less
-   room for the links) is sent as a message of its own.
+3. A digest whose substitutions would exceed ``PACK_LIMIT_BYTES`` (SendGrid's 10,000 bytes, counted as
+   SendGrid counts them) is sent as a message of its own.
 
 Measured on the benchmark's 100,000 random digests (1-20 of 200 entries) against one request per digest
 (what a digest that is "just an email" would cost): see benchmarks/README.md for the request counts, bytes
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -58,10 +58,11 @@ from alerts.rendering import Content, Renderer
 from alerts.sending import Links, alert_headers
 from alerts.tokens import Purpose, Signer
 from alerts.transports.base import PART_TAGS, Batch, Outcome, Recipient, Result, Transport
+from alerts.transports.sendgrid import substitution_bytes
 
-# SendGrid allows 10,000 bytes of substitutions per recipient; the links (digest one-click, manage, stops)
-# take the rest. ALERTS_DIGEST_PACK_LIMIT_BYTES.
-PACK_LIMIT_BYTES = 9_500
+# SendGrid allows 10,000 bytes of substitutions per recipient (compact JSON, links included):
+# ALERTS_DIGEST_PACK_LIMIT_BYTES.
+PACK_LIMIT_BYTES = 10_000
 CATEGORY = "digest"
 # Single-digest batches recorded together (see send_range).
 RECORD_EVERY = 50
@@ -142,25 +143,40 @@ def _claimed(session: Session, after_id: int, upto_id: int, lease: datetime) -> 
     )
 
 
-def _items(session: Session, after_id: int, upto_id: int) -> dict[int, list[Item]]:
+def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, list[Item]]:
+    """The held items each claimed digest carries: its subscriber's, between its watermarks."""
+    carried = and_(
+        HeldItem.subscriber_id == Digest.subscriber_id,
+        HeldItem.id <= Digest.upto,
+        or_(
+            and_(HeldItem.weekly.is_(False), HeldItem.id > Digest.daily_after),
+            and_(Digest.weekly.is_(True), HeldItem.weekly.is_(True), HeldItem.id > Digest.weekly_after),
+        ),
+    )
     rows = session.execute(
         select(
-            HeldItem.digest_id,
+            Digest.id,
             HeldItem.dedupe_key,
             HeldItem.variant,
             HeldItem.subscription_id,
+            HeldItem.weekly,
             Subscription.status,
-            Subscription.frequency,
             Subscription.unsubscribe_token,
         )
+        .join(HeldItem, carried)
         .join(Subscription, Subscription.id == HeldItem.subscription_id, isouter=True)
-        .where(HeldItem.digest_id > after_id, HeldItem.digest_id <= upto_id)
+        .where(
+            Digest.id > after_id,
+            Digest.id <= upto_id,
+            Digest.status == DigestStatus.SENDING.value,
+            Digest.lease_until == lease,
+        )
         # The order the service received the news in: a net change runs from the first to the last.
-        .order_by(HeldItem.digest_id, HeldItem.event_id, HeldItem.id)
+        .order_by(Digest.id, HeldItem.event_id, HeldItem.id)
     )
     found: dict[int, list[Item]] = defaultdict(list)
-    for digest_id, key, variant, subscription_id, status, frequency, token in rows:
-        found[int(digest_id)].append(Item(key, variant, int(subscription_id), status, frequency, token))
+    for digest_id, key, variant, subscription_id, weekly, status, token in rows:
+        found[int(digest_id)].append(Item(key, variant, int(subscription_id), status, bool(weekly), token))
     return found
 
 
@@ -291,7 +307,8 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
         }
         links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
         message_id = f"{message_head}{p.digest_id}{message_tail}"
-        if sum(len(v.encode("utf-8")) for v in parts.values()) <= ctx.pack_limit_bytes:
+        substitutions = {PART_TAGS[k]: v for k, v in parts.items()} | {f"%%{k}%%": v for k, v in links.items()}
+        if substitution_bytes(substitutions) <= ctx.pack_limit_bytes:
             packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
             report.packed += 1
         else:
@@ -365,7 +382,7 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
         if lease is None:
             return report
         claimed = _claimed(session, after_id, upto_id, lease)
-        items = _items(session, after_id, upto_id)
+        items = _items(session, after_id, upto_id, lease)
         keys: set[str] = {CHANGES_SECTION, *INTRO.values()}
         for digest_items in items.values():
             keys |= needed_keys(*entries(digest_items))

@@ -35,6 +35,8 @@ def upgrade() -> None:
     op.add_column("subscribers", sa.Column("digest_weekday", sa.Integer(), nullable=False, server_default="0"))
     op.add_column("subscribers", sa.Column("digest_cadence", sa.String(16), nullable=True))
     op.add_column("subscribers", sa.Column("digest_due_at", alerts.models.UTCDateTime(timezone=True), nullable=True))
+    op.add_column("subscribers", sa.Column("digest_daily_upto", BigId, nullable=False, server_default="0"))
+    op.add_column("subscribers", sa.Column("digest_weekly_upto", BigId, nullable=False, server_default="0"))
     op.create_index("ix_subscribers_digest_due_at", "subscribers", ["digest_due_at"])
 
     op.create_table(
@@ -45,13 +47,12 @@ def upgrade() -> None:
         sa.Column("subscription_id", BigId, nullable=False),
         sa.Column("dedupe_key", sa.String(200), nullable=False),
         sa.Column("variant", sa.String(300), nullable=True),
+        sa.Column("weekly", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("created_at", alerts.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("digest_id", BigId, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_held_items"),
         sa.UniqueConstraint("dedupe_key", "subscriber_id", name="uq_held_items_dedupe_subscriber"),
     )
-    op.create_index("ix_held_items_subscriber_digest", "held_items", ["subscriber_id", "digest_id"])
-    op.create_index("ix_held_items_digest_id", "held_items", ["digest_id"])
+    op.create_index("ix_held_items_subscriber_id_id", "held_items", ["subscriber_id", "id"])
     op.create_index("ix_held_items_event_id", "held_items", ["event_id"])
     op.create_index("ix_held_items_subscription_id", "held_items", ["subscription_id"])
 
@@ -60,6 +61,10 @@ def upgrade() -> None:
         sa.Column("id", BigId, nullable=False),
         sa.Column("subscriber_id", BigId, nullable=True),
         sa.Column("window_at", alerts.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("weekly", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("daily_after", BigId, nullable=False),
+        sa.Column("weekly_after", BigId, nullable=False),
+        sa.Column("upto", BigId, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("items", sa.Integer(), nullable=False),
         sa.Column("subscription_ids", Json, nullable=False),
@@ -102,10 +107,17 @@ def downgrade() -> None:
     op.drop_table("digests")
     op.drop_index("ix_held_items_subscription_id", "held_items")
     op.drop_index("ix_held_items_event_id", "held_items")
-    op.drop_index("ix_held_items_digest_id", "held_items")
-    op.drop_index("ix_held_items_subscriber_digest", "held_items")
+    op.drop_index("ix_held_items_subscriber_id_id", "held_items")
     op.drop_table("held_items")
     op.drop_index("ix_subscribers_digest_due_at", "subscribers")
-    for column in ("digest_due_at", "digest_cadence", "digest_weekday", "digest_hour", "time_zone"):
+    for column in (
+        "digest_weekly_upto",
+        "digest_daily_upto",
+        "digest_due_at",
+        "digest_cadence",
+        "digest_weekday",
+        "digest_hour",
+        "time_zone",
+    ):
         op.drop_column("subscribers", column)
     op.drop_column("subscriptions", "frequency")
