@@ -3,7 +3,8 @@
 Beat runs ``tick`` every minute (``ALERTS_DIGEST_TICK_S``). Each subscriber with digest subscriptions has
 ``digest_due_at``, the next window close in their own time (``alerts.digests.windows``). One query groups
 the due subscribers by time zone, hour, weekday and cadence; for each group the window it closes and the
-next one are worked out once in Python (zoneinfo), and two statements do the rest for the whole group:
+next one are worked out once in Python (zoneinfo), and two statements do the rest for all groups at once
+(the groups' windows joined in as a derived table):
 
 1. ``INSERT INTO digests ... SELECT`` one row per due subscriber who holds something new. The window is
    part of the row's unique key (subscriber, window close): the same window can never become a second
@@ -30,14 +31,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    Integer,
+    String,
+    and_,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from alerts.db import transaction
 from alerts.digests.preferences import zone
 from alerts.digests.windows import DAILY, latest_close, local_weekday, next_close
 from alerts.matching import HOLD_LOCK
-from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, utcnow
+from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, UTCDateTime, utcnow
 
 
 @dataclass
@@ -58,24 +75,25 @@ def _lock(session: Session) -> None:
         session.execute(update(Subscriber).where(Subscriber.id == -1).values(digest_due_at=None))
 
 
-def _in_group(tz: str, hour: int, weekday: int, cadence: str | None, now: datetime) -> Any:
-    cadence_match = Subscriber.digest_cadence.is_(None) if cadence is None else Subscriber.digest_cadence == cadence
-    return and_(
-        Subscriber.time_zone == tz,
-        Subscriber.digest_hour == hour,
-        Subscriber.digest_weekday == weekday,
-        cadence_match,
-        Subscriber.digest_due_at <= now,
-    )
+# Groups per statement: each is a row of bound values (8 parameters), far below either engine's limit.
+GROUPS_PER_STATEMENT = 500
 
 
-def _holds_new(weekly_too: bool, upto: int) -> Any:
-    """The subscriber (correlated) holds an item this window would carry."""
-    daily = and_(HeldItem.weekly.is_(False), HeldItem.id > Subscriber.digest_daily_upto)
-    if weekly_too:
-        weekly = and_(HeldItem.weekly.is_(True), HeldItem.id > Subscriber.digest_weekly_upto)
-        daily = or_(daily, weekly)
-    return exists(select(HeldItem.id).where(HeldItem.subscriber_id == Subscriber.id, HeldItem.id <= upto, daily))
+def _group_rows(plans: list[tuple[Any, ...]]) -> Any:
+    """The groups' windows as a derived table (a UNION ALL of bound rows: portable, unlike VALUES lists)."""
+    rows = [
+        select(
+            literal(tz, String()).label("tz"),
+            literal(hour, Integer()).label("hour"),
+            literal(weekday, Integer()).label("weekday"),
+            literal(cadence, String()).label("cadence"),
+            literal(window, UTCDateTime()).label("window_at"),
+            literal(following, UTCDateTime()).label("next_at"),
+            literal(weekly_too, Boolean()).label("weekly"),
+        )
+        for tz, hour, weekday, cadence, window, following, weekly_too in plans
+    ]
+    return (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("g")
 
 
 def close_windows(session: Session, now: datetime) -> TickReport:
@@ -97,6 +115,7 @@ def close_windows(session: Session, now: datetime) -> TickReport:
         return report
     newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
     upto = int(session.scalar(select(func.max(HeldItem.id))) or 0)
+    plans: list[tuple[Any, ...]] = []
     for tz, hour, weekday, cadence, count in groups:
         report.groups += 1
         report.due += int(count)
@@ -105,9 +124,30 @@ def close_windows(session: Session, now: datetime) -> TickReport:
         window = latest_close(now, place, hour, weekday, cadence)
         following = next_close(now, place, hour, weekday, cadence or DAILY)
         weekly_too = cadence != DAILY or local_weekday(window, place) == weekday
-        in_group = _in_group(tz, hour, weekday, cadence, now)
+        plans.append((tz, hour, weekday, cadence, window, following, weekly_too))
+    for start in range(0, len(plans), GROUPS_PER_STATEMENT):
+        g = _group_rows(plans[start : start + GROUPS_PER_STATEMENT])
+        in_group = and_(
+            Subscriber.time_zone == g.c.tz,
+            Subscriber.digest_hour == g.c.hour,
+            Subscriber.digest_weekday == g.c.weekday,
+            Subscriber.digest_cadence.is_not_distinct_from(g.c.cadence),
+            Subscriber.digest_due_at <= now,
+        )
+        holds_new = exists(
+            select(HeldItem.id).where(
+                HeldItem.subscriber_id == Subscriber.id,
+                HeldItem.id <= upto,
+                or_(
+                    and_(HeldItem.weekly.is_(False), HeldItem.id > Subscriber.digest_daily_upto),
+                    and_(g.c.weekly.is_(True), HeldItem.weekly.is_(True), HeldItem.id > Subscriber.digest_weekly_upto),
+                ),
+            )
+        )
         earlier = aliased(Digest)
-        already = exists(select(earlier.id).where(earlier.subscriber_id == Subscriber.id, earlier.window_at == window))
+        already = exists(
+            select(earlier.id).where(earlier.subscriber_id == Subscriber.id, earlier.window_at == g.c.window_at)
+        )
         columns = [
             "subscriber_id",
             "window_at",
@@ -122,36 +162,47 @@ def close_windows(session: Session, now: datetime) -> TickReport:
             "created_at",
             "updated_at",
         ]
-        rows = select(
-            Subscriber.id,
-            literal(window, Digest.window_at.type),
-            literal(weekly_too),
-            Subscriber.digest_daily_upto,
-            Subscriber.digest_weekly_upto,
-            literal(upto, Digest.upto.type),
-            literal(DigestStatus.QUEUED.value),
-            literal(0),
-            literal([], Digest.subscription_ids.type),
-            literal(0),
-            literal(now, Digest.created_at.type),
-            literal(now, Digest.updated_at.type),
-        ).where(in_group, _holds_new(weekly_too, upto), ~already)
-        session.execute(insert(Digest).from_select(columns, rows))
-        values: dict[str, Any] = {"digest_daily_upto": upto, "digest_due_at": following}
-        if weekly_too:
-            values["digest_weekly_upto"] = upto
-        if cadence is None:
-            # No digest subscription left: once what they held is out (weekly items too), nothing to schedule.
-            pending = exists(
-                select(HeldItem.id).where(
-                    HeldItem.subscriber_id == Subscriber.id,
-                    HeldItem.weekly.is_(True),
-                    HeldItem.id > (upto if weekly_too else Subscriber.digest_weekly_upto),
-                )
+        rows = (
+            select(
+                Subscriber.id,
+                g.c.window_at,
+                g.c.weekly,
+                Subscriber.digest_daily_upto,
+                Subscriber.digest_weekly_upto,
+                literal(upto, Digest.upto.type),
+                literal(DigestStatus.QUEUED.value),
+                literal(0),
+                literal([], Digest.subscription_ids.type),
+                literal(0),
+                literal(now, Digest.created_at.type),
+                literal(now, Digest.updated_at.type),
             )
-            values["digest_due_at"] = case((pending, literal(following, Subscriber.digest_due_at.type)), else_=None)
+            .select_from(Subscriber)
+            .join(g, in_group)
+            .where(holds_new, ~already)
+        )
+        session.execute(insert(Digest).from_select(columns, rows))
+        # Weekly items wait for a weekly window; without digest subscriptions left (cadence None) and none
+        # waiting, nothing is scheduled any more.
+        waiting_weekly = exists(
+            select(HeldItem.id).where(
+                HeldItem.subscriber_id == Subscriber.id,
+                HeldItem.weekly.is_(True),
+                HeldItem.id > case((g.c.weekly.is_(True), literal(upto)), else_=Subscriber.digest_weekly_upto),
+            )
+        )
         session.execute(
-            update(Subscriber).where(in_group).values(**values).execution_options(synchronize_session=False)
+            update(Subscriber)
+            .where(in_group)
+            .values(
+                digest_daily_upto=upto,
+                digest_weekly_upto=case((g.c.weekly.is_(True), literal(upto)), else_=Subscriber.digest_weekly_upto),
+                digest_due_at=case(
+                    (and_(g.c.cadence.is_(None), ~waiting_weekly), literal(None, Subscriber.digest_due_at.type)),
+                    else_=g.c.next_at,
+                ),
+            )
+            .execution_options(synchronize_session=False)
         )
     created = select(Digest.id).where(Digest.id > newest_before)
     report.digests = int(session.scalar(select(func.count()).select_from(created.subquery())) or 0)
