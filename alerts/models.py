@@ -442,8 +442,6 @@ class Digest(Base):
     upto: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
     status: Mapped[str] = mapped_column(String(16), default=DigestStatus.QUEUED)
     items: Mapped[int] = mapped_column(Integer, default=0)  # entries in the email once merged
-    # The subscriptions whose entries the email showed: what its one-click link ends.
-    subscription_ids: Mapped[list[int]] = mapped_column(Json, default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     provider_message_id: Mapped[str | None] = mapped_column(String(200))

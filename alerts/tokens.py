@@ -8,6 +8,7 @@ working in emails read years later, so they carry no timestamp and are signed on
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -31,6 +32,13 @@ class TokenError(Exception):
         self.payload_id = payload_id
 
 
+@functools.lru_cache(maxsize=32)
+def _serializer(keys: tuple[str, ...], salt: str, timed: bool) -> URLSafeSerializer | URLSafeTimedSerializer:
+    if timed:
+        return URLSafeTimedSerializer(list(keys), salt=salt)
+    return URLSafeSerializer(list(keys), salt=salt)
+
+
 @dataclass(frozen=True)
 class Signer:
     secret_key: str
@@ -45,9 +53,9 @@ class Signer:
         return f"trial-alerts.{purpose.value}"
 
     def sign(self, purpose: Purpose, object_id: int) -> str:
-        if purpose is Purpose.CONFIRM:
-            return str(URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose)).dumps(object_id))
-        return str(URLSafeSerializer(self._keys(), salt=self._salt(purpose)).dumps(object_id))
+        # The serializer is built once per key set and purpose: building it per token cost more than
+        # signing (a digest send signs one token per recipient).
+        return str(_serializer(tuple(self._keys()), self._salt(purpose), purpose is Purpose.CONFIRM).dumps(object_id))
 
     def verify(self, purpose: Purpose, token: str, max_age_s: int | None = None) -> int:
         try:

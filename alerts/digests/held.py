@@ -193,7 +193,7 @@ def drop_for_subscriber(session: Session, subscriber_id: int, erase: bool = Fals
         session.execute(
             update(Digest)
             .where(Digest.subscriber_id == subscriber_id)
-            .values(subscriber_id=None, subscription_ids=[])
+            .values(subscriber_id=None)
             .execution_options(synchronize_session=False)
         )
 

@@ -143,9 +143,9 @@ def _claimed(session: Session, after_id: int, upto_id: int, lease: datetime) -> 
     )
 
 
-def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, list[Item]]:
-    """The held items each claimed digest carries: its subscriber's, between its watermarks."""
-    carried = and_(
+def carried_by() -> Any:
+    """Join condition: the held items a digest carries (its subscriber's, between its watermarks)."""
+    return and_(
         HeldItem.subscriber_id == Digest.subscriber_id,
         HeldItem.id <= Digest.upto,
         or_(
@@ -153,6 +153,10 @@ def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> di
             and_(Digest.weekly.is_(True), HeldItem.weekly.is_(True), HeldItem.id > Digest.weekly_after),
         ),
     )
+
+
+def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, list[Item]]:
+    """The held items each claimed digest carries."""
     rows = session.execute(
         select(
             Digest.id,
@@ -163,7 +167,7 @@ def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> di
             Subscription.status,
             Subscription.unsubscribe_token,
         )
-        .join(HeldItem, carried)
+        .join(HeldItem, carried_by())
         .join(Subscription, Subscription.id == HeldItem.subscription_id, isouter=True)
         .where(
             Digest.id > after_id,
@@ -409,15 +413,6 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
         _mark(session, skipped, DigestStatus.SKIPPED, "subscriber erased before sending")
         _mark(session, suppressed, DigestStatus.SUPPRESSED, "address is suppressed")
         _mark(session, empty, DigestStatus.EMPTY)
-        if prepared:
-            # One executemany by primary key, not a statement per digest.
-            session.execute(
-                update(Digest),
-                [
-                    {"id": p.digest_id, "items": p.assembled.entries, "subscription_ids": p.assembled.subscription_ids}
-                    for p in prepared
-                ],
-            )
     report.skipped, report.suppressed, report.empty = len(skipped), len(suppressed), len(empty)
     report.timings["claim_s"] = clock() - started
     started = clock()

@@ -29,7 +29,8 @@ from alerts.digests.preferences import (
     set_frequency,
     set_preferences,
 )
-from alerts.models import Digest, Subscriber, Subscription, SubscriptionStatus
+from alerts.digests.send import carried_by
+from alerts.models import Digest, HeldItem, Subscriber, Subscription, SubscriptionStatus
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
 from alerts.web import pages
@@ -55,11 +56,15 @@ def _digest_id(runtime: Runtime, token: str) -> int:
 
 
 def _carried(session: Session, digest: Digest) -> list[Subscription]:
-    ids = [int(i) for i in digest.subscription_ids or []]
-    if not ids:
-        return []
-    found = session.scalars(select(Subscription).where(Subscription.id.in_(ids)).order_by(Subscription.id))
-    return list(found)
+    """The subscriptions whose held items the digest carried (items never change: the same ones it sent)."""
+    ids = (
+        select(HeldItem.subscription_id)
+        .join(Digest, carried_by())
+        .where(Digest.id == digest.id)
+        .distinct()
+        .scalar_subquery()
+    )
+    return list(session.scalars(select(Subscription).where(Subscription.id.in_(ids)).order_by(Subscription.id)))
 
 
 @router.api_route(

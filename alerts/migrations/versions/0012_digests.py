@@ -67,7 +67,6 @@ def upgrade() -> None:
         sa.Column("upto", BigId, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("items", sa.Integer(), nullable=False),
-        sa.Column("subscription_ids", Json, nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_until", alerts.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("provider_message_id", sa.String(200), nullable=True),
