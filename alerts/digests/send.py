@@ -28,6 +28,7 @@ and times that decided it.
 from __future__ import annotations
 
 import html as html_module
+import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -258,11 +259,14 @@ def _urls(ctx: Context, p: _Prepared) -> dict[str, str]:
     return values
 
 
+_STOP = re.compile(r"%%(stop_[0-9]+)%%")
+
+
 def _fill(text: str, values: Mapping[str, str], escape: bool) -> str:
-    for name, value in values.items():
-        if name.startswith("stop_"):
-            text = text.replace(f"%%{name}%%", html_module.escape(value, quote=True) if escape else value)
-    return text
+    """The stop links put into a digest's own text (one pass, whatever the number of stops)."""
+    if escape:
+        return _STOP.sub(lambda m: html_module.escape(values[m.group(1)], quote=True), text)
+    return _STOP.sub(lambda m: values[m.group(1)], text)
 
 
 def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -> list[Batch]:
