@@ -329,3 +329,38 @@ def test_digest_links_carry_no_address(runtime: Runtime, inline: InlineEnqueue, 
 
 def test_path_fixture_present() -> None:
     assert Path(PAIR / "version-2023-12-12.json").exists()
+
+
+def test_a_digest_whose_worker_died_is_sent_once_by_maintenance(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """The worker claimed the digests and died before sending: the lease runs out, maintenance re-queues."""
+    from alerts import maintenance
+    from alerts.digests import schedule
+
+    record = study(TRIAL)
+    publish(runtime, inline, changed_event(record))
+    follow(runtime, "pat@example.org", trial=TRIAL, frequency="daily")
+    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    lost: list[tuple[int, int]] = []
+    report = digest_tick(runtime, lambda a, u: lost.append((a, u)), now=close_after())  # the task is lost
+    assert report.digests == 1 and lost
+    with transaction(runtime.engine) as session:  # a worker claimed it, then was killed
+        session.execute(Digest.__table__.update().values(status="sending", lease_until=utcnow() - timedelta(seconds=1)))
+    requeued: list[tuple[int, int]] = []
+    maintenance.run(
+        runtime.engine,
+        inline.send_batch,
+        batch_size=1000,
+        stale_after_s=900,
+        pending_days=14,
+        retention_days=180,
+        enqueue_digests=lambda a, u: requeued.append((a, u)),
+    )
+    assert requeued
+    for after_id, upto_id in requeued + lost:  # the lost task turns up too: still one email
+        inline.send_digests(after_id, upto_id)
+    assert per_recipient(memory) == {"pat@example.org": 1}
+    with transaction(runtime.engine) as session:
+        assert schedule.requeue(session, 900, 1000) == []
+        assert session.scalar(select(Digest.attempts)) == 2
