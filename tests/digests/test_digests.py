@@ -346,7 +346,8 @@ def test_a_digest_whose_worker_died_is_sent_once_by_maintenance(
     report = digest_tick(runtime, lambda a, u: lost.append((a, u)), now=close_after())  # the task is lost
     assert report.digests == 1 and lost
     with transaction(runtime.engine) as session:  # a worker claimed it, then was killed
-        session.execute(Digest.__table__.update().values(status="sending", lease_until=utcnow() - timedelta(seconds=1)))
+        expired = utcnow() - timedelta(seconds=1)
+        session.execute(Digest.__table__.update().values(status="sending", attempts=1, lease_until=expired))
     requeued: list[tuple[int, int]] = []
     maintenance.run(
         runtime.engine,
