@@ -359,15 +359,17 @@ def create_deliveries(
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
 
 
-# pg_advisory lock key shared by holding (shared) and the digest schedule tick (exclusive).
-HOLD_LOCK: Final = 0x64696765737473
+# pg_advisory lock shared by holding (shared) and the digest schedule tick (exclusive), keyed by this and
+# the schema: deployments (and test runs) sharing one database in different schemas never wait on each other.
+HOLD_LOCK: Final = 0x64696765
+HOLD_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock{mode}(hashtext(current_schema()), :key)"
 
 
 def hold_lock(session: Session) -> None:
     """Shared with other transactions that hold items; exclusive to the schedule tick. SQLite serializes
     writers anyway."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": HOLD_LOCK})
+        session.execute(text(HOLD_LOCK_SQL.format(mode="_shared")), {"key": HOLD_LOCK})
 
 
 def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:

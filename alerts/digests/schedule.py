@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, aliased
 from alerts.db import transaction
 from alerts.digests.preferences import zone
 from alerts.digests.windows import DAILY, latest_close, local_weekday, next_close
-from alerts.matching import HOLD_LOCK
+from alerts.matching import HOLD_LOCK, HOLD_LOCK_SQL
 from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, UTCDateTime, utcnow
 
 
@@ -68,7 +68,7 @@ class TickReport:
 def _lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         # Exclusive: waits for every transaction holding items to commit, and keeps new ones out.
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": HOLD_LOCK})
+        session.execute(text(HOLD_LOCK_SQL.format(mode="")), {"key": HOLD_LOCK})
     else:
         # A write takes SQLite's database lock at once (its driver begins a transaction only at the first
         # write): no other writer (holding items, another tick) runs until this one commits.
