@@ -179,11 +179,6 @@ def set_frequency(session: Session, subscription_id: int, frequency: str) -> Sub
     return subscription
 
 
-def describe_time(subscriber: Subscriber) -> str:
-    """ "08:00 (Europe/Paris)" / "08:00 on Mondays (Europe/Paris)": how the manage page states it."""
-    return f"{subscriber.digest_hour:02d}:00 ({subscriber.time_zone})"
-
-
 @dataclass(frozen=True)
 class DigestChoice:
     """What a sign-up asks for: a frequency for its subscriptions and, for digests, when they arrive.

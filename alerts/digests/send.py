@@ -195,7 +195,7 @@ def _render_missing(session: Session, renderer: Renderer, site: Mapping[str, Any
                 cadence = key.rsplit(":", 1)[-1]
                 heading = f"Your {cadence} digest"
                 text, html = renderer.fragment("digest/_intro", {**site, "heading": heading})
-            held.store_fragment(session, key, "static", 0, "", text, html)
+            held.store_fragment(session, key, held.STATIC, 0, "", text, html)
             continue
         if key.startswith(f"{held.GROUP}:"):
             held.render_group(session, renderer, site, key.removeprefix(f"{held.GROUP}:"))
