@@ -40,7 +40,6 @@ from sqlalchemy import (
     case,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -48,7 +47,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from alerts.db import transaction
 from alerts.digests.preferences import zone
@@ -94,6 +93,16 @@ def _group_rows(plans: list[tuple[Any, ...]]) -> Any:
         for tz, hour, weekday, cadence, window, following, weekly_too in plans
     ]
     return (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("g")
+
+
+def _insert_ignoring(session: Session) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(Digest).on_conflict_do_nothing(index_elements=["subscriber_id", "window_at"])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(Digest).on_conflict_do_nothing(index_elements=["subscriber_id", "window_at"])
 
 
 def close_windows(session: Session, now: datetime) -> TickReport:
@@ -144,10 +153,6 @@ def close_windows(session: Session, now: datetime) -> TickReport:
                 ),
             )
         )
-        earlier = aliased(Digest)
-        already = exists(
-            select(earlier.id).where(earlier.subscriber_id == Subscriber.id, earlier.window_at == g.c.window_at)
-        )
         columns = [
             "subscriber_id",
             "window_at",
@@ -177,9 +182,12 @@ def close_windows(session: Session, now: datetime) -> TickReport:
             )
             .select_from(Subscriber)
             .join(g, in_group)
-            .where(holds_new, ~already)
+            .where(holds_new)
         )
-        session.execute(insert(Digest).from_select(columns, rows))
+        # The unique (subscriber, window) key is what makes a window one digest; a subscriber whose window
+        # already has its row (only possible if due_at was moved back by hand) keeps it. ON CONFLICT, not a
+        # NOT EXISTS probe: the planner cannot estimate the groups' join and picked a quadratic anti-join.
+        session.execute(_insert_ignoring(session).from_select(columns, rows))
         # Weekly items wait for a weekly window; without digest subscriptions left (cadence None) and none
         # waiting, nothing is scheduled any more.
         waiting_weekly = exists(
