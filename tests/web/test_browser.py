@@ -215,6 +215,10 @@ def test_subscriber_journey(site: Site, browser: Browser, request: pytest.Fixtur
     page.keyboard.press("Tab")  # the study, already ticked
     page.keyboard.press("Tab")  # the condition
     page.keyboard.press("Space")
+    # How often (one stop for the radio group), then the digest time: hour, weekday, time zone.
+    for expected in ("frequency-immediately", "digest_hour", "digest_weekday", "time_zone"):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == expected
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Get alerts"
     page.keyboard.press("Enter")
