@@ -34,9 +34,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -329,6 +329,41 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
     return out
 
 
+def _record_rows(
+    session: Session, results: Sequence[Result], status_for: Mapping[Outcome, DigestStatus], now: datetime
+) -> None:
+    table = cast(Table, Digest.__table__)
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            # Not IN (...): executemany cannot expand a list.
+            or_(table.c.status == DigestStatus.SENDING.value, table.c.status == DigestStatus.QUEUED.value),
+        )
+        .values(
+            status=bindparam("b_status"),
+            error=bindparam("b_error"),
+            provider_message_id=bindparam("b_message_id"),
+            sent_at=bindparam("b_sent_at"),
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+    rows = []
+    for r in results:
+        sent = r.outcome is Outcome.SENT
+        rows.append(
+            {
+                "b_id": r.delivery_id,
+                "b_status": status_for[r.outcome].value,
+                "b_error": None if sent else (r.error or r.outcome.value)[:2000],
+                "b_message_id": r.provider_message_id if sent else None,
+                "b_sent_at": now if sent else None,
+            }
+        )
+    session.connection().execute(statement, rows)
+
+
 def _record(engine: Engine, results: Sequence[Result], report: DigestReport) -> None:
     now = utcnow()
     groups: dict[tuple[Outcome, str | None, str | None], list[int]] = defaultdict(list)
@@ -345,6 +380,11 @@ def _record(engine: Engine, results: Sequence[Result], report: DigestReport) -> 
     while True:
         try:
             with transaction(engine) as session:
+                if len(groups) > 5:
+                    # Single-digest requests each have their own message id: one executemany by primary
+                    # key instead of a statement per digest.
+                    _record_rows(session, results, status_for, now)
+                    groups = {}
                 for (outcome, message_id, error), ids in groups.items():
                     values: dict[str, Any] = {
                         "status": status_for[outcome].value,

@@ -365,3 +365,22 @@ def test_a_digest_whose_worker_died_is_sent_once_by_maintenance(
     with transaction(runtime.engine) as session:
         assert schedule.requeue(session, 900, 1000) == []
         assert session.scalar(select(Digest.attempts)) == 2
+
+
+def test_outcomes_with_a_message_id_each_are_recorded_for_every_digest(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """The memory transport answers one message id per recipient (like the file and SMTP transports)."""
+    record = study(TRIAL)
+    publish(runtime, inline, changed_event(record))
+    addresses = [f"reader{i}@example.org" for i in range(8)]
+    for address in addresses:
+        follow(runtime, address, trial=TRIAL, frequency="daily")
+    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    digest_tick(runtime, inline.send_digests, now=close_after())
+    assert per_recipient(memory) == dict.fromkeys(addresses, 1)
+    with transaction(runtime.engine) as session:
+        rows = session.execute(select(Digest.status, Digest.provider_message_id, Digest.sent_at)).all()
+    assert len(rows) == 8
+    assert all(status == DigestStatus.SENT and message_id and sent_at for status, message_id, sent_at in rows)
+    assert len({message_id for _, message_id, _ in rows}) == 8
