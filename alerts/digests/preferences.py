@@ -210,6 +210,24 @@ class DigestChoice:
 
         return cls.parse(text("frequency"), text("time_zone"), text("digest_hour"), text("digest_weekday"))
 
+    def as_json(self) -> dict[str, object]:
+        """For a sign-up recorded now and applied later (a queued task): ``from_json`` validates it again."""
+        p = self.preferences or DigestPreferences()
+        return {
+            "frequency": self.frequency,
+            "time_zone": p.time_zone,
+            "digest_hour": p.hour,
+            "digest_weekday": p.weekday,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> DigestChoice:
+        def value(name: str) -> str | None:
+            raw = data.get(name)
+            return None if raw is None else str(raw)
+
+        return cls.parse(value("frequency"), value("time_zone"), value("digest_hour"), value("digest_weekday"))
+
 
 def form_context(
     frequency: str | None = None, time_zone: str | None = None, hour: int | None = None, weekday: int | None = None

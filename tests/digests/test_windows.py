@@ -98,3 +98,15 @@ def test_a_late_tick_closes_only_the_latest_window() -> None:
     now = utc(2026, 11, 30, 12)
     assert latest_close(now, SHANGHAI, 8, 0, DAILY) == utc(2026, 11, 30, 0)
     assert latest_close(now, SHANGHAI, 8, 2, WEEKLY) == utc(2026, 11, 25, 0)  # last Wednesday
+
+
+def test_a_digest_choice_survives_a_queue() -> None:
+    """A sign-up recorded now and applied by a worker later carries the choice as JSON, validated again."""
+    from alerts.digests.preferences import DigestChoice, InvalidPreference
+
+    choice = DigestChoice.parse("weekly", "America/St_Johns", "07:00", "Friday")
+    again = DigestChoice.from_json(choice.as_json())
+    assert again == choice and again.preferences is not None and again.preferences.weekday == 4
+    assert DigestChoice.from_json(DigestChoice().as_json()) == DigestChoice()
+    with pytest.raises(InvalidPreference):
+        DigestChoice.from_json({"frequency": "hourly"})
