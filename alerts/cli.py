@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from alerts.cli_digests import digests_app
 from alerts.cli_suppressions import suppressions_app
 from alerts.config import ConfigError, get_settings
 
@@ -24,6 +25,7 @@ app.add_typer(events_app, name="events")
 vocabulary_app = typer.Typer(help="Condition vocabulary learned from MeSH indexing.", no_args_is_help=True)
 app.add_typer(vocabulary_app, name="vocabulary")
 app.add_typer(suppressions_app, name="suppressions")
+app.add_typer(digests_app, name="digests")
 console = Console()
 
 

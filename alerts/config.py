@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(default=60.0, gt=0)
     # Celery beat touches this file after every tick (at least every 30 s): its health check reads the age.
     beat_heartbeat_file: Path | None = None
+    # How often beat runs the digest schedule tick (alerts.digests.schedule): a digest leaves at most this
+    # long after its window closes. Windows close on the hour, or the half or quarter hour in zones such as
+    # America/St_Johns or Asia/Kathmandu, so a minute is plenty.
+    digest_tick_s: float = Field(default=60.0, gt=0)
+    # A digest whose entries and links fit in this many bytes of SendGrid substitutions (10,000 per
+    # recipient, compact JSON) travels packed with up to 999 others in one request; a larger one is a
+    # message of its own. 0 sends every digest not identical to another alone (alerts.digests.send).
+    digest_pack_limit_bytes: int = Field(default=10_000, ge=0, le=10_000)
     # First retry of a failed send waits about this long; each further retry doubles it (capped at 300 s).
     send_retry_base_s: float = Field(default=2.0, gt=0)
 

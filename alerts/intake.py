@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from alerts import catchup, contents, ctgov, emails, places, vocabulary
 from alerts.catchup import CaughtUp, RenderFor
 from alerts.conditions import condition_keys
+from alerts.digests import held
 from alerts.events import NEW_TRIAL_FOR_CONDITION, TRIAL_CHANGED, TrialEvent
-from alerts.matching import Chunk, MatchPlan, NearFacts, TrialFacts, create_deliveries_chunk
+from alerts.matching import Chunk, MatchPlan, NearFacts, TrialFacts, create_deliveries_chunk, create_held_items
 from alerts.models import Event, EventStatus, SubscriptionKind, Trial, utcnow
 from alerts.rendering import Content, Renderer
 
@@ -39,6 +40,8 @@ class Accepted:
     # Earlier new-trial events that reached more followers because a phrase's meaning grew
     # (alerts.catchup): their new deliveries are to be queued after commit too.
     caught_up: tuple[CaughtUp, ...] = ()
+    # Items held for digest subscribers instead of emails (alerts.digests).
+    held: int = 0
 
 
 @dataclass
@@ -187,6 +190,8 @@ def accept(
     new_fingerprint: str | None = None  # computed once: the dedupe key and the stored snapshot share it
     open_study = TrialFacts.of(event.trial).recruiting
     near = NearFacts(event.nct_id, open=open_study)
+    old: Mapping[str, Any] | None = None
+    changes: list[ctgov.Change] = []
     if event.type == TRIAL_CHANGED:
         old, reason = _changed(event, snapshot)
         new_fingerprint = ctgov.fingerprint(event.trial)
@@ -227,6 +232,7 @@ def accept(
     session.add(row)
     session.flush()
     render: Callable[[str | None], Content] | None = None
+    held_count = 0
     if reason is None:
         rows_started = time.perf_counter()
         if not _is_newest(snapshot, event):
@@ -240,11 +246,17 @@ def accept(
         # Nobody follows this trial (the caller asked once for its whole batch): the INSERT would add nothing.
         chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk) if listening else NO_ONE
         row.recipients = chunk.created
+        # Digest subscribers: the same match becomes held items, with the entry rendered once for all.
+        held_count = create_held_items(session, row.id, plan) if listening else 0
         if chunk.complete:
             row.status = EventStatus.FANNED_OUT
         else:
             row.status, row.fanout_cursor, row.fanout_at = EventStatus.FANNING_OUT, chunk.last_subscriber_id, utcnow()
         timings["rows_s"] = time.perf_counter() - rows_started
+        if held_count:
+            render_started = time.perf_counter()
+            held.prepare(session, renderer, site, row.id, dedupe, event.trial, old, changes)
+            timings["held_render_s"] = time.perf_counter() - render_started
         if row.recipients:
             shared = {**site, **context()}
 
@@ -267,4 +279,4 @@ def accept(
     else:
         row.reason = reason
     timings["match_s"] = time.perf_counter() - started - sum(timings.values())
-    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render, tuple(caught_up))
+    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render, tuple(caught_up), held=held_count)

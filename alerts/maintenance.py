@@ -20,17 +20,23 @@ from sqlalchemy.orm import Session
 
 from alerts import counters, fanout, signups
 from alerts.db import transaction
+from alerts.digests import schedule
 from alerts.matching import batch_ranges
 from alerts.models import (
     Delivery,
     DeliveryCount,
     DeliveryStatus,
+    Digest,
+    DigestFragment,
+    DigestStatus,
     Event,
     EventContent,
+    HeldItem,
     RejectedEvent,
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    TrialVersion,
     WebhookEvent,
     utcnow,
 )
@@ -45,6 +51,7 @@ class MaintenanceReport:
     deliveries_pruned: int = 0
     counter_rows_folded: int = 0
     signups_requeued: int = 0
+    digest_batches_requeued: int = 0
 
 
 def _rowcount(result: object) -> int:
@@ -154,6 +161,17 @@ def prune_history(session: Session, retention_days: int) -> int:
         .execution_options(synchronize_session=False)
     )
     session.execute(delete(RejectedEvent).where(RejectedEvent.received_at < cutoff))
+    # Digest history: items carried by old digests (what their one-click link ends), the digests, and the
+    # records and fragments no window can need any more.
+    # Digests carry held items by watermark; items that old are long carried (windows are a week at most).
+    session.execute(delete(HeldItem).where(HeldItem.created_at < cutoff).execution_options(synchronize_session=False))
+    session.execute(
+        delete(Digest)
+        .where(Digest.created_at < cutoff, Digest.status != DigestStatus.QUEUED.value)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(delete(TrialVersion).where(TrialVersion.created_at < cutoff))
+    session.execute(delete(DigestFragment).where(DigestFragment.created_at < cutoff))
     # Provider events are only kept to deduplicate SendGrid's retries, which stop after days.
     session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < cutoff))
     return _rowcount(result)
@@ -169,6 +187,7 @@ def run(
     enqueue_fan_out: Callable[[int], None] | None = None,
     fanout_stale_s: int = 120,
     enqueue_signup: Callable[[int], None] | None = None,
+    enqueue_digests: Callable[[int, int], None] | None = None,
 ) -> MaintenanceReport:
     report = MaintenanceReport()
     if enqueue_signup is not None:
@@ -193,6 +212,13 @@ def run(
     for event_id, after_id, upto_id in ranges:
         enqueue_batch(event_id, after_id, upto_id)
     report.batches_requeued = len(ranges)
+    if enqueue_digests is not None:
+        # Digests whose send lease ran out (worker died) or whose send task was lost.
+        with transaction(engine) as session:
+            digest_ranges = schedule.requeue(session, stale_after_s, batch_size)
+        for after_id, upto_id in digest_ranges:
+            enqueue_digests(after_id, upto_id)
+        report.digest_batches_requeued = len(digest_ranges)
     with transaction(engine) as session:
         report.pending_expired = expire_pending(session, pending_days)
         signups.expire(session, pending_days)

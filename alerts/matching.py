@@ -45,6 +45,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
 )
 from sqlalchemy.orm import Session, aliased
 
@@ -54,6 +55,7 @@ from alerts.eligibility import Eligibility
 from alerts.models import (
     Delivery,
     DeliveryStatus,
+    HeldItem,
     Subscriber,
     Subscription,
     SubscriptionFilter,
@@ -65,6 +67,8 @@ from alerts.models import (
 # Statuses that pass a "recruiting only" filter.
 OPEN_STATUSES: Final = frozenset({"RECRUITING", "NOT_YET_RECRUITING"})
 COUNTRY: Final = "country"
+IMMEDIATELY: Final = "immediately"  # Subscription.frequency of an email per event (alerts.digests.preferences)
+WEEKLY: Final = "weekly"
 PHASE: Final = "phase"
 
 
@@ -229,23 +233,26 @@ def _reachable(sites: Any, eligibility: tuple[bool, bool, bool]) -> list[ColumnE
     return clauses
 
 
-@functools.cache
-def _matching_insert(
+def _candidates(
     kind: SubscriptionKind,
     broader: bool,
     recruiting: bool,
     countries: bool,
     phases: bool,
-    select_only: bool = False,
-    chunked: bool = False,
+    chunked: bool,
     confirmed_before: bool = False,
     eligibility: tuple[bool, bool, bool] = (False, False, False),
     near: tuple[bool, tuple[str, ...]] | None = None,
-) -> Executable:
-    """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
+    plain_variant: bool = False,
+) -> Any:
+    """Active subscriptions the event matches, ranked per subscriber (the oldest owns the news).
+
+    The one place filters are applied: immediate deliveries and digest held items both select from it.
+    Subscribers this news already reached by email are left out. ``plain_variant``: the variant is the
+    followed label alone (digest items are grouped by it), without the per-reader place outcome.
 
     Parameters: event_id, dedupe_key, now, targets (all), direct (targets that need no include_narrower),
-    country_values, phase_values; chunked: after (subscriber id) and chunk (how many subscribers);
+    country_values, phase_values; chunked: after (subscriber id), upto and chunk (how many subscribers);
     confirmed_before: only subscriptions confirmed by then (catching up on an earlier event).
     eligibility (the trial has a minimum age, a maximum age, one sex): min_age, max_age, trial_sex;
     near (show the nearest open site, site change kinds): near_nct_id, <kind>_seqs.
@@ -282,6 +289,8 @@ def _matching_insert(
         if sites is not None
         else None
     )
+    if plain_variant:
+        outcome = None
     if condition:
         variant: Any = Subscription.label if outcome is None else Subscription.label + outcome
     else:
@@ -306,18 +315,42 @@ def _matching_insert(
     # per candidate. (Tested on the ranked rows instead, PostgreSQL could pick an anti join that scans every
     # delivery of the news per candidate: quadratic over the chunks of a fan-out.)
     where.append(~exists().where(already.dedupe_key == dedupe_key, already.subscriber_id == Subscription.subscriber_id))
-    candidates = (
+    return (
         select(
             Subscription.subscriber_id,
             Subscription.id.label("subscription_id"),
             variant.label("variant"),
-            # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link).
+            # Several matching subscriptions: the oldest one owns the delivery (and its unsubscribe link),
+            # and its frequency decides between an email now and a held item for the digest.
+            Subscription.frequency,
             func.row_number().over(partition_by=Subscription.subscriber_id, order_by=Subscription.id).label("rank"),
         )
         .select_from(source)
         .where(*where)
         .subquery()
     )
+
+
+@functools.cache
+def _matching_insert(
+    kind: SubscriptionKind,
+    broader: bool,
+    recruiting: bool,
+    countries: bool,
+    phases: bool,
+    select_only: bool = False,
+    chunked: bool = False,
+    confirmed_before: bool = False,
+    eligibility: tuple[bool, bool, bool] = (False, False, False),
+    near: tuple[bool, tuple[str, ...]] | None = None,
+) -> Executable:
+    """The INSERT ... SELECT for one shape of event, built once: values are bound at execution.
+
+    Parameters: those of ``_candidates``. Only subscriptions whose owner is emailed immediately; digest
+    subscriptions get held items (``_holding_insert``, the same candidates).
+    """
+    candidates = _candidates(kind, broader, recruiting, countries, phases, chunked, confirmed_before, eligibility, near)
+    dedupe_key = bindparam("dedupe_key", type_=String())
     now = bindparam("now", type_=Delivery.created_at.type)
     matches = (
         select(
@@ -331,7 +364,7 @@ def _matching_insert(
             now,
             candidates.c.variant,
         )
-        .where(candidates.c.rank == 1)
+        .where(candidates.c.rank == 1, candidates.c.frequency == IMMEDIATELY)
         # Keyset order: delivery ids follow subscriber ids, so batches read the index in order.
         .order_by(candidates.c.subscriber_id)
     )
@@ -353,6 +386,45 @@ def _matching_insert(
     return insert(Delivery).from_select(columns, matches)
 
 
+@functools.cache
+def _holding_insert(
+    kind: SubscriptionKind,
+    broader: bool,
+    recruiting: bool,
+    countries: bool,
+    phases: bool,
+    confirmed_before: bool = False,
+    eligibility: tuple[bool, bool, bool] = (False, False, False),
+) -> Executable:
+    """Held items for the digest subscriptions among the same candidates as ``_matching_insert``.
+
+    Deduplicated like deliveries: one item per subscriber and piece of news, and none for news the
+    subscriber was already emailed (a subscription switched from immediately to a digest in between).
+    """
+    candidates = _candidates(
+        kind, broader, recruiting, countries, phases, False, confirmed_before, eligibility, plain_variant=True
+    )
+    dedupe_key = bindparam("dedupe_key", type_=String())
+    held = aliased(HeldItem)
+    emailed = aliased(Delivery)
+    matches = select(
+        bindparam("event_id", type_=Integer()),
+        candidates.c.subscriber_id,
+        candidates.c.subscription_id,
+        dedupe_key,
+        candidates.c.variant,
+        candidates.c.frequency == WEEKLY,
+        bindparam("now", type_=HeldItem.created_at.type),
+    ).where(
+        candidates.c.rank == 1,
+        candidates.c.frequency != IMMEDIATELY,
+        ~exists().where(held.dedupe_key == dedupe_key, held.subscriber_id == candidates.c.subscriber_id),
+        ~exists().where(emailed.dedupe_key == dedupe_key, emailed.subscriber_id == candidates.c.subscriber_id),
+    )
+    columns = ["event_id", "subscriber_id", "subscription_id", "dedupe_key", "variant", "weekly", "created_at"]
+    return insert(HeldItem).from_select(columns, matches)
+
+
 def _statement(
     event_id: int,
     kind: SubscriptionKind,
@@ -364,6 +436,7 @@ def _statement(
     chunked: bool = False,
     confirmed_before: datetime | None = None,
     near: NearFacts | None = None,
+    holding: bool = False,
 ) -> tuple[Executable | None, dict[str, Any]]:
     direct = list(dict.fromkeys(targets))
     broader = [t for t in dict.fromkeys(broader_targets) if t not in direct]
@@ -372,18 +445,21 @@ def _statement(
     facts = facts or TrialFacts()
     condition = kind == SubscriptionKind.CONDITION
     changes = tuple(k for k in places.CHANGE_KINDS if near is not None and getattr(near, k))
-    statement = _matching_insert(
-        kind,
-        bool(broader),
-        facts.recruiting or not condition,
-        bool(facts.countries),
-        bool(facts.phases),
-        select_only,
-        chunked,
-        confirmed_before is not None,
-        (facts.min_age is not None, facts.max_age is not None, facts.sex is not None) if condition else (False,) * 3,
-        (near.open, changes) if near is not None and (near.open or changes) else None,
+    shape = (kind, bool(broader), facts.recruiting or not condition, bool(facts.countries), bool(facts.phases))
+    eligibility = (
+        (facts.min_age is not None, facts.max_age is not None, facts.sex is not None) if condition else (False,) * 3
     )
+    if holding:
+        statement = _holding_insert(*shape, confirmed_before is not None, eligibility)
+    else:
+        statement = _matching_insert(
+            *shape,
+            select_only,
+            chunked,
+            confirmed_before is not None,
+            eligibility,
+            (near.open, changes) if near is not None and (near.open or changes) else None,
+        )
     params = {
         "event_id": event_id,
         "dedupe_key": dedupe_key,
@@ -474,6 +550,38 @@ def create_deliveries(
     session.connection().execute(statement, params)
     # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index counts fast.
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
+
+
+# pg_advisory lock shared by holding (shared) and the digest schedule tick (exclusive), keyed by this and
+# the schema: deployments (and test runs) sharing one database in different schemas never wait on each other.
+HOLD_LOCK: Final = 0x64696765
+HOLD_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock{mode}(hashtext(current_schema()), :key)"
+
+
+def hold_lock(session: Session) -> None:
+    """Shared with other transactions that hold items; exclusive to the schedule tick. SQLite serializes
+    writers anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(HOLD_LOCK_SQL.format(mode="_shared")), {"key": HOLD_LOCK})
+
+
+def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:
+    """One held item per subscriber whose matching subscription is a digest (daily or weekly).
+
+    The same candidates, filters and oldest-owns rule as ``create_deliveries`` (one statement builder),
+    for every digest subscriber at once: held items are small rows and nothing waits on them to be sent.
+    Returns the number created.
+    """
+    statement, params = _statement(
+        event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, False, holding=True
+    )
+    if statement is None:
+        return 0
+    # Before the first held item gets an id: the schedule tick closes windows at an id watermark and must
+    # not see a transaction that holds ids below it uncommitted (alerts.digests.schedule).
+    hold_lock(session)
+    session.connection().execute(statement, params)
+    return int(session.scalar(select(func.count()).where(HeldItem.event_id == event_id)) or 0)
 
 
 @dataclass(frozen=True)

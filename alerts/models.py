@@ -115,6 +115,24 @@ class Subscriber(Base):
     recruiting_sites_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     age: Mapped[int | None] = mapped_column(Integer)
     sex: Mapped[str | None] = mapped_column(String(6))  # "FEMALE" | "MALE"
+    # Digests (alerts.digests): when the subscriber's daily or weekly email goes out, in their own time.
+    # An IANA zone name ("Europe/Paris"), the local hour (0-23) and, for weekly digests, the weekday
+    # (0 = Monday, as datetime.weekday()).
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    digest_hour: Mapped[int] = mapped_column(Integer, default=8, server_default="8")
+    digest_weekday: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The shortest frequency among the subscriber's digest subscriptions ("daily" or "weekly"), and the
+    # next window close (UTC) at or after which the schedule tick builds their digest. Both None for a
+    # subscriber with only immediate alerts: the tick never reads them. Kept by alerts.digests.preferences.
+    digest_cadence: Mapped[str | None] = mapped_column(String(16))
+    digest_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # Watermarks: the last held item id their digests have carried, for daily and for weekly items.
+    digest_daily_upto: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), default=0, server_default="0"
+    )
+    digest_weekly_upto: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), default=0, server_default="0"
+    )
 
     subscriptions: Mapped[list[Subscription]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", passive_deletes=True
@@ -153,6 +171,8 @@ class Subscription(Base):
     # Condition subscriptions: only trials recruiting or not yet recruiting. Countries and phases:
     # SubscriptionFilter rows.
     recruiting_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # "immediately" (an email per event, the default), "daily" or "weekly" (held items, alerts.digests).
+    frequency: Mapped[str] = mapped_column(String(16), default="immediately", server_default="immediately")
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
 
@@ -548,3 +568,110 @@ class TrialSite(Base):
     lat: Mapped[float] = mapped_column(Float)
     lon: Mapped[float] = mapped_column(Float)
     recruiting: Mapped[bool] = mapped_column(Boolean)  # recruiting or not yet recruiting
+
+
+# --- digests (alerts.digests) -------------------------------------------------------------------------
+
+
+class DigestStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    EMPTY = "empty"  # nothing material left once changes were merged or subscriptions ended: no email
+    SKIPPED = "skipped"  # subscriber erased before sending
+
+
+class HeldItem(Base):
+    """A matched event held for a subscriber's next digest instead of an email (a digest subscription).
+
+    Created by the same matching statement as deliveries (alerts.matching), unique per subscriber and
+    piece of news like deliveries. Never updated: a digest carries the subscriber's items between two
+    watermarks (ids), see alerts.digests.schedule, so closing a window writes one row per subscriber,
+    not one per item.
+    """
+
+    __tablename__ = "held_items"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", "subscriber_id", name="uq_held_items_dedupe_subscriber"),
+        # Windows and sending read a subscriber's items by id range.
+        Index("ix_held_items_subscriber_id_id", "subscriber_id", "id"),
+        Index("ix_held_items_event_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # No foreign keys, like deliveries: the matching INSERT ... SELECT writes many rows at once, and
+    # unsubscribe / erasure delete the rows themselves (alerts.digests.held).
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    subscriber_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    subscription_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), index=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    # The followed condition label for new-trial items (their group in the digest); None for changes.
+    variant: Mapped[str | None] = mapped_column(String(300))
+    # Held for a weekly subscription: only the subscriber's weekly window carries it. Fixed when held, so
+    # a window's content never depends on a later change of frequency.
+    weekly: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Digest(Base):
+    """One subscriber's digest for one window: the window is the key, so it is built and sent once."""
+
+    __tablename__ = "digests"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "window_at", name="uq_digests_subscriber_window"),
+        # Digest ids are in signed one-click links: SQLite must never hand one out twice.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    # The window's scheduled close (UTC): the subscriber's local hour on a local date.
+    window_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The held items it carries: the subscriber's items with daily_after < id <= upto, and, when ``weekly``
+    # (the subscriber's weekday, or a weekly cadence), their weekly items with weekly_after < id <= upto.
+    weekly: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    daily_after: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+    weekly_after: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+    upto: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+    status: Mapped[str] = mapped_column(String(16), default=DigestStatus.QUEUED)
+    items: Mapped[int] = mapped_column(Integer, default=0)  # entries in the email once merged
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TrialVersion(Base):
+    """A study record by material fingerprint, kept while digests may need it for a net change."""
+
+    __tablename__ = "trial_versions"
+
+    nct_id: Mapped[str] = mapped_column(String(11), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    record: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DigestFragment(Base):
+    """One digest entry rendered and CSS-inlined once, shared by every digest that carries it.
+
+    ``key``: the held items' dedupe key ("new:<nct>" for a new trial, "changed:<nct>:<from>:<to>" for a
+    change between two material fingerprints, also a net change over several), or "group:<label>" for the
+    heading of a followed condition. An empty ``html`` means the net change was nothing material: the
+    entry is left out.
+    """
+
+    __tablename__ = "digest_fragments"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "changed" | "new" | "group"
+    importance: Mapped[int] = mapped_column(Integer, default=0)
+    title: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

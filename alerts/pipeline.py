@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
@@ -18,6 +19,9 @@ from sqlalchemy.exc import IntegrityError
 
 from alerts import counters, emails, fanout, signups
 from alerts.db import transaction
+from alerts.digests import schedule, send
+from alerts.digests.send import Context as DigestContext
+from alerts.digests.send import DigestReport
 from alerts.events import InvalidEvent, TrialEvent, excerpt, parse_event, printable
 from alerts.intake import Accepted, accept
 from alerts.matching import batch_ranges
@@ -153,6 +157,7 @@ def after_commit(runtime: Runtime, event: TrialEvent, outcome: Accepted, enqueue
         type=event.type,
         status=outcome.status,
         recipients=outcome.recipients,
+        held=outcome.held,
         batches=batches,
         reason=outcome.reason,
         timings={k: round(v, 4) for k, v in timings.items()},
@@ -290,3 +295,56 @@ def send_confirmation(runtime: Runtime, subscription_id: int, also: Sequence[int
     if result.outcome is Outcome.RETRY:
         raise RuntimeError(f"confirmation email not accepted: {result.error}")
     return result.outcome.value
+
+
+# --- digests (alerts.digests) -------------------------------------------------------------------------
+
+
+def digest_context(runtime: Runtime) -> DigestContext:
+    return DigestContext(
+        engine=runtime.engine,
+        transport=runtime.transport,
+        links=runtime.links,
+        signer=runtime.signer,
+        renderer=runtime.renderer,
+        site=runtime.site,
+        sender=runtime.sender,
+        lease_s=runtime.settings.send_lease_s,
+        pack_limit_bytes=runtime.settings.digest_pack_limit_bytes,
+    )
+
+
+def digest_tick(
+    runtime: Runtime, enqueue_digests: Callable[[int, int], None], now: datetime | None = None
+) -> schedule.TickReport:
+    """Close every digest window due ``now`` (default: the clock) and queue their sending after the commit."""
+    report = schedule.tick(runtime.engine, runtime.settings.batch_size, now)
+    for after_id, upto_id in report.ranges:
+        enqueue_digests(after_id, upto_id)
+    if report.groups:
+        log.info(
+            "digests.tick", groups=report.groups, due=report.due, digests=report.digests, batches=len(report.ranges)
+        )
+    return report
+
+
+def send_digests(runtime: Runtime, after_id: int, upto_id: int) -> DigestReport:
+    report = send.send_range(digest_context(runtime), after_id, upto_id)
+    log.info(
+        "digests.sent",
+        after_id=after_id,
+        upto_id=upto_id,
+        claimed=report.claimed,
+        sent=report.sent,
+        failed=report.failed,
+        retry=report.retry,
+        empty=report.empty,
+        skipped=report.skipped,
+        suppressed=report.suppressed,
+        shared_batches=report.shared_batches,
+        packed=report.packed,
+        alone=report.alone,
+        content_chars=report.content_chars,
+        timings={k: round(v, 4) for k, v in report.timings.items()},
+    )
+    return report

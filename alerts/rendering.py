@@ -91,20 +91,7 @@ class Renderer:
         subject = " ".join(subject.split())
         text = self._text.get_template(f"{name}/body.txt").render(text_ctx)
         raw_html = self._html.get_template(f"{name}/body.html").render(html_ctx | {"subject": subject})
-        # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
-        # main process, a worker that only sends) never render.
-        import premailer
-
-        inlined = premailer.Premailer(
-            raw_html,
-            remove_classes=False,
-            keep_style_tags=True,  # media queries for small screens cannot be inlined
-            strip_important=False,
-            cssutils_logging_level="CRITICAL",
-            allow_network=False,
-            disable_validation=True,
-        ).transform()
-        return Content(subject=subject, text=text, html=inlined)
+        return Content(subject=subject, text=text, html=_inline(raw_html))
 
     def text(self, name: str, context: Mapping[str, Any]) -> str:
         """Only the plain-text part of ``name`` (no HTML, no premailer), slots left as tokens."""
@@ -116,6 +103,45 @@ class Renderer:
         ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
         text = self._text.get_template(f"_fragments/{name}.txt").render(ctx)
         return text, self._html.get_template(f"_fragments/{name}.html").render(ctx)
+
+    def inlined_fragment(self, name: str, context: Mapping[str, Any]) -> tuple[str, str]:
+        """(text, inlined HTML) of a part of an email: ``{name}.txt`` and ``{name}.html`` (digest entries).
+
+        The HTML is rendered inside ``digest/fragment.html`` (the emails' own layout and CSS) so premailer
+        inlines it as it would in a whole email; only the part between the fragment markers is kept.
+        Per-recipient values stay placeholders, as in ``render``.
+        """
+        ctx = {p: placeholder(p) for p in PLACEHOLDERS} | dict(context)
+        text = self._text.get_template(f"{name}.txt").render(ctx)
+        page = self._html.get_template("digest/fragment.html").render(
+            ctx | {"subject": "", "fragment_template": f"{name}.html"}
+        )
+        inlined = _inline(page)
+        start, end = inlined.find(FRAGMENT_START), inlined.find(FRAGMENT_END)
+        if start < 0 or end < start:
+            raise RuntimeError(f"fragment markers lost while inlining {name}")
+        return text, inlined[start + len(FRAGMENT_START) : end].strip()
+
+
+FRAGMENT_START = "<!--fragment-->"
+FRAGMENT_END = "<!--/fragment-->"
+
+
+def _inline(raw_html: str) -> str:
+    # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
+    # main process, a worker that only sends) never render.
+    import premailer
+
+    inlined: str = premailer.Premailer(
+        raw_html,
+        remove_classes=False,
+        keep_style_tags=True,  # media queries for small screens cannot be inlined
+        strip_important=False,
+        cssutils_logging_level="CRITICAL",
+        allow_network=False,
+        disable_validation=True,
+    ).transform()
+    return inlined
 
 
 def personalize(content: Content, values: Mapping[str, str]) -> Content:

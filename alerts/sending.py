@@ -49,6 +49,9 @@ class Links:
     def manage(self, token: str) -> str:
         return f"{self.base_url}/manage/{token}"
 
+    def digest_unsubscribe(self, token: str) -> str:
+        return f"{self.base_url}/unsubscribe/digest/{token}"
+
     def confirm(self, token: str) -> str:
         return f"{self.base_url}/confirm/{token}"
 

@@ -9,15 +9,17 @@ or already active) and returns the subscriptions that need confirming: one email
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from alerts import preferences
+from alerts import places, preferences
 from alerts.addresses import AddressHasher
+from alerts.digests.preferences import DigestChoice, DigestPreferences
 from alerts.models import SignupRequest, SubscriptionKind, utcnow
 from alerts.preferences import Preferences
 from alerts.subscriptions import Target, sign_up
@@ -27,16 +29,28 @@ from alerts.tokens import Signer
 REQUEUE_AFTER_S = 120
 
 
-def record(session: Session, email: str, targets: Sequence[Target], *, chosen: Preferences | None = None) -> int:
+def record(
+    session: Session,
+    email: str,
+    targets: Sequence[Target],
+    *,
+    chosen: Preferences | None = None,
+    digest: DigestChoice | None = None,
+) -> int:
     """Record a sign-up (one INSERT); returns the id to queue. ``email`` is already normalized.
 
-    ``chosen``: "Can I take part?" preferences sent with it, applied by the worker (``preferences.offer``).
+    ``chosen``: "Can I take part?" preferences sent with it (``preferences.offer``); ``digest``: how often
+    and when (``DigestChoice``). Both are applied by the worker with the targets.
     """
-    options = {"preferences": dataclasses.asdict(chosen)} if chosen is not None else None
+    options: dict[str, Any] = {}
+    if chosen is not None:
+        options["preferences"] = dataclasses.asdict(chosen)
+    if digest is not None and digest != DigestChoice():
+        options["digest"] = digest.as_json()
     row = SignupRequest(
         email=email,
         targets=[{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets],
-        options=options,
+        options=options or None,
     )
     session.add(row)
     session.flush()
@@ -62,17 +76,37 @@ def decide(session: Session, request_id: int, signer: Signer, hasher: AddressHas
     to_confirm: list[int] = []
     active: list[int] = []
     subscriber_id = 0
+    options = row.options or {}
+    chosen = Preferences(**options["preferences"]) if options.get("preferences") else None
+    digest = _digest_choice(options.get("digest"), chosen)
     for item in row.targets:
         target = Target(SubscriptionKind(item["kind"]), item["key"], item["label"])
-        outcome = sign_up(session, row.email, target, signer, hasher)
+        outcome = sign_up(
+            session,
+            row.email,
+            target,
+            signer,
+            hasher,
+            frequency=digest.frequency,
+            preferences=digest.preferences,
+        )
         (to_confirm if outcome.needs_confirmation else active).append(outcome.subscription_id)
         subscriber_id = outcome.subscriber_id
-    chosen = (row.options or {}).get("preferences")
     if chosen is not None and row.targets:
         # Stored only while the address has no active alert: a stranger's form cannot move someone's place.
-        preferences.offer(session, subscriber_id, Preferences(**chosen))
+        preferences.offer(session, subscriber_id, chosen)
     session.delete(row)
     return Decision(to_confirm=list(dict.fromkeys(to_confirm)), already_active=active)
+
+
+def _digest_choice(data: Mapping[str, Any] | None, chosen: Preferences | None) -> DigestChoice:
+    """The digest choice a sign-up recorded; without a time zone, the chosen city's (``places.timezone_of``)."""
+    digest = DigestChoice.from_json(data) if data else DigestChoice()
+    zone = places.timezone_of(chosen.city_id) if chosen is not None and chosen.city_id is not None else None
+    if zone and (digest.preferences is None or digest.preferences.time_zone is None):
+        current = digest.preferences or DigestPreferences()
+        digest = DigestChoice(digest.frequency, dataclasses.replace(current, time_zone=zone))
+    return digest
 
 
 def stale(session: Session, older_than_s: int = REQUEUE_AFTER_S) -> list[int]:

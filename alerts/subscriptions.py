@@ -16,6 +16,14 @@ from sqlalchemy.orm import Session
 from alerts import ctgov, vocabulary
 from alerts.addresses import AddressHasher, normalize_email
 from alerts.conditions import condition_key
+from alerts.digests import held
+from alerts.digests.preferences import (
+    IMMEDIATELY,
+    DigestPreferences,
+    apply_preferences,
+    parse_frequency,
+    refresh_schedule,
+)
 from alerts.matching import COUNTRY, PHASE, country_key
 from alerts.models import (
     ConditionConcept,
@@ -267,6 +275,8 @@ def sign_up(
     *,
     filters: ConditionFilters | None = None,
     include_narrower: bool | None = None,
+    frequency: str | None = None,
+    preferences: DigestPreferences | None = None,
 ) -> SignUp:
     """Sign up (pending until confirmed). A condition follows its phrase, whatever the vocabulary knows of it.
 
@@ -274,8 +284,13 @@ def sign_up(
     subscription) apply to a new, pending or unsubscribed subscription, which the subscriber confirms by
     email. An active subscription is never changed from here: anyone can type an address into the form;
     its owner changes filters from the manage page (``set_filters``).
+
+    ``frequency`` ("immediately", "daily", "weekly"; None: unchanged, "immediately" for a new one) follows
+    the same rule. ``preferences`` (time zone, hour, weekday of digests) apply only to a subscriber with no
+    active subscription yet, for the same reason: a stranger's form cannot move someone's digest.
     """
     rows = filters.rows() if filters is not None else None
+    chosen_frequency = parse_frequency(frequency) if frequency is not None else None
     if target.kind != SubscriptionKind.CONDITION and (
         rows or (filters and filters.recruiting_only) or include_narrower
     ):
@@ -300,6 +315,11 @@ def sign_up(
     if subscription.status == SubscriptionStatus.ACTIVE:
         # Re-submitting never downgrades an active subscription.
         return SignUp(subscription.id, needs_confirmation=False, subscriber_id=subscriber.id)
+    if chosen_frequency is not None:
+        subscription.frequency = chosen_frequency
+    if preferences is not None or subscription.frequency != IMMEDIATELY or subscriber.digest_cadence is not None:
+        # Only when digests are involved: an immediate sign-up costs no extra round trip.
+        _apply_digest_choices(session, subscriber, preferences)
     if subscription.status == SubscriptionStatus.UNSUBSCRIBED:
         subscription.status = SubscriptionStatus.PENDING
         subscription.unsubscribed_at = None
@@ -309,6 +329,19 @@ def sign_up(
         )
     subscription.confirm_sent_at = utcnow()
     return SignUp(subscription.id, needs_confirmation=True, subscriber_id=subscriber.id)
+
+
+def _apply_digest_choices(session: Session, subscriber: Subscriber, preferences: DigestPreferences | None) -> None:
+    session.flush()
+    active = session.scalar(
+        select(Subscription.id).where(
+            Subscription.subscriber_id == subscriber.id, Subscription.status == SubscriptionStatus.ACTIVE.value
+        )
+    )
+    if preferences is not None and active is None:
+        apply_preferences(session, subscriber, preferences)
+    else:
+        refresh_schedule(session, subscriber)
 
 
 def confirm(session: Session, subscription_id: int) -> Subscription | None:
@@ -361,6 +394,7 @@ def unsubscribe(session: Session, subscription_id: int) -> Subscription | None:
     if subscription is not None and subscription.status != SubscriptionStatus.UNSUBSCRIBED:
         subscription.status = SubscriptionStatus.UNSUBSCRIBED
         subscription.unsubscribed_at = utcnow()
+        held.drop_for_subscriptions(session, [subscription.id])
     return subscription
 
 
@@ -371,6 +405,7 @@ def unsubscribe_all(session: Session, subscriber_id: int) -> int:
         .where(Subscription.status != SubscriptionStatus.UNSUBSCRIBED)
         .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=utcnow())
     )
+    held.drop_for_subscriber(session, subscriber_id)
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -383,6 +418,7 @@ def erase(session: Session, subscriber_id: int) -> bool:
     if email is not None:
         session.execute(delete(SignupRequest).where(SignupRequest.email == email))
     session.execute(update(Delivery).where(Delivery.subscriber_id == subscriber_id).values(subscriber_id=None))
+    held.drop_for_subscriber(session, subscriber_id, erase=True)
     theirs = select(Subscription.id).where(Subscription.subscriber_id == subscriber_id).scalar_subquery()
     session.execute(update(Delivery).where(Delivery.subscription_id.in_(theirs)).values(subscription_id=None))
     session.execute(delete(Subscription).where(Subscription.subscriber_id == subscriber_id))

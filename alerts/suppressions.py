@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from alerts.addresses import AddressHasher, InvalidAddress, normalize_email
+from alerts.digests import held
 from alerts.models import Suppression, utcnow
 
 
@@ -70,7 +71,10 @@ def suppress_many(session: Session, items: Iterable[NewSuppression]) -> int:
     values = list(rows.values())
     stmt = insert_ignoring_conflicts(session, Suppression, "email_hash")
     result = session.execute(stmt.values(values).returning(Suppression.email_hash))
-    return len(result.all())
+    added = len(result.all())
+    # A suppressed address gets no digest either: what it had waiting is dropped.
+    held.drop_for_addresses(session, list(rows))
+    return added
 
 
 def suppress(

@@ -10,6 +10,7 @@ everything that sign-up asked for (a single id is signed as before, so old links
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ class Purpose(enum.StrEnum):
     CONFIRM = "confirm"
     UNSUBSCRIBE = "unsubscribe"
     MANAGE = "manage"
+    # A digest's one-click link: ends every subscription whose items that digest carried (alerts.digests).
+    DIGEST = "digest"
 
 
 class TokenError(Exception):
@@ -48,6 +51,13 @@ def _ids(value: Any) -> tuple[int, ...] | None:
     return tuple(items)
 
 
+@functools.lru_cache(maxsize=32)
+def _serializer(keys: tuple[str, ...], salt: str, timed: bool) -> URLSafeSerializer | URLSafeTimedSerializer:
+    if timed:
+        return URLSafeTimedSerializer(list(keys), salt=salt)
+    return URLSafeSerializer(list(keys), salt=salt)
+
+
 @dataclass(frozen=True)
 class Signer:
     secret_key: str
@@ -71,9 +81,10 @@ class Signer:
             if purpose is not Purpose.CONFIRM or _ids(ids) is None:
                 raise ValueError(f"a {purpose.value} token carries one id; a confirm token 1 to {MAX_IDS}")
             payload = ids[0] if len(ids) == 1 else ids
-        if purpose is Purpose.CONFIRM:
-            return str(URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose)).dumps(payload))
-        return str(URLSafeSerializer(self._keys(), salt=self._salt(purpose)).dumps(payload))
+        # The serializer is built once per key set and purpose: building it per token cost more than
+        # signing (a digest send signs one token per recipient).
+        serializer = _serializer(tuple(self._keys()), self._salt(purpose), purpose is Purpose.CONFIRM)
+        return str(serializer.dumps(payload))
 
     def verify(self, purpose: Purpose, token: str, max_age_s: int | None = None) -> int:
         """The one id a token carries; TokenError if it is bad, expired, or carries several."""

@@ -104,6 +104,7 @@ class InlineEnqueue:
     webhooks: list[list[dict[str, Any]]] = field(default_factory=list)
     fan_outs: list[int] = field(default_factory=list)
     signups: list[int] = field(default_factory=list)
+    digest_batches: list[tuple[int, int]] = field(default_factory=list)
 
     def trial_event(self, payload: dict[str, Any]) -> None:
         from alerts.pipeline import ingest
@@ -116,6 +117,12 @@ class InlineEnqueue:
 
         self.batches.append((event_id, after_id, upto_id))
         deliver(self.runtime, event_id, after_id, upto_id)
+
+    def send_digests(self, after_id: int, upto_id: int) -> None:
+        from alerts.pipeline import send_digests
+
+        self.digest_batches.append((after_id, upto_id))
+        send_digests(self.runtime, after_id, upto_id)
 
     def fan_out(self, event_id: int) -> None:
         from alerts.pipeline import fan_out

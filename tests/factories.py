@@ -8,6 +8,7 @@ from typing import Any
 
 from alerts import subscriptions
 from alerts.db import transaction
+from alerts.digests.preferences import DigestPreferences
 from alerts.runtime import Runtime
 from alerts.transports.memory import MemoryTransport
 
@@ -28,11 +29,21 @@ def new_trial_event(trial: dict[str, Any], condition: str, **extra: Any) -> dict
     } | extra
 
 
-def follow(runtime: Runtime, email: str, *, trial: str | None = None, condition: str | None = None) -> int:
+def follow(
+    runtime: Runtime,
+    email: str,
+    *,
+    trial: str | None = None,
+    condition: str | None = None,
+    frequency: str | None = None,
+    preferences: DigestPreferences | None = None,
+) -> int:
     """An active subscription (signed up and confirmed); returns its id."""
     target = subscriptions.trial_target(trial) if trial else subscriptions.condition_target(condition or "")
     with transaction(runtime.engine) as session:
-        signup = subscriptions.sign_up(session, email, target, runtime.signer, runtime.hasher)
+        signup = subscriptions.sign_up(
+            session, email, target, runtime.signer, runtime.hasher, frequency=frequency, preferences=preferences
+        )
         subscriptions.confirm(session, signup.subscription_id)
     return signup.subscription_id
 

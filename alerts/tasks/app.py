@@ -92,6 +92,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.maintenance_interval_s,
             "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.maintenance_interval_s},
         },
+        # One tick closes every due digest window with one grouped query (alerts.digests.schedule).
+        "digests": {
+            "task": "alerts.digests.tick",
+            "schedule": settings.digest_tick_s,
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.digest_tick_s},
+        },
     }
     if settings.watch_enabled:
         # A pass that runs longer than the interval makes the next one return "busy" (the lock).
@@ -123,6 +129,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.delivery.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.subscriptions.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.maintenance.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+            "alerts.digests.tick": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+            "alerts.digests.send": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.webhooks.*": {"queue": DELIVERIES_QUEUE, "routing_key": DELIVERIES_QUEUE},
             "alerts.watch.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
         },
@@ -146,6 +154,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "alerts.tasks.maintenance",
             "alerts.tasks.webhooks",
             "alerts.tasks.watch",
+            "alerts.tasks.digests",
         ],
         # Beat's scheduler touches ALERTS_BEAT_HEARTBEAT_FILE after each tick, and ticks at least every 30 s.
         beat_scheduler="alerts.tasks.beat:HeartbeatScheduler",

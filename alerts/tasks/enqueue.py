@@ -17,6 +17,9 @@ class CeleryEnqueue:
     def send_batch(self, event_id: int, after_id: int, upto_id: int) -> None:
         self.app.send_task("alerts.delivery.send_batch", args=[event_id, after_id, upto_id])
 
+    def send_digests(self, after_id: int, upto_id: int) -> None:
+        self.app.send_task("alerts.digests.send", args=[after_id, upto_id])
+
     def fan_out(self, event_id: int) -> None:
         self.app.send_task("alerts.events.fan_out", args=[event_id])
 

@@ -25,5 +25,6 @@ def run() -> dict[str, int]:
         stale_after_s=settings.stale_queued_s,
         pending_days=settings.pending_expiry_days,
         retention_days=settings.retention_days,
+        enqueue_digests=enqueue.send_digests,
     )
     return asdict(report)

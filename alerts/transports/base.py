@@ -23,6 +23,10 @@ class Recipient:
     # This recipient's subject when it differs from the batch's (a change alert that leads with a site
     # near them, alerts.contents); None: the batch content's subject.
     subject: str | None = None
+    # Per-recipient blocks of the message that are not links (a digest's own entries, alerts.digests.send):
+    # "subject", "html" and "text" fill PART_TAGS in that one part of the batch's content, as they are (the
+    # HTML is escaped by its renderer). None for emails whose content is entirely shared.
+    parts: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class Transport(Protocol):
     def send(self, batch: Batch) -> list[Result]:
         """Send every recipient of ``batch`` and say what happened to each one."""
         ...
+
+
+# Where each per-recipient part goes: a tag that appears only in its own part of the shared content.
+PART_TAGS = {"subject": "%%part_subject%%", "html": "%%part_html%%", "text": "%%part_text%%"}
 
 
 def fill(template: str, values: Mapping[str, str]) -> str:

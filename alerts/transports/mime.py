@@ -6,12 +6,27 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, localtime
 
-from alerts.rendering import personalize
-from alerts.transports.base import Batch, Recipient, fill
+from alerts.rendering import Content, personalize
+from alerts.transports.base import PART_TAGS, Batch, Recipient, fill
+
+
+def with_parts(content: Content, recipient: Recipient) -> Content:
+    """The recipient's own parts (a digest's entries) put into the shared content, as SendGrid would."""
+    parts = recipient.parts
+    if not parts:
+        return content
+    subject = content.subject.replace(PART_TAGS["subject"], parts.get("subject", ""))
+    if "\r" in subject or "\n" in subject:
+        raise ValueError("the subject would contain a line break")
+    return Content(
+        subject=subject,
+        text=content.text.replace(PART_TAGS["text"], parts.get("text", "")),
+        html=content.html.replace(PART_TAGS["html"], parts.get("html", "")),
+    )
 
 
 def build_message(batch: Batch, recipient: Recipient) -> EmailMessage:
-    content = personalize(batch.content, recipient.values)
+    content = with_parts(personalize(batch.content, recipient.values), recipient)
     msg = EmailMessage()
     msg["Subject"] = recipient.subject or content.subject
     msg["From"] = Address(display_name=batch.from_name, addr_spec=batch.from_email)

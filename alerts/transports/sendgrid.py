@@ -36,7 +36,7 @@ from typing import Any
 import structlog
 
 from alerts.logs import redact
-from alerts.transports.base import TIMEOUT, UNREACHABLE, Batch, Outcome, Recipient, Result, fill
+from alerts.transports.base import PART_TAGS, TIMEOUT, UNREACHABLE, Batch, Outcome, Recipient, Result, fill
 
 log = structlog.get_logger("alerts.transports.sendgrid")
 
@@ -90,6 +90,26 @@ class _Answer:
     retry_after_s: float | None = None
     ambiguous: bool = False
     errors: tuple[tuple[str, str | None], ...] = ()  # (message, field) from a 4xx body
+
+
+_JSON_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def json_bytes(value: str) -> int:
+    """Bytes of ``value`` as a compact UTF-8 JSON string without its quotes: how SendGrid (and the stand-in)
+    measure the 10,000-byte substitutions limit. Counted, not encoded: a digest's parts are checked per
+    recipient."""
+    if _JSON_CONTROL.search(value):
+        return len(json.dumps(value, ensure_ascii=False).encode("utf-8")) - 2
+    size = len(value) if value.isascii() else len(value.encode("utf-8"))
+    return size + value.count("\n") + value.count('"') + value.count("\\") + value.count("\t") + value.count("\r")
+
+
+def substitution_bytes(substitutions: Mapping[str, str]) -> int:
+    """Compact JSON size of a personalization's substitutions object."""
+    if not substitutions:
+        return 2
+    return 1 + sum(json_bytes(k) + json_bytes(v) + 6 for k, v in substitutions.items())
 
 
 def _json_bound(chars: int) -> int:
@@ -154,6 +174,22 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         if sub_bytes > MAX_SUBSTITUTION_BYTES:
             failed.append(_fail(r, f"substitutions are {sub_bytes} bytes; SendGrid allows {MAX_SUBSTITUTION_BYTES}"))
             continue
+        parts = r.parts
+        if parts:
+            # A digest's own entries (alerts.digests.send): whole HTML / text blocks, escaped by their
+            # renderer and put by SendGrid only where their tag is (one part each), so not screened as URLs.
+            for name, value in parts.items():
+                substitutions[PART_TAGS[name]] = value
+            if _CONTROL.search(parts.get("subject", "")):
+                failed.append(_fail(r, "the subject would contain a control character"))
+                continue
+            # Measured as SendGrid does (JSON: every newline of the text part counts twice).
+            sub_bytes = substitution_bytes(substitutions)
+            if sub_bytes > MAX_SUBSTITUTION_BYTES:
+                failed.append(
+                    _fail(r, f"substitutions are {sub_bytes} bytes; SendGrid allows {MAX_SUBSTITUTION_BYTES}")
+                )
+                continue
         message_id = r.message_id
         if "\r" in message_id or "\n" in message_id:
             failed.append(_fail(r, "the Message-ID would contain a line break"))

@@ -12,7 +12,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from alerts import __version__
 from alerts import places as gazetteer_places
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, conditions, health, links, ops, pages, places, signup, webhooks
+from alerts.web import api_events, conditions, digests, health, links, ops, pages, places, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
 from alerts.web.security import BodyLimit, StrictTransport, body_limits
 from alerts.web.validation import request_validation_error
@@ -53,6 +53,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     app.include_router(ops.router)
     app.include_router(signup.router)
     app.include_router(links.router)
+    app.include_router(digests.router)
     app.include_router(conditions.router)
     app.include_router(places.router)
     app.include_router(webhooks.router)

@@ -28,6 +28,7 @@ from alerts.tokens import Purpose, TokenError
 from alerts.web import pages
 from alerts.web import places as place_form
 from alerts.web.deps import RuntimeDep
+from alerts.web.digests import manage_context
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, RateLimited, RateLimiter
 
 log = structlog.get_logger("alerts.web.links")
@@ -317,11 +318,14 @@ def _manage_page(
     status_code: int = 200,
     errors: dict[str, str] | None = None,
     form: FormData | None = None,
+    digest_error: str | None = None,
 ) -> HTMLResponse:
     with transaction(runtime.engine) as session:
         items = _items(session, subscriber_id)
         subscriber = session.get(Subscriber, subscriber_id)
         chosen = preferences.of(subscriber) if subscriber is not None else None
+        # Each alert's frequency and when digests arrive (alerts.web.digests).
+        digests = manage_context(session, subscriber_id)
     context = {
         "items": items,
         "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
@@ -330,8 +334,13 @@ def _manage_page(
         "erase_error": erase_error,
         "errors": errors or {},
         "summary": chosen.describe() if chosen is not None else [],
+        "digest_error": digest_error,
+        **digests,
     } | place_form.form_context(request, chosen, form)
     return pages.render(request, "manage.html", context, status_code=status_code)
+
+
+render_manage_page = _manage_page
 
 
 def _subscriber_id(runtime: Runtime, token: str) -> int | None:

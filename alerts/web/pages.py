@@ -2,8 +2,9 @@
 error handling that makes sure a visitor never sees a stack trace.
 
 Every page is sent with headers that keep tokens private (no Referer to other sites, no caching, no
-indexing) and with a strict Content-Security-Policy: one stylesheet, and one small script of our own (the city
-autocomplete, ``static/places.js``; every form works without it).
+indexing) and with a strict Content-Security-Policy: one stylesheet, and small scripts of our own (the city
+autocomplete, ``static/places.js``; the sign-up form's time zone from the browser, ``static/timezone.js``);
+every form works without them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def capitalize_first(text: str) -> str:
 
 templates.env.filters["capitalize_first"] = capitalize_first
 
+# script-src 'self': small scripts of our own (static/places.js, static/timezone.js).
 _CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors {}"

@@ -41,11 +41,20 @@ class PlaceSuggestion(BaseModel):
     timezone: str = Field(description="IANA time zone of the city")
 
 
+class BadBody(BaseModel):
+    detail: str = Field(description="why the body could not be read")
+
+
+# FastAPI answers 400 itself for a body that is not JSON at all (before validation).
+_BAD_BODY = "the body cannot be read (not UTF-8, not JSON)"
+
+
 @router.post(
     "/api/places",
     response_model=list[PlaceSuggestion],
     summary="Suggest cities (offline gazetteer)",
     description="Cities whose name starts with `q` (a comma narrows by country or US state), most populous first.",
+    responses={400: {"model": BadBody, "description": _BAD_BODY}},
 )
 def suggest_places(body: PlaceQuery) -> list[PlaceSuggestion]:
     found = places.gazetteer().search(body.q, limit=MAX_SUGGESTIONS)
@@ -138,6 +147,7 @@ def read_preferences(runtime: RuntimeDep, authorization: Annotated[str | None, H
     summary="Replace a subscriber's place, distance, age and sex",
     responses={
         401: {"description": "no valid manage token"},
+        400: {"model": BadBody, "description": _BAD_BODY},
         404: {"description": "erased"},
         422: {"description": "a value we cannot use, with the field and why"},
     },

@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from alerts import signups, subscriptions, text
 from alerts.addresses import InvalidAddress, normalize_email
 from alerts.db import transaction
+from alerts.digests.preferences import DigestChoice, form_context_from, parse_time_zone
+from alerts.digests.preferences import InvalidPreference as InvalidDigestChoice
 from alerts.models import Trial
 from alerts.preferences import InvalidPreference, Preferences
 from alerts.runtime import Runtime
@@ -98,6 +100,17 @@ class SignupRequest(BaseModel):
         default=None, description="Optional city, distance, age and sex: only studies the person could join"
     )
 
+    frequency: Literal["immediately", "daily", "weekly"] | None = Field(
+        default=None, description="An email per change (immediately, the default), or a daily or weekly digest"
+    )
+    time_zone: str | None = Field(
+        default=None, max_length=64, description="IANA time zone of digests, e.g. Europe/Paris (default UTC)"
+    )
+    digest_hour: int | None = Field(default=None, ge=0, le=23, description="Local hour of digests (default 8)")
+    digest_weekday: int | None = Field(
+        default=None, ge=0, le=6, description="Day of weekly digests, 0 = Monday (the default) to 6 = Sunday"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, data: Any) -> Any:
@@ -140,6 +153,17 @@ class SignupRequest(BaseModel):
             return subscriptions.condition_target(value).label
         except InvalidTarget as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str | None) -> str | None:
+        try:
+            return parse_time_zone(value) if value is not None else None
+        except InvalidDigestChoice as exc:
+            raise ValueError(str(exc)) from None
+
+    def digest(self) -> DigestChoice:
+        return DigestChoice.parse(self.frequency, self.time_zone, self.digest_hour, self.digest_weekday)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SignupRequest:
@@ -188,6 +212,7 @@ def perform_signup(
     targets: list[Target],
     ip_key: str,
     chosen: Preferences | None = None,
+    digest: DigestChoice | None = None,
 ) -> None:
     """Count the attempt, record the sign-up and queue it. Raises RateLimited.
 
@@ -199,7 +224,7 @@ def perform_signup(
     limiter.hit(SIGNUP_PER_IP, settings.signup_per_ip, ip_key)
     limiter.hit(CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address))
     with transaction(runtime.engine) as session:
-        request_id = signups.record(session, address, targets, chosen=chosen)
+        request_id = signups.record(session, address, targets, chosen=chosen, digest=digest)
     enqueue.process_signup(request_id)
     log.info("signup.recorded", request_id=request_id, targets=len(targets))
 
@@ -264,6 +289,7 @@ def create_subscription(body: SignupRequest, request: Request, runtime: RuntimeD
             [target],
             client_key(runtime, request),
             body.preferences.parse() if body.preferences is not None else None,
+            body.digest(),
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)
@@ -329,6 +355,8 @@ def _form_page(
         "typed_condition": typed_condition,
         "suggested": suggested or [],
         "errors": errors or {},
+        # Digest choices (alerts.digests.preferences), kept as typed when the form comes back with errors.
+        **form_context_from(form),
     } | place_form.form_context(request, None, form)
     return pages.render(request, "subscribe.html", context, status_code=status_code)
 
@@ -471,6 +499,11 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
     offer_mode = bool(offered_trial or offered_conditions)
     found = _read_submission(runtime, form)
     errors, targets = found.errors, found.targets
+    digest = DigestChoice()
+    try:
+        digest = DigestChoice.from_form(form)
+    except InvalidDigestChoice as exc:
+        errors["frequency"] = f"That choice can't be used: {exc}."
     if not targets and not {"trial", "condition"} & errors.keys():
         errors["targets"] = "Choose at least one alert." if offer_mode else "Enter a study number or a condition."
     chosen = None
@@ -503,6 +536,7 @@ def _subscribe_submit(request: Request, runtime: RuntimeDep, form: FormData) -> 
             list(dict.fromkeys(targets)),
             client_key(runtime, request),
             chosen if chosen != Preferences() else None,
+            digest,
         )
     except RateLimited as exc:
         log.info("signup.rate_limited", scope=exc.scope)

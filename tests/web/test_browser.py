@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -221,6 +222,10 @@ def test_subscriber_journey(site: Site, browser: Browser, request: pytest.Fixtur
     for field in ("city", "distance", "recruiting_sites_only", "age", "sex"):
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.id") == field
+    # How often (one stop for the radio group), then the digest time: hour, weekday, time zone.
+    for expected in ("frequency-immediately", "digest_hour", "digest_weekday", "time_zone"):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == expected
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Get alerts"
     page.keyboard.press("Enter")
@@ -268,4 +273,73 @@ def test_city_autocomplete_picks_a_gazetteer_city(site: Site, browser: Browser, 
     page.screenshot(path=str(folder / "subscribe-with-a-place.png"), full_page=True)
     # Nothing blocked by the Content-Security-Policy (the browser's own favicon request may 404).
     assert [e for e in errors if "Refused" in e or "Content Security Policy" in e] == []
+
+
+def test_digest_journey_frequency_and_time_zone(site: Site, browser: Browser, request: pytest.FixtureRequest) -> None:
+    """Sign up for a weekly digest (time zone filled from the browser), get it at the local hour, change
+    frequency and time zone on the manage page, stop it with the digest's own link."""
+    from zoneinfo import ZoneInfo
+
+    from alerts.digests.windows import WEEKLY, next_close
+    from alerts.models import utcnow
+    from alerts.pipeline import digest_tick
+
+    db = request.node.callspec.params.get("db_url", "db")
+    shots = Shots(SCREENSHOTS / f"digest-{db}")
+    runtime = site.runtime
+    record = study(TRIAL)
+    ingest(runtime, changed_event(record), site.enqueue, source="test")
+
+    # The browser says it is in Shanghai: the form's time zone is filled from it.
+    context = browser.new_context(viewport=DESKTOP, timezone_id="Asia/Shanghai")
+    page = context.new_page()
+    page.goto(f"{site.url}/subscribe?trial={TRIAL}")
+    expect(page.get_by_label("Your time zone")).to_have_value("Asia/Shanghai")
+    expect(page.get_by_label("As it happens")).to_be_checked()
+    page.get_by_label("Email address").fill("lee@example.org")
+    page.get_by_label("Once a week").check()
+    page.get_by_label("Time for daily and weekly emails").select_option("7")
+    page.get_by_label("Day for weekly emails").select_option("4")  # Friday
+    shots.take(page, "subscribe-weekly-desktop")
+    page.get_by_role("button", name="Get alerts").click()
+    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+    [confirmation] = site.wait_for_email(1)
+    page.goto(site.url + link_in(confirmation, "confirm"))
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("heading", name="You're subscribed")).to_be_visible()
+    [subscription] = subscriptions_of(runtime, "lee@example.org")
+    assert (subscription.frequency, subscription.status) == ("weekly", SubscriptionStatus.ACTIVE)
+
+    # The study changes: nothing at once; the digest comes on Friday at 07:00 in Shanghai.
+    ingest(runtime, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"), site.enqueue, "t")
+    assert len(site.emails()) == 1
+    friday = next_close(utcnow(), ZoneInfo("Asia/Shanghai"), 7, 4, WEEKLY)
+    digest_tick(runtime, site.enqueue.send_digests, now=friday - timedelta(hours=1))
+    assert len(site.emails()) == 1
+    digest_tick(runtime, site.enqueue.send_digests, now=friday)
+    digest = site.wait_for_email(2)[-1]
+    assert str(digest["Subject"]) == "Your weekly digest: 1 update to studies you follow"
+
+    # Manage page from the digest's footer: daily instead, and another time zone.
+    page.goto(site.url + link_in(digest, "manage"))
+    expect(page.get_by_role("heading", name="Your alerts")).to_be_visible()
+    page.get_by_label(f"How often for changes to study {TRIAL}").select_option("daily")
+    page.get_by_role("button", name=f"Save how often for changes to study {TRIAL}").click()
+    expect(page.get_by_role("status")).to_contain_text("once a day")
+    page.get_by_label("Your time zone").select_option("America/St_Johns")
+    page.get_by_role("button", name="Save the time").click()
+    expect(page.get_by_text("07:00, America/St_Johns")).to_be_visible()
+    shots.take(page, "manage-digest-desktop")
+    [subscription] = subscriptions_of(runtime, "lee@example.org")
+    assert subscription.frequency == "daily"
+
+    # The digest's own unsubscribe link (List-Unsubscribe), opened in the browser.
+    header = "".join(str(digest["List-Unsubscribe"]).split()).strip("<>")
+    page.goto(header)
+    expect(page.get_by_role("heading", name="Stop the alerts in this digest?")).to_be_visible()
+    shots.take(page, "digest-unsubscribe-desktop")
+    page.get_by_role("button", name="Stop this alert").click()
+    expect(page.get_by_role("heading", name="You're unsubscribed")).to_be_visible()
+    shots.take(page, "digest-unsubscribed-desktop")
+    assert [s.status for s in subscriptions_of(runtime, "lee@example.org")] == [SubscriptionStatus.UNSUBSCRIBED]
     context.close()

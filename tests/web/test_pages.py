@@ -42,12 +42,15 @@ def test_pages_link_the_stylesheet_and_only_our_own_script(client: TestClient) -
     assert '<link rel="stylesheet" href="/static/site.css">' in page.text
     assert '<html lang="en">' in page.text
     assert 'name="viewport"' in page.text
-    # The one script is the city autocomplete, served from here; no inline script anywhere.
-    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/places.js" defer>']
+    # Our own scripts, served from here (the city autocomplete, the time zone from the browser); no inline
+    # script anywhere.
+    scripts = re.findall(r"<script[^>]*>", page.text)
+    assert sorted(scripts) == sorted(['<script src="/static/places.js" defer>', '<script src="/static/timezone.js">'])
     assert client.get("/static/places.js").status_code == 200
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "style-src 'self'" in csp and "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
+    assert "<script" not in client.get("/manage/invalid-token").text
     assert page.headers["referrer-policy"] == "no-referrer"
 
 
@@ -103,7 +106,8 @@ def test_openapi_document(client: TestClient) -> None:
     request_schema = op["requestBody"]["content"]["application/json"]["schema"]
     assert request_schema == {"$ref": "#/components/schemas/SignupRequest"}
     schemas = doc["components"]["schemas"]
-    assert set(schemas["SignupRequest"]["properties"]) == {"email", "trial", "condition", "preferences"}
+    digest = {"frequency", "time_zone", "digest_hour", "digest_weekday"}  # alerts.digests.preferences
+    assert set(schemas["SignupRequest"]["properties"]) == {"email", "trial", "condition", "preferences"} | digest
     assert schemas["SignupRequest"]["required"] == ["email"]
     for schema in schemas.values():
         OAS31Validator.check_schema(schema)

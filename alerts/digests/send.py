@@ -1,0 +1,487 @@
+"""Sending a range of digests: claim, assemble per subscriber from shared fragments, send, record.
+
+The claim (queued -> sending, under a lease) commits before the transport is called, so two workers never
+send one digest; a worker that dies mid-send leaves the lease to run out and maintenance re-queues the
+digest (``schedule.requeue``); a retried digest keeps its Message-ID.
+
+**The SendGrid request design** (measured with ``benchmarks/digest.py``, figures in benchmarks/README.md).
+A digest differs per subscriber, its entries do not. SendGrid shares content between the recipients of a
+request only as the message-level ``content``; per recipient it has ``substitutions`` (10,000 bytes each).
+Section tags, the one feature that shared fragments between recipients with different content, were
+removed by SendGrid ("due to low usage, this setting has been deprecated and has been removed") and are
+absent from the official OpenAPI description the stand-in validates against. So, per batch of digests:
+
+1. Subscribers whose digests have the same entries in the same order (``Assembled.key``) share one
+   rendering: one transport batch whose content is the assembled digest, links per recipient as
+   substitutions, as immediate alerts are sent. Nothing is repeated; 1,000 such digests are one request.
+2. Every other digest is packed: the batch's content is the digest shell (layout, CSS, footer) sent once
+   per request, and each recipient's entries go in its own substitutions (``Recipient.parts``), 1,000
+   digests per request. The entries repeat across recipients, which SendGrid leaves no way to avoid.
+3. A digest whose substitutions would exceed ``PACK_LIMIT_BYTES`` (SendGrid's 10,000 bytes, counted as
+   SendGrid counts them) is sent as a message of its own.
+
+Measured on the benchmark's 100,000 random digests (1-20 of 200 entries) against one request per digest
+(what a digest that is "just an email" would cost): see benchmarks/README.md for the request counts, bytes
+and times that decided it.
+"""
+
+from __future__ import annotations
+
+import html as html_module
+import re
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Engine, Table, and_, bindparam, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from alerts import ctgov
+from alerts.db import transaction
+from alerts.digests import held
+from alerts.digests.assemble import CHANGES_SECTION, INTRO, Assembled, Fragment, Item, assemble, entries, needed_keys
+from alerts.models import (
+    Digest,
+    DigestFragment,
+    DigestStatus,
+    HeldItem,
+    Subscriber,
+    Subscription,
+    Suppression,
+    TrialVersion,
+    utcnow,
+)
+from alerts.rendering import Content, Renderer
+from alerts.sending import Links, alert_headers
+from alerts.tokens import Purpose, Signer
+from alerts.transports.base import PART_TAGS, Batch, Outcome, Recipient, Result, Transport
+from alerts.transports.sendgrid import substitution_bytes
+
+# SendGrid allows 10,000 bytes of substitutions per recipient (compact JSON, links included):
+# ALERTS_DIGEST_PACK_LIMIT_BYTES.
+PACK_LIMIT_BYTES = 10_000
+CATEGORY = "digest"
+# Single-digest batches recorded together (see send_range).
+RECORD_EVERY = 50
+
+
+@dataclass
+class DigestReport:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retry: int = 0
+    empty: int = 0
+    skipped: int = 0
+    suppressed: int = 0
+    shared_batches: int = 0  # batches of identical digests (one rendering, links per recipient)
+    packed: int = 0  # digests sent with their entries as substitutions
+    alone: int = 0  # digests too large to pack: a message of their own
+    # Characters of content handed to the transport (shared content once per batch, plus each recipient's
+    # own parts): what the request design saves or repeats.
+    content_chars: int = 0
+    retry_after_s: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What sending needs from the process (``alerts.runtime.Runtime``), passed in."""
+
+    engine: Engine
+    transport: Transport
+    links: Links
+    signer: Signer
+    renderer: Renderer
+    site: Mapping[str, Any]
+    sender: tuple[str, str]
+    lease_s: int
+    pack_limit_bytes: int = PACK_LIMIT_BYTES
+
+
+_SHELLS: dict[tuple[int, str], Content] = {}
+
+
+def shell(renderer: Renderer, site: Mapping[str, Any]) -> Content:
+    """The digest layout, rendered and inlined once per process (it is the same for every digest)."""
+    key = (id(renderer), repr(sorted(site.items())))
+    found = _SHELLS.get(key)
+    if found is None:
+        found = _SHELLS[key] = renderer.render("digest", dict(site))
+    return found
+
+
+def _claim(session: Session, after_id: int, upto_id: int, lease_s: int) -> datetime | None:
+    lease = utcnow() + timedelta(seconds=lease_s)
+    result = session.execute(
+        update(Digest)
+        .where(Digest.id > after_id, Digest.id <= upto_id, Digest.status == DigestStatus.QUEUED.value)
+        .values(status=DigestStatus.SENDING.value, lease_until=lease, attempts=Digest.attempts + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return lease if int(getattr(result, "rowcount", 0) or 0) > 0 else None
+
+
+def _claimed(session: Session, after_id: int, upto_id: int, lease: datetime) -> list[Any]:
+    mine = and_(
+        Digest.id > after_id,
+        Digest.id <= upto_id,
+        Digest.status == DigestStatus.SENDING.value,
+        Digest.lease_until == lease,
+    )
+    return list(
+        session.execute(
+            select(Digest.id, Subscriber.email, Subscriber.manage_token, Suppression.id)
+            .join(Subscriber, Subscriber.id == Digest.subscriber_id, isouter=True)
+            .join(Suppression, Suppression.email_hash == Subscriber.email_hash, isouter=True)
+            .where(mine)
+            .order_by(Digest.id)
+        )
+    )
+
+
+def carried_by() -> Any:
+    """Join condition: the held items a digest carries (its subscriber's, between its watermarks)."""
+    return and_(
+        HeldItem.subscriber_id == Digest.subscriber_id,
+        HeldItem.id <= Digest.upto,
+        or_(
+            and_(HeldItem.weekly.is_(False), HeldItem.id > Digest.daily_after),
+            and_(Digest.weekly.is_(True), HeldItem.weekly.is_(True), HeldItem.id > Digest.weekly_after),
+        ),
+    )
+
+
+def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, list[Item]]:
+    """The held items each claimed digest carries."""
+    rows = session.execute(
+        select(
+            Digest.id,
+            HeldItem.dedupe_key,
+            HeldItem.variant,
+            HeldItem.subscription_id,
+            HeldItem.weekly,
+            Subscription.status,
+            Subscription.unsubscribe_token,
+        )
+        .join(HeldItem, carried_by())
+        .join(Subscription, Subscription.id == HeldItem.subscription_id, isouter=True)
+        .where(
+            Digest.id > after_id,
+            Digest.id <= upto_id,
+            Digest.status == DigestStatus.SENDING.value,
+            Digest.lease_until == lease,
+        )
+        # The order the service received the news in: a net change runs from the first to the last.
+        .order_by(Digest.id, HeldItem.event_id, HeldItem.id)
+    )
+    found: dict[int, list[Item]] = defaultdict(list)
+    for digest_id, key, variant, subscription_id, weekly, status, token in rows:
+        found[int(digest_id)].append(Item(key, variant, int(subscription_id), status, bool(weekly), token))
+    return found
+
+
+def _render_missing(session: Session, renderer: Renderer, site: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """Fragments not made when their event was held: net changes (first seen now), static headings."""
+    for key in keys:
+        if key.startswith("static:"):
+            if key == CHANGES_SECTION:
+                text, html = renderer.inlined_fragment(
+                    "digest/_section", {**site, "heading": "Changes to studies you follow"}
+                )
+            else:
+                cadence = key.rsplit(":", 1)[-1]
+                heading = f"Your {cadence} digest"
+                text, html = renderer.inlined_fragment("digest/_intro", {**site, "heading": heading})
+            held.store_fragment(session, key, held.STATIC, 0, "", text, html)
+            continue
+        if key.startswith(f"{held.GROUP}:"):
+            held.render_group(session, renderer, site, key.removeprefix(f"{held.GROUP}:"))
+            continue
+        parsed = held.parse_change_key(key)
+        if parsed is None:
+            continue  # a new trial's fragment is made when held; without it the entry is left out
+        nct, from_fp, to_fp = parsed
+        rows = session.execute(
+            select(TrialVersion.fingerprint, TrialVersion.record).where(
+                TrialVersion.nct_id == nct, TrialVersion.fingerprint.in_([from_fp, to_fp])
+            )
+        )
+        versions = {fingerprint: record for fingerprint, record in rows}
+        if from_fp not in versions or to_fp not in versions:
+            continue  # versions pruned: the entry is left out rather than shown wrong
+        old, new = versions[from_fp], versions[to_fp]
+        held.render_change(session, renderer, site, key, new, ctgov.diff(old, new))
+
+
+def _fragments(session: Session, keys: set[str]) -> dict[str, Fragment]:
+    rows = session.execute(
+        select(
+            DigestFragment.key,
+            DigestFragment.kind,
+            DigestFragment.importance,
+            DigestFragment.title,
+            DigestFragment.text,
+            DigestFragment.html,
+        ).where(DigestFragment.key.in_(sorted(keys)))
+    )
+    return {key: Fragment(kind, importance, title, text, html) for key, kind, importance, title, text, html in rows}
+
+
+def _mark(session: Session, ids: Sequence[int], status: DigestStatus, error: str | None = None) -> None:
+    if ids:
+        session.execute(
+            update(Digest)
+            .where(Digest.id.in_(list(ids)))
+            .values(status=status.value, error=error, lease_until=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+@dataclass
+class _Prepared:
+    digest_id: int
+    email: str
+    manage_token: str
+    assembled: Assembled
+
+
+def _urls(ctx: Context, p: _Prepared) -> dict[str, str]:
+    values = {
+        "unsubscribe_url": ctx.links.digest_unsubscribe(ctx.signer.sign(Purpose.DIGEST, p.digest_id)),
+        "manage_url": ctx.links.manage(p.manage_token),
+    }
+    prefix = ctx.links.unsubscribe("")
+    for name, token in p.assembled.stops.items():
+        values[name] = prefix + token
+    return values
+
+
+_STOP = re.compile(r"%%(stop_[0-9]+)%%")
+
+
+def _fill(text: str, values: Mapping[str, str], escape: bool) -> str:
+    """The stop links put into a digest's own text (one pass, whatever the number of stops)."""
+    if escape:
+        return _STOP.sub(lambda m: html_module.escape(values[m.group(1)], quote=True), text)
+    return _STOP.sub(lambda m: values[m.group(1)], text)
+
+
+def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -> list[Batch]:
+    """Transport batches for the assembled digests: shared where identical, packed, or alone (module docstring)."""
+    base = shell(ctx.renderer, ctx.site)
+    message_head, message_tail = ctx.links.message_id_parts("digest")
+    by_key: dict[tuple[str, ...], list[_Prepared]] = defaultdict(list)
+    for p in prepared:
+        by_key[p.assembled.key].append(p)
+    out: list[Batch] = []
+    packed: list[Recipient] = []
+
+    def batch(content: Content, recipients: list[Recipient]) -> Batch:
+        return Batch(
+            content=content,
+            recipients=recipients,
+            from_email=ctx.sender[0],
+            from_name=ctx.sender[1],
+            headers=alert_headers(),
+            category=CATEGORY,
+        )
+
+    def whole(a: Assembled) -> Content:
+        return Content(
+            subject=base.subject.replace(PART_TAGS["subject"], a.subject),
+            text=base.text.replace(PART_TAGS["text"], a.text),
+            html=base.html.replace(PART_TAGS["html"], a.html),
+        )
+
+    for group in by_key.values():
+        first = group[0].assembled
+        if len(group) > 1:
+            recipients = [
+                Recipient(p.digest_id, p.email, _urls(ctx, p), f"{message_head}{p.digest_id}{message_tail}")
+                for p in group
+            ]
+            out.append(batch(whole(first), recipients))
+            report.shared_batches += 1
+            continue
+        p = group[0]
+        values = _urls(ctx, p)
+        parts = {
+            "subject": first.subject,
+            "html": _fill(first.html, values, escape=True),
+            "text": _fill(first.text, values, escape=False),
+        }
+        links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
+        message_id = f"{message_head}{p.digest_id}{message_tail}"
+        substitutions = {PART_TAGS[k]: v for k, v in parts.items()} | {f"%%{k}%%": v for k, v in links.items()}
+        if substitution_bytes(substitutions) <= ctx.pack_limit_bytes:
+            packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
+            report.packed += 1
+        else:
+            content = whole(first)
+            content = Content(content.subject, _fill(content.text, values, False), _fill(content.html, values, True))
+            out.append(batch(content, [Recipient(p.digest_id, p.email, links, message_id)]))
+            report.alone += 1
+    if packed:
+        out.append(batch(base, packed))
+    return out
+
+
+def _record_rows(
+    session: Session, results: Sequence[Result], status_for: Mapping[Outcome, DigestStatus], now: datetime
+) -> None:
+    table = cast(Table, Digest.__table__)
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            # Not IN (...): executemany cannot expand a list.
+            or_(table.c.status == DigestStatus.SENDING.value, table.c.status == DigestStatus.QUEUED.value),
+        )
+        .values(
+            status=bindparam("b_status"),
+            error=bindparam("b_error"),
+            provider_message_id=bindparam("b_message_id"),
+            sent_at=bindparam("b_sent_at"),
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+    rows = []
+    for r in results:
+        sent = r.outcome is Outcome.SENT
+        rows.append(
+            {
+                "b_id": r.delivery_id,
+                "b_status": status_for[r.outcome].value,
+                "b_error": None if sent else (r.error or r.outcome.value)[:2000],
+                "b_message_id": r.provider_message_id if sent else None,
+                "b_sent_at": now if sent else None,
+            }
+        )
+    session.connection().execute(statement, rows)
+
+
+def _record(engine: Engine, results: Sequence[Result], report: DigestReport) -> None:
+    now = utcnow()
+    groups: dict[tuple[Outcome, str | None, str | None], list[int]] = defaultdict(list)
+    for r in results:
+        sent = r.outcome is Outcome.SENT
+        error = None if sent else (r.error or r.outcome.value)[:2000]
+        groups[(r.outcome, r.provider_message_id if sent else None, error)].append(r.delivery_id)
+    status_for = {
+        Outcome.SENT: DigestStatus.SENT,
+        Outcome.FAILED: DigestStatus.FAILED,
+        Outcome.RETRY: DigestStatus.QUEUED,
+    }
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with transaction(engine) as session:
+                if len(groups) > 5:
+                    # Single-digest requests each have their own message id: one executemany by primary
+                    # key instead of a statement per digest.
+                    _record_rows(session, results, status_for, now)
+                    groups = {}
+                for (outcome, message_id, error), ids in groups.items():
+                    values: dict[str, Any] = {
+                        "status": status_for[outcome].value,
+                        "error": error,
+                        "lease_until": None,
+                        "updated_at": now,
+                    }
+                    if outcome is Outcome.SENT:
+                        values |= {"provider_message_id": message_id, "sent_at": now}
+                    session.execute(
+                        update(Digest)
+                        .where(
+                            Digest.id.in_(ids),
+                            Digest.status.in_([DigestStatus.SENDING.value, DigestStatus.QUEUED.value]),
+                        )
+                        .values(**values)
+                        .execution_options(synchronize_session=False)
+                    )
+            break
+        except (OperationalError, InterfaceError):
+            # The provider has answered: the outcome must reach the database or the digest is sent again.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    for r in results:
+        if r.outcome is Outcome.SENT:
+            report.sent += 1
+        elif r.outcome is Outcome.FAILED:
+            report.failed += 1
+        else:
+            report.retry += 1
+            if r.retry_after_s is not None:
+                report.retry_after_s = max(report.retry_after_s or 0.0, r.retry_after_s)
+
+
+def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
+    """Send the queued digests with after_id < id <= upto_id."""
+    report = DigestReport()
+    clock = time.perf_counter
+    started = clock()
+    with transaction(ctx.engine) as session:
+        lease = _claim(session, after_id, upto_id, ctx.lease_s)
+        if lease is None:
+            return report
+        claimed = _claimed(session, after_id, upto_id, lease)
+        items = _items(session, after_id, upto_id, lease)
+        keys: set[str] = {CHANGES_SECTION, *INTRO.values()}
+        for digest_items in items.values():
+            keys |= needed_keys(*entries(digest_items))
+        fragments = _fragments(session, keys)
+        absent = sorted(keys - fragments.keys())
+        if absent:
+            _render_missing(session, ctx.renderer, ctx.site, absent)
+            fragments |= _fragments(session, set(absent))
+        report.claimed = len(claimed)
+        prepared: list[_Prepared] = []
+        skipped, suppressed, empty = [], [], []
+        for digest_id, email, manage_token, suppression_id in claimed:
+            if email is None:
+                skipped.append(digest_id)
+                continue
+            if suppression_id is not None:
+                suppressed.append(digest_id)
+                continue
+            assembled = assemble(items.get(digest_id, []), fragments)
+            if assembled is None:
+                empty.append(digest_id)  # nothing material left: no email
+                continue
+            prepared.append(_Prepared(digest_id, email, manage_token, assembled))
+        _mark(session, skipped, DigestStatus.SKIPPED, "subscriber erased before sending")
+        _mark(session, suppressed, DigestStatus.SUPPRESSED, "address is suppressed")
+        _mark(session, empty, DigestStatus.EMPTY)
+    report.skipped, report.suppressed, report.empty = len(skipped), len(suppressed), len(empty)
+    report.timings["claim_s"] = clock() - started
+    started = clock()
+    planned = batches(ctx, prepared, report)
+    report.timings["assemble_s"] = clock() - started
+    # Each batch's outcome is recorded as soon as the provider answered, so a crash later never re-sends an
+    # accepted one; single-digest batches (too large to pack) are recorded a few at a time, since a
+    # transaction per email would cost more than its request (a crash between re-sends at most those).
+    unrecorded: list[Result] = []
+    for index, batch in enumerate(planned):
+        report.content_chars += len(batch.content.html) + len(batch.content.text)
+        report.content_chars += sum(len(p) for r in batch.recipients if r.parts for p in r.parts.values())
+        started = clock()
+        try:
+            results = ctx.transport.send(batch)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            results = [Result(r.delivery_id, Outcome.RETRY, error=error) for r in batch.recipients]
+        report.timings["transport_s"] = report.timings.get("transport_s", 0.0) + clock() - started
+        unrecorded += results
+        if len(batch.recipients) > 1 or len(unrecorded) >= RECORD_EVERY or index == len(planned) - 1:
+            started = clock()
+            _record(ctx.engine, unrecorded, report)
+            unrecorded = []
+            report.timings["record_s"] = report.timings.get("record_s", 0.0) + clock() - started
+    return report

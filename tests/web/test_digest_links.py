@@ -1,0 +1,152 @@
+"""Digest links and choices over HTTP: the RFC 8058 one-click link of a digest, the manage page's
+frequency and time forms, and the digest fields of POST /api/subscriptions."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from alerts import vocabulary
+from alerts.db import transaction
+from alerts.digests.windows import DAILY, next_close
+from alerts.models import Subscriber, SubscriptionStatus, utcnow
+from alerts.pipeline import digest_tick, ingest
+from alerts.runtime import Runtime
+from alerts.transports.memory import MemoryTransport
+from tests.conftest import InlineEnqueue, study
+from tests.factories import changed_event, follow, new_trial_event, open_recruitment
+from tests.web.journey import BASE, link_in, subscriptions_of
+
+TRIAL = "NCT00124774"
+CONDITION = "Herniated Disc"
+
+
+def a_digest(runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport, email: str) -> str:
+    """Pat follows the trial and the condition daily plus a third alert immediately; one digest arrives.
+    Returns its List-Unsubscribe path."""
+    record = study(TRIAL)
+    ingest(runtime, changed_event(record), inline, source="test")
+    follow(runtime, email, trial=TRIAL, frequency="daily")
+    follow(runtime, email, condition=CONDITION, frequency="daily")
+    follow(runtime, email, trial="NCT00763412")  # immediate, not in the digest
+    ingest(runtime, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"), inline, source="t")
+    ingest(runtime, new_trial_event(record, CONDITION, occurred_at="2026-12-01T10:00:00Z"), inline, source="t")
+    memory.clear()
+    from zoneinfo import ZoneInfo
+
+    digest_tick(runtime, inline.send_digests, now=next_close(utcnow(), ZoneInfo("UTC"), 8, 0, DAILY))
+    [message] = memory.messages
+    header = "".join(str(message["List-Unsubscribe"]).split()).strip("<>")
+    assert header.startswith(f"{BASE}/unsubscribe/digest/")
+    return header.removeprefix(BASE)
+
+
+def test_one_click_of_a_digest_ends_every_alert_it_carried(
+    client: TestClient, runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    path = a_digest(runtime, inline, memory, "pat@example.org")
+    # GET (a mail scanner, or the subscriber) only shows what would stop.
+    page = client.get(path)
+    assert page.status_code == 200
+    assert "Stop the alerts in this digest?" in page.text
+    with transaction(runtime.engine) as session:
+        # Named by what the phrase means (alerts.subscriptions.shown), never by the words typed.
+        name = vocabulary.meaning(session, CONDITION).name or CONDITION
+    assert f"changes to study {TRIAL}".lower() in page.text.lower()
+    assert f"new studies for {name}".lower() in page.text.lower()
+    assert [s.status for s in subscriptions_of(runtime, "pat@example.org")] == ["active"] * 3
+    # What Gmail sends for RFC 8058: a form POST, no cookies.
+    answer = client.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    assert "We stopped every alert this digest had news from" in answer.text
+    statuses = {s.target: s.status for s in subscriptions_of(runtime, "pat@example.org")}
+    assert statuses[TRIAL] == SubscriptionStatus.UNSUBSCRIBED
+    assert statuses["NCT00763412"] == SubscriptionStatus.ACTIVE, "an alert the digest did not carry stays"
+    assert [v for k, v in statuses.items() if k not in (TRIAL, "NCT00763412")] == [SubscriptionStatus.UNSUBSCRIBED]
+    assert "/manage/" in answer.text, "the finer choice is one click away"
+    assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200  # twice: harmless
+
+
+def test_a_tampered_digest_link_is_a_clear_page(client: TestClient) -> None:
+    answer = client.post("/unsubscribe/digest/MQ.forged", data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 400 and "This link doesn" in answer.text
+
+
+def test_manage_page_changes_frequency_and_time(
+    client: TestClient, runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    subscription_id = follow(runtime, "pat@example.org", trial=TRIAL)
+    with transaction(runtime.engine) as session:
+        token = session.scalar(select(Subscriber.manage_token))
+    page = client.get(f"/manage/{token}")
+    assert "How often" in page.text and 'value="immediately" selected' in page.text
+    answer = client.post(f"/manage/{token}/digest", data={"subscription": subscription_id, "frequency": "weekly"})
+    assert answer.status_code == 200 and "once a week" in answer.text
+    answer = client.post(
+        f"/manage/{token}/digest", data={"time_zone": "America/St_Johns", "digest_hour": "7", "digest_weekday": "4"}
+    )
+    assert answer.status_code == 200 and "07:00, America/St_Johns; weekly on Fridays" in answer.text
+    with transaction(runtime.engine) as session:
+        subscriber = session.scalar(select(Subscriber))
+        assert subscriber is not None and subscriber.digest_cadence == "weekly"
+        assert subscriber.digest_due_at is not None
+        local = subscriber.digest_due_at.astimezone(__import__("zoneinfo").ZoneInfo("America/St_Johns"))
+        assert (local.weekday(), local.hour, local.minute) == (4, 7, 0)
+    bad = client.post(f"/manage/{token}/digest", data={"time_zone": "Mars/Olympus_Mons"})
+    assert bad.status_code == 400 and "IANA" in bad.text
+    # Someone else's subscription id in the form changes nothing.
+    other = follow(runtime, "sam@example.org", trial=TRIAL)
+    client.post(f"/manage/{token}/digest", data={"subscription": other, "frequency": "daily"})
+    assert [s.frequency for s in subscriptions_of(runtime, "sam@example.org")] == ["immediately"]
+
+
+def test_api_sign_up_with_a_daily_digest_in_a_time_zone(
+    client: TestClient, runtime: Runtime, memory: MemoryTransport
+) -> None:
+    body = {
+        "email": "pat@example.org",
+        "trial": TRIAL,
+        "frequency": "daily",
+        "time_zone": "Asia/Shanghai",
+        "digest_hour": 7,
+    }
+    assert client.post("/api/subscriptions", json=body).status_code == 202
+    [subscription] = subscriptions_of(runtime, "pat@example.org")
+    assert subscription.frequency == "daily"
+    with transaction(runtime.engine) as session:
+        subscriber = session.scalar(select(Subscriber))
+        assert subscriber is not None
+        assert (subscriber.time_zone, subscriber.digest_hour, subscriber.digest_cadence) == (
+            "Asia/Shanghai",
+            7,
+            "daily",
+        )
+    assert link_in(memory.messages[-1], "confirm")  # double opt-in as for every alert
+    for bad in ({"frequency": "hourly"}, {"time_zone": "Europe/Atlantis"}, {"digest_hour": 24}, {"digest_weekday": 7}):
+        answer = client.post("/api/subscriptions", json={"email": "sam@example.org", "trial": TRIAL} | bad)
+        assert answer.status_code == 422, bad
+    assert subscriptions_of(runtime, "sam@example.org") == []
+
+
+def test_a_strangers_form_cannot_move_an_active_subscribers_digest(
+    client: TestClient, runtime: Runtime, memory: MemoryTransport
+) -> None:
+    follow(runtime, "pat@example.org", trial=TRIAL, frequency="daily")
+    body = {"email": "pat@example.org", "trial": "NCT06740149", "frequency": "daily", "time_zone": "Asia/Tokyo"}
+    assert client.post("/api/subscriptions", json=body).status_code == 202
+    with transaction(runtime.engine) as session:
+        subscriber = session.scalar(select(Subscriber))
+        assert subscriber is not None and subscriber.time_zone == "UTC"
+
+
+def test_sign_up_form_offers_frequency_and_time_zone(client: TestClient) -> None:
+    page = client.get(f"/subscribe?trial={TRIAL}")
+    assert page.status_code == 200
+    for needle in ('name="frequency"', 'value="daily"', 'id="time_zone"', "America/St_Johns", "/static/timezone.js"):
+        assert needle in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    answer = client.post(
+        "/subscribe", data={"email": "pat@example.org", "trial": TRIAL, "frequency": "weekly", "time_zone": "Nowhere"}
+    )
+    assert answer.status_code == 422 and "IANA" in answer.text
+    assert 'value="weekly" checked' in answer.text, "the choice is kept when the form comes back"
