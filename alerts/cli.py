@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -231,11 +232,15 @@ def web(
     _runtime()
     # log_config=None: uvicorn keeps the JSON logging configured above instead of installing its own.
     # No access log: request paths carry link tokens (unsubscribe, manage), which are credentials.
+    # uvloop and httptools (dependencies on Linux): about twice the requests per core of asyncio + h11, which
+    # is what a mail scanner's burst of link fetches is made of (benchmarks/README.md).
     uvicorn.run(
         "alerts.web.main:app",
         host=host,
         port=port,
         workers=workers,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools",
         proxy_headers=True,
         log_config=None,
         access_log=False,

@@ -7,10 +7,10 @@ the caller, who queues them after commit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from alerts import ctgov, vocabulary
@@ -171,15 +171,25 @@ def filters_of(session: Session, subscription_id: int) -> ConditionFilters:
     recruiting_only = bool(
         session.scalar(select(Subscription.recruiting_only).where(Subscription.id == subscription_id))
     )
-    rows = session.execute(
+    rows = session.execute(filter_rows_query(subscription_id)).all()
+    return filters_from_rows(recruiting_only, rows)
+
+
+def filter_rows_query(subscription_id: int) -> Select[tuple[str, str, str]]:
+    """(kind, value, label) of a subscription's filters, in the order ``filters_from_rows`` expects."""
+    return (
         select(SubscriptionFilter.kind, SubscriptionFilter.value, SubscriptionFilter.label)
         .where(SubscriptionFilter.subscription_id == subscription_id)
         .order_by(SubscriptionFilter.kind, SubscriptionFilter.label)
-    ).all()
+    )
+
+
+def filters_from_rows(recruiting_only: bool, rows: Iterable[Sequence[str]]) -> ConditionFilters:
+    listed = list(rows)
     return ConditionFilters(
         recruiting_only=recruiting_only,
-        countries=tuple(label for kind, _, label in rows if kind == COUNTRY),
-        phases=tuple(value for kind, value, _ in rows if kind == PHASE),
+        countries=tuple(label for kind, _, label in listed if kind == COUNTRY),
+        phases=tuple(value for kind, value, _ in listed if kind == PHASE),
     )
 
 
@@ -208,9 +218,30 @@ def describe(session: Session, subscription: Subscription) -> str:
     """How a subscription is named to its subscriber."""
     if subscription.kind == SubscriptionKind.TRIAL:
         title = session.scalar(select(Trial.title).where(Trial.nct_id == subscription.target))
-        return f"changes to study {subscription.target}" + (f": {title}" if title else "")
+        return name_of(subscription.kind, subscription.target, subscription.label, title=title)
     filters = filters_of(session, subscription.id)
-    return f"new studies for {subscription.label}" + describe_filters(filters, subscription.include_narrower)
+    return name_of(
+        subscription.kind,
+        subscription.target,
+        subscription.label,
+        filters=filters,
+        include_narrower=subscription.include_narrower,
+    )
+
+
+def name_of(
+    kind: str,
+    target: str,
+    label: str,
+    *,
+    title: str | None = None,
+    filters: ConditionFilters | None = None,
+    include_narrower: bool = False,
+) -> str:
+    """``describe`` from values already read (the link pages read them in one statement, alerts.linkstate)."""
+    if kind == SubscriptionKind.TRIAL:
+        return f"changes to study {target}" + (f": {title}" if title else "")
+    return f"new studies for {label}" + describe_filters(filters or ConditionFilters(), include_narrower)
 
 
 def get_or_create_subscriber(session: Session, email: str, signer: Signer, hasher: AddressHasher) -> Subscriber:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -42,21 +43,30 @@ class Signer:
     def _salt(self, purpose: Purpose) -> str:
         return f"trial-alerts.{purpose.value}"
 
+    @cached_property
+    def _serializers(self) -> dict[Purpose, URLSafeSerializer | URLSafeTimedSerializer]:
+        # Built once per signer, not per token: every link page verifies one (a scanner burst, millions).
+        keys, salt = self._keys(), self._salt
+        return {
+            purpose: URLSafeTimedSerializer(keys, salt=salt(purpose))
+            if purpose is Purpose.CONFIRM
+            else URLSafeSerializer(keys, salt=salt(purpose))
+            for purpose in Purpose
+        }
+
     def sign(self, purpose: Purpose, object_id: int) -> str:
-        if purpose is Purpose.CONFIRM:
-            return str(URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose)).dumps(object_id))
-        return str(URLSafeSerializer(self._keys(), salt=self._salt(purpose)).dumps(object_id))
+        return str(self._serializers[purpose].dumps(object_id))
 
     def verify(self, purpose: Purpose, token: str, max_age_s: int | None = None) -> int:
+        serializer = self._serializers[purpose]
         try:
-            if purpose is Purpose.CONFIRM:
-                timed = URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose))
-                value = timed.loads(token, max_age=max_age_s)
+            if isinstance(serializer, URLSafeTimedSerializer):
+                value = serializer.loads(token, max_age=max_age_s)
             else:
-                value = URLSafeSerializer(self._keys(), salt=self._salt(purpose)).loads(token)
+                value = serializer.loads(token)
         except SignatureExpired as exc:
             try:
-                payload = timed.load_payload(exc.payload) if exc.payload is not None else None
+                payload = serializer.load_payload(exc.payload) if exc.payload is not None else None
             except BadSignature:
                 payload = None
             raise TokenError("expired", payload if isinstance(payload, int) else None) from None

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from alerts import subscriptions
+from alerts import linkstate, subscriptions
 from alerts.db import transaction
+from alerts.linkstate import LinkState
 from alerts.models import Subscriber, Subscription, SubscriptionKind, SubscriptionStatus
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
@@ -71,23 +71,12 @@ def _no_longer_subscribed(request: Request) -> HTMLResponse:
 # --- confirm ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pending:
-    status: str
-    what: str
-    manage_token: str
+def _read(runtime: Runtime, subscription_id: int) -> LinkState | None:
+    """One indexed read, no transaction: a GET of a link page writes nothing (alerts.linkstate)."""
+    return linkstate.read(runtime.engine, subscription_id)
 
 
-def _load(session: Session, subscription_id: int) -> Pending | None:
-    subscription = session.get(Subscription, subscription_id)
-    if subscription is None:
-        return None
-    return Pending(
-        subscription.status, subscriptions.describe(session, subscription), subscription.subscriber.manage_token
-    )
-
-
-def _confirmed_page(request: Request, runtime: Runtime, state: Pending, already: bool) -> HTMLResponse:
+def _confirmed_page(request: Request, runtime: Runtime, state: LinkState, already: bool) -> HTMLResponse:
     context = {"what": state.what, "already": already, "manage_url": f"/manage/{state.manage_token}"}
     return pages.render(request, "confirmed.html", context)
 
@@ -95,8 +84,7 @@ def _confirmed_page(request: Request, runtime: Runtime, state: Pending, already:
 def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> HTMLResponse:
     if error.reason != "expired" or error.payload_id is None:
         return pages.invalid_link(request)
-    with transaction(runtime.engine) as session:
-        state = _load(session, error.payload_id)
+    state = _read(runtime, error.payload_id)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
@@ -114,8 +102,7 @@ def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
         subscription_id = _verify(runtime, Purpose.CONFIRM, token)
     except TokenError as exc:
         return _expired_confirm(request, runtime, token, exc)
-    with transaction(runtime.engine) as session:
-        state = _load(session, subscription_id)
+    state = _read(runtime, subscription_id)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
@@ -132,7 +119,7 @@ def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Respons
     except TokenError as exc:
         return _expired_confirm(request, runtime, token, exc)
     with transaction(runtime.engine) as session:
-        before = _load(session, subscription_id)
+        before = linkstate.read_in(session.connection(), subscription_id)
         if before is not None and before.status == SubscriptionStatus.PENDING:
             subscriptions.confirm(session, subscription_id)
     if before is None:
@@ -159,7 +146,7 @@ def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Respons
     limiter: RateLimiter = request.app.state.limiter
     try:
         with transaction(runtime.engine) as session:
-            state = _load(session, subscription_id)
+            state = linkstate.read_in(session.connection(), subscription_id)
             pending = subscriptions.resend_confirmation(session, subscription_id)
             if pending is not None:
                 limiter.hit(CONFIRM_PER_ADDRESS, runtime.settings.confirm_per_address, pending.subscriber.email_hash)
@@ -180,21 +167,6 @@ def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Respons
 # --- unsubscribe --------------------------------------------------------------------------------------
 
 
-def _other_active(session: Session, subscriber_id: int, subscription_id: int) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Subscription)
-            .where(
-                Subscription.subscriber_id == subscriber_id,
-                Subscription.id != subscription_id,
-                Subscription.status != SubscriptionStatus.UNSUBSCRIBED,
-            )
-        )
-        or 0
-    )
-
-
 @router.api_route("/unsubscribe/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
 def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """Offers 'this alert' and 'all alerts'; never changes anything (the POST does)."""
@@ -202,17 +174,16 @@ def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Respo
         subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
     except TokenError:
         return pages.invalid_link(request)
-    with transaction(runtime.engine) as session:
-        subscription = session.get(Subscription, subscription_id)
-        if subscription is None:
-            return pages.gone_link(request)
-        context = {
-            "what": subscriptions.describe(session, subscription),
-            "active": subscription.status != SubscriptionStatus.UNSUBSCRIBED,
-            "others": _other_active(session, subscription.subscriber_id, subscription_id),
-            "action": f"/unsubscribe/{token}",
-            "manage_url": f"/manage/{subscription.subscriber.manage_token}",
-        }
+    state = _read(runtime, subscription_id)
+    if state is None:
+        return pages.gone_link(request)
+    context = {
+        "what": state.what,
+        "active": state.status != SubscriptionStatus.UNSUBSCRIBED,
+        "others": state.others,
+        "action": f"/unsubscribe/{token}",
+        "manage_url": f"/manage/{state.manage_token}",
+    }
     return pages.render(request, "unsubscribe.html", context)
 
 
@@ -230,20 +201,15 @@ def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData)
         return pages.invalid_link(request)
     scope = "all" if _field(form, "scope") == "all" else "one"
     via = "one-click" if _field(form, "List-Unsubscribe") == "One-Click" else "page"
-    with transaction(runtime.engine) as session:
-        subscription = session.get(Subscription, subscription_id)
-        if subscription is None:
-            # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
-            log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=False)
-            return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
-        what = subscriptions.describe(session, subscription)
-        manage_url = f"/manage/{subscription.subscriber.manage_token}"
-        if scope == "all":
-            subscriptions.unsubscribe_all(session, subscription.subscriber_id)
-        else:
-            subscriptions.unsubscribe(session, subscription_id)
+    # One statement on PostgreSQL: this is what every "unsubscribe" button of a mail client posts.
+    state = linkstate.unsubscribe(runtime.engine, subscription_id, every=scope == "all")
+    if state is None:
+        # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
+        log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=False)
+        return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
     log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=True)
-    return pages.render(request, "unsubscribed.html", {"scope": scope, "what": what, "manage_url": manage_url})
+    context = {"scope": scope, "what": state.what, "manage_url": f"/manage/{state.manage_token}"}
+    return pages.render(request, "unsubscribed.html", context)
 
 
 # --- manage -------------------------------------------------------------------------------------------
@@ -264,13 +230,12 @@ class Item:
     status_label: str
 
 
-def _items(session: Session, subscriber_id: int) -> list[Item]:
+def _items(listed: list[linkstate.Listed]) -> list[Item]:
     items = []
-    for listed in subscriptions.list_subscriptions(session, subscriber_id):
-        sub = listed.subscription
+    for sub in listed:
         if sub.kind == SubscriptionKind.TRIAL:
             name = f"Changes to study {sub.target}"
-            detail = listed.title
+            detail = sub.title
         else:
             name = f"New studies for {sub.label}"
             detail = None
@@ -287,8 +252,10 @@ def _manage_page(
     erase_error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    with transaction(runtime.engine) as session:
-        items = _items(session, subscriber_id)
+    listed = linkstate.listed(runtime.engine, subscriber_id)
+    if listed is None:
+        return pages.gone_link(request)
+    items = _items(listed)
     context = {
         "items": items,
         "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
@@ -313,11 +280,10 @@ def _subscriber_id(runtime: Runtime, token: str) -> int | None:
 @router.api_route("/manage/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
 def manage_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
     try:
-        subscriber_id = _subscriber_id(runtime, token)
+        subscriber_id = _verify(runtime, Purpose.MANAGE, token)
     except TokenError:
         return pages.invalid_link(request)
-    if subscriber_id is None:
-        return pages.gone_link(request)
+    # One read answers both: the subscriptions, or that the person was erased (a friendly 404).
     return _manage_page(request, runtime, token, subscriber_id)
 
 

@@ -34,6 +34,8 @@ templates = Jinja2Templates(
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # Compiled once per process: no stat() of the template files on every page (they change on deploy).
+        auto_reload=False,
     )
 )
 
