@@ -14,11 +14,11 @@ BEGIN / ROLLBACK around it. The one-click unsubscribe is one statement too on Po
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, bindparam, exists, func, select, update
+from sqlalchemy import Connection, Engine, Select, Update, bindparam, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from alerts import subscriptions
@@ -99,16 +99,28 @@ def _state_query(*extra: Any) -> Select[Any]:
     )
 
 
-_STATE = _state_query()
+STATE = _state_query()
+# A subscription's filters, read only when STATE says it has some (``has_filters``): filters are rare.
+FILTERS = subscriptions.filter_rows_query(bindparam("subscription_id"))
 
 
-def _state(conn: Connection, row: Sequence[Any]) -> LinkState:
+def has_filters(row: Sequence[Any]) -> bool:
+    return bool(row[11])
+
+
+def state_of(row: Sequence[Any], filter_rows: Iterable[Sequence[str]] = ()) -> LinkState:
+    """A STATE (or UNSUBSCRIBE_AND_READ) row, with the FILTERS rows when ``has_filters``."""
     (sub_id, subscriber_id, kind, target, label, status, narrower, recruiting, title, manage_token, others) = row[:11]
-    # Filters are rare: read only when the subscription has some (``has_filters``).
-    filter_rows = conn.execute(subscriptions.filter_rows_query(sub_id)).tuples() if row[11] else ()
     filters = subscriptions.filters_from_rows(bool(recruiting), filter_rows)
     what = subscriptions.name_of(kind, target, label, title=title, filters=filters, include_narrower=bool(narrower))
     return LinkState(int(sub_id), int(subscriber_id), str(status), what, str(manage_token), int(others or 0))
+
+
+def _state(conn: Connection, row: Sequence[Any] | None) -> LinkState | None:
+    if row is None:
+        return None
+    filter_rows = conn.execute(FILTERS, {"subscription_id": row[0]}).tuples() if has_filters(row) else ()
+    return state_of(row, filter_rows)
 
 
 def read(engine: Engine, subscription_id: int) -> LinkState | None:
@@ -119,11 +131,10 @@ def read(engine: Engine, subscription_id: int) -> LinkState | None:
 
 def read_in(conn: Connection, subscription_id: int) -> LinkState | None:
     """``read`` in the caller's connection (inside its transaction, e.g. ``session.connection()``)."""
-    row = conn.execute(_STATE, {"subscription_id": subscription_id}).first()
-    return _state(conn, row) if row is not None else None
+    return _state(conn, conn.execute(STATE, {"subscription_id": subscription_id}).first())
 
 
-def _unsubscribe_statement(every: bool) -> Any:
+def _unsubscribe_statement(every: bool) -> Update:
     target = (
         Subscription.subscriber_id
         == select(_other.subscriber_id).where(_other.id == bindparam("subscription_id")).scalar_subquery()
@@ -139,8 +150,8 @@ def _unsubscribe_statement(every: bool) -> Any:
 
 _UNSUBSCRIBE = {every: _unsubscribe_statement(every) for every in (False, True)}
 # PostgreSQL: the UPDATE runs in a WITH beside the read, one statement and one round trip; the read sees the
-# row as it was before (the page names the alert, whatever its state was).
-_UNSUBSCRIBE_AND_READ = {
+# row as it was before (the page names the alert, whatever its state was). Keyed by ``every``.
+UNSUBSCRIBE_AND_READ = {
     every: _state_query(
         select(func.count())
         .select_from(statement.returning(Subscription.id).cte("changed"))
@@ -151,25 +162,28 @@ _UNSUBSCRIBE_AND_READ = {
 }
 
 
+def unsubscribe_params(subscription_id: int) -> dict[str, Any]:
+    return {"subscription_id": subscription_id, "now": utcnow()}
+
+
 def unsubscribe(engine: Engine, subscription_id: int, *, every: bool = False) -> LinkState | None:
     """Unsubscribe from one alert (or, ``every``, from all of the subscriber's) and read it for the page.
 
     Idempotent, like ``alerts.subscriptions.unsubscribe`` / ``unsubscribe_all``, which do the same through a
     session. Returns the subscription as it was, or None when it no longer exists (nothing to change).
     """
-    params = {"subscription_id": subscription_id, "now": utcnow()}
     if engine.dialect.name == "postgresql":
         with autocommit(engine).connect() as conn:
-            row = conn.execute(_UNSUBSCRIBE_AND_READ[every], params).first()
-            return _state(conn, row) if row is not None else None
+            return _state(conn, conn.execute(UNSUBSCRIBE_AND_READ[every], unsubscribe_params(subscription_id)).first())
+    # SQLite has no UPDATE inside WITH: a read and an UPDATE in one (local) transaction.
     with engine.begin() as conn:
         state = read_in(conn, subscription_id)
         if state is not None:
-            conn.execute(_UNSUBSCRIBE[every], params)
+            conn.execute(_UNSUBSCRIBE[every], unsubscribe_params(subscription_id))
         return state
 
 
-_LISTED = (
+LISTED = (
     select(
         Subscriber.id,
         Subscription.id,
@@ -187,10 +201,14 @@ _LISTED = (
 )
 
 
-def listed(engine: Engine, subscriber_id: int) -> list[Listed] | None:
-    """A subscriber's subscriptions, oldest first, with trial titles where known; None once erased."""
-    with autocommit(engine).connect() as conn:
-        rows = conn.execute(_LISTED, {"subscriber_id": subscriber_id}).all()
+def listed_of(rows: Sequence[Sequence[Any]]) -> list[Listed] | None:
+    """LISTED rows as the manage page lists them; None when there are none (the subscriber was erased)."""
     if not rows:
         return None
     return [Listed(int(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows if r[1] is not None]
+
+
+def listed(engine: Engine, subscriber_id: int) -> list[Listed] | None:
+    """A subscriber's subscriptions, oldest first, with trial titles where known; None once erased."""
+    with autocommit(engine).connect() as conn:
+        return listed_of(conn.execute(LISTED, {"subscriber_id": subscriber_id}).all())

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import BindParameter, Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from alerts import ctgov, vocabulary
@@ -175,7 +175,7 @@ def filters_of(session: Session, subscription_id: int) -> ConditionFilters:
     return filters_from_rows(recruiting_only, rows)
 
 
-def filter_rows_query(subscription_id: int) -> Select[tuple[str, str, str]]:
+def filter_rows_query(subscription_id: int | BindParameter[int]) -> Select[tuple[str, str, str]]:
     """(kind, value, label) of a subscription's filters, in the order ``filters_from_rows`` expects."""
     return (
         select(SubscriptionFilter.kind, SubscriptionFilter.value, SubscriptionFilter.label)

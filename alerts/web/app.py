@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from alerts import __version__
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, conditions, links, ops, pages, signup, webhooks
+from alerts.web import api_events, conditions, links, linkstore, ops, pages, signup, webhooks
 from alerts.web.ratelimit import RateLimiter
 
 
@@ -18,6 +18,10 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         title="Trial alerts",
         version=__version__,
         description="Email alerts for clinical-trial changes and new trials for a condition.",
+        # No OpenTelemetry here (logs and /metrics are ours): without this FastAPI asks the global providers
+        # on every request whether they were configured, a tenth of a link page's time.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        lifespan=linkstore.lifespan,
     )
     app.state.runtime = runtime or get_runtime()
     if enqueue is None:
@@ -26,10 +30,11 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         enqueue = CeleryEnqueue()
     app.state.enqueue = enqueue
     app.state.limiter = RateLimiter.from_settings(app.state.runtime.settings)
+    linkstore.install(app, app.state.runtime)
     pages.install(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     app.include_router(api_events.router)

@@ -24,6 +24,7 @@ from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
 from alerts.web import pages
 from alerts.web.deps import RuntimeDep
+from alerts.web.linkstore import LinkStore
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, RateLimited, RateLimiter
 
 log = structlog.get_logger("alerts.web.links")
@@ -71,9 +72,10 @@ def _no_longer_subscribed(request: Request) -> HTMLResponse:
 # --- confirm ------------------------------------------------------------------------------------------
 
 
-def _read(runtime: Runtime, subscription_id: int) -> LinkState | None:
-    """One indexed read, no transaction: a GET of a link page writes nothing (alerts.linkstate)."""
-    return linkstate.read(runtime.engine, subscription_id)
+def _store(request: Request) -> LinkStore:
+    """One indexed read per page, no transaction: a GET of a link page writes nothing (alerts.linkstate)."""
+    store: LinkStore = request.app.state.links
+    return store
 
 
 def _confirmed_page(request: Request, runtime: Runtime, state: LinkState, already: bool) -> HTMLResponse:
@@ -81,10 +83,10 @@ def _confirmed_page(request: Request, runtime: Runtime, state: LinkState, alread
     return pages.render(request, "confirmed.html", context)
 
 
-def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> HTMLResponse:
+async def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> HTMLResponse:
     if error.reason != "expired" or error.payload_id is None:
         return pages.invalid_link(request)
-    state = _read(runtime, error.payload_id)
+    state = await _store(request).read(error.payload_id)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
@@ -96,13 +98,13 @@ def _expired_confirm(request: Request, runtime: Runtime, token: str, error: Toke
 
 
 @router.api_route("/confirm/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
-def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+async def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """Shows what is being confirmed and a Confirm button; never changes anything."""
     try:
         subscription_id = _verify(runtime, Purpose.CONFIRM, token)
     except TokenError as exc:
-        return _expired_confirm(request, runtime, token, exc)
-    state = _read(runtime, subscription_id)
+        return await _expired_confirm(request, runtime, token, exc)
+    state = await _store(request).read(subscription_id)
     if state is None:
         return pages.gone_link(request)
     if state.status == SubscriptionStatus.ACTIVE:
@@ -113,11 +115,15 @@ def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
 
 
 @router.post("/confirm/{token}", include_in_schema=False, response_class=HTMLResponse)
-def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
+async def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
     try:
         subscription_id = _verify(runtime, Purpose.CONFIRM, token)
     except TokenError as exc:
-        return _expired_confirm(request, runtime, token, exc)
+        return await _expired_confirm(request, runtime, token, exc)
+    return await run_in_threadpool(_confirm, request, runtime, subscription_id)
+
+
+def _confirm(request: Request, runtime: Runtime, subscription_id: int) -> Response:
     with transaction(runtime.engine) as session:
         before = linkstate.read_in(session.connection(), subscription_id)
         if before is not None and before.status == SubscriptionStatus.PENDING:
@@ -132,7 +138,7 @@ def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Respons
 
 
 @router.post("/confirm/{token}/resend", include_in_schema=False, response_class=HTMLResponse)
-def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Response:
+async def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """A new confirmation email for a pending subscription whose link expired (per-address rate limit)."""
     try:
         subscription_id = _verify(runtime, Purpose.CONFIRM, token)
@@ -142,7 +148,11 @@ def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Respons
         subscription_id = exc.payload_id
     else:
         # Still valid: nothing to resend, the link itself works.
-        return confirm_page(request, token, runtime)
+        return await confirm_page(request, token, runtime)
+    return await run_in_threadpool(_resend, request, runtime, subscription_id)
+
+
+def _resend(request: Request, runtime: Runtime, subscription_id: int) -> Response:
     limiter: RateLimiter = request.app.state.limiter
     try:
         with transaction(runtime.engine) as session:
@@ -168,13 +178,13 @@ def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Respons
 
 
 @router.api_route("/unsubscribe/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
-def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+async def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """Offers 'this alert' and 'all alerts'; never changes anything (the POST does)."""
     try:
         subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
     except TokenError:
         return pages.invalid_link(request)
-    state = _read(runtime, subscription_id)
+    state = await _store(request).read(subscription_id)
     if state is None:
         return pages.gone_link(request)
     context = {
@@ -191,10 +201,6 @@ def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Respo
 async def unsubscribe_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """One-click (RFC 8058) and the page's buttons: immediate, idempotent, 200 without a redirect."""
     form = await _read_form(request)
-    return await run_in_threadpool(_unsubscribe, request, token, runtime, form)
-
-
-def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
     try:
         subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
     except TokenError:
@@ -202,7 +208,7 @@ def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData)
     scope = "all" if _field(form, "scope") == "all" else "one"
     via = "one-click" if _field(form, "List-Unsubscribe") == "One-Click" else "page"
     # One statement on PostgreSQL: this is what every "unsubscribe" button of a mail client posts.
-    state = linkstate.unsubscribe(runtime.engine, subscription_id, every=scope == "all")
+    state = await _store(request).unsubscribe(subscription_id, every=scope == "all")
     if state is None:
         # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
         log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=False)
@@ -245,14 +251,12 @@ def _items(listed: list[linkstate.Listed]) -> list[Item]:
 
 def _manage_page(
     request: Request,
-    runtime: Runtime,
     token: str,
-    subscriber_id: int,
+    listed: list[linkstate.Listed] | None,
     notice: str | None = None,
     erase_error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    listed = linkstate.listed(runtime.engine, subscriber_id)
     if listed is None:
         return pages.gone_link(request)
     items = _items(listed)
@@ -278,13 +282,13 @@ def _subscriber_id(runtime: Runtime, token: str) -> int | None:
 
 
 @router.api_route("/manage/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
-def manage_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+async def manage_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
     try:
         subscriber_id = _verify(runtime, Purpose.MANAGE, token)
     except TokenError:
         return pages.invalid_link(request)
     # One read answers both: the subscriptions, or that the person was erased (a friendly 404).
-    return _manage_page(request, runtime, token, subscriber_id)
+    return _manage_page(request, token, await _store(request).listed(subscriber_id))
 
 
 @router.post("/manage/{token}/unsubscribe", include_in_schema=False, response_class=HTMLResponse)
@@ -313,7 +317,7 @@ def _manage_unsubscribe(request: Request, token: str, runtime: Runtime, form: Fo
                 subscriptions.unsubscribe(session, subscription.id)
                 notice = f"You're unsubscribed from {subscriptions.describe(session, subscription)}."
                 log.info("subscription.unsubscribed", subscription_id=subscription.id, scope="one", via="manage")
-    return _manage_page(request, runtime, token, subscriber_id, notice=notice)
+    return _manage_page(request, token, linkstate.listed(runtime.engine, subscriber_id), notice=notice)
 
 
 @router.post("/manage/{token}/erase", include_in_schema=False, response_class=HTMLResponse)
@@ -333,9 +337,8 @@ def _manage_erase(request: Request, token: str, runtime: Runtime, form: FormData
     if _field(form, "confirm") != "yes":
         return _manage_page(
             request,
-            runtime,
             token,
-            subscriber_id,
+            linkstate.listed(runtime.engine, subscriber_id),
             erase_error="Tick the box to confirm that you want everything deleted.",
             status_code=400,
         )
