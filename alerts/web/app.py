@@ -37,10 +37,11 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # The links in emails first: routes are tried in order, and a scanner burst is millions of these.
+    app.include_router(links.router)
     app.include_router(api_events.router)
     app.include_router(ops.router)
     app.include_router(signup.router)
-    app.include_router(links.router)
     app.include_router(conditions.router)
     app.include_router(webhooks.router)
     return app

@@ -33,7 +33,7 @@ log = structlog.get_logger("alerts.web.linkstore")
 # Connections per web process for the link pages. A statement holds one for a single round trip (well under a
 # millisecond), so a few serve thousands of pages a second; more would only crowd PostgreSQL's
 # max_connections (100 by default) across processes. Requests beyond them wait their turn in the pool.
-POOL_SIZE = 4
+POOL_SIZE = int(__import__("os").environ.get("XPOOL", "4"))
 
 
 class LinkStore(Protocol):
