@@ -30,10 +30,11 @@ from alerts.runtime import Runtime
 
 log = structlog.get_logger("alerts.web.linkstore")
 
-# Connections per web process for the link pages. A statement holds one for a single round trip (well under a
-# millisecond), so a few serve thousands of pages a second; more would only crowd PostgreSQL's
-# max_connections (100 by default) across processes. Requests beyond them wait their turn in the pool.
-POOL_SIZE = int(__import__("os").environ.get("XPOOL", "4"))
+# Connections per web process for the link pages. A statement holds one for a single round trip, so a few
+# serve thousands of pages a second; requests beyond them wait their turn in the pool, which costs some CPU
+# per waiter (4 connections measured slower than 8 under 50 concurrent requests per process). More would
+# crowd PostgreSQL's max_connections (100 by default): see docs/operations.md for the sum.
+POOL_SIZE = 8
 
 
 class LinkStore(Protocol):
