@@ -232,8 +232,8 @@ def web(
     _runtime()
     # log_config=None: uvicorn keeps the JSON logging configured above instead of installing its own.
     # No access log: request paths carry link tokens (unsubscribe, manage), which are credentials.
-    # uvloop and httptools (dependencies on Linux): about twice the requests per core of asyncio + h11, which
-    # is what a mail scanner's burst of link fetches is made of (benchmarks/README.md).
+    # uvloop and httptools (dependencies on Linux): uvicorn's fastest event loop and HTTP parser, for the burst
+    # of link fetches mail scanners make after a send (benchmarks/README.md).
     uvicorn.run(
         "alerts.web.main:app",
         host=host,
