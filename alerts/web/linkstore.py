@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 from fastapi import FastAPI
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import ClauseElement, Engine
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import make_url
@@ -103,7 +103,7 @@ class AsyncLinkStore:
     pool: AsyncConnectionPool
 
     @classmethod
-    def for_url(cls, url: str, pool_size: int = POOL_SIZE) -> AsyncLinkStore:
+    def for_url(cls, url: str, pool_size: int = POOL_SIZE, timeout_s: float = 10.0) -> AsyncLinkStore:
         conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         # No check on checkout (a round trip per page): a connection the server dropped fails its statement,
         # the pool discards it, and ``_fetch`` tries another. The name tells them apart in pg_stat_activity.
@@ -112,7 +112,7 @@ class AsyncLinkStore:
             min_size=pool_size,
             max_size=pool_size,
             kwargs={"autocommit": True, "application_name": "alerts-web-links"},
-            timeout=10,
+            timeout=timeout_s,
             open=False,
         )
         return cls(pool)
@@ -131,6 +131,9 @@ class AsyncLinkStore:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(statement.sql, statement.fixed | params)
                     return await cursor.fetchall()
+            except PoolTimeout:
+                # No connection within the pool's timeout (PostgreSQL down): waiting again would only add to it.
+                raise
             except psycopg.OperationalError as exc:
                 # The server closed the connection (restart, failover): the pool drops it; the others may be
                 # gone too, hence as many tries as connections.

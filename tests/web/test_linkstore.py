@@ -4,11 +4,13 @@ started) and the async one a started app uses on PostgreSQL. Both must say exact
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg_pool import PoolTimeout
 
 from alerts import subscriptions
 from alerts.db import transaction
@@ -139,3 +141,20 @@ def test_pages_survive_a_database_restart(client: TestClient, runtime: Runtime) 
     page = client.get(f"/unsubscribe/{token}")
     assert page.status_code == 200
     assert "Unsubscribe from this alert" in page.text
+
+
+def test_an_unreachable_database_fails_within_the_pool_timeout() -> None:
+    """PostgreSQL down: the page fails (the friendly 500) after the pool's timeout, not after one per retry."""
+    store = AsyncLinkStore.for_url("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1", timeout_s=0.5)
+
+    async def read() -> None:
+        await store.open()
+        try:
+            await store.read(1)
+        finally:
+            await store.close()
+
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        asyncio.run(read())
+    assert time.monotonic() - started < 3
