@@ -12,9 +12,9 @@ run (the figure that travels between machines).
 
 ``--scenario scanner``: a mail scanner's burst: ``GET`` of every link in the emails of ``--deliveries`` sent
 alerts (their unsubscribe and manage links, as ``alerts.sending.Links`` writes them) at full speed with
-``--clients`` connections, while a second wrk stream of real people (``--people`` connections, each pausing
-``--pause-ms`` between requests) alternates sign-ups and one-click unsubscribes; prints both streams and the
-people's p99 during the burst.
+``--clients`` connections, while real people (``--people`` connections, each pausing ``--pause-ms`` between
+requests; half of them click one-click unsubscribe links of other subscribers, half sign up) use the
+service; prints each stream and the people's p99 during the burst.
 
     python -m benchmarks.web --duration 30 --clients 100
     python -m benchmarks.web --scenario scanner --duration 30 --clients 100
@@ -90,7 +90,8 @@ def wrk_start(
     base: str, script: str, args: list[str], clients: int, threads: int, duration_s: float, tmp: Path
 ) -> subprocess.Popen[str]:
     """Start wrk with ``script`` (after the shared report.lua); ``wrk_result`` reads its JSON summary line."""
-    combined = tmp / f"{script}.lua"
+    # A file per run: two wrk processes may start from the same script at once.
+    combined = tmp / f"{script}-{uuid.uuid4().hex[:8]}.lua"
     combined.write_text((WRK_DIR / "report.lua").read_text() + "\n" + (WRK_DIR / f"{script}.lua").read_text())
     command = [
         "wrk",
@@ -209,19 +210,24 @@ def scanner(base: str, files: dict[str, Path], args: argparse.Namespace, tmp: Pa
         base, "get_paths", [str(health), str(args.threads)], args.clients, args.threads, args.duration, tmp
     )
     scan = wrk_start(base, "get_paths", [str(burst), str(args.threads)], args.clients, args.threads, args.duration, tmp)
-    people = wrk_start(
-        base,
-        "real_users",
-        [str(people_tokens), "1", str(args.pause_ms), uuid.uuid4().hex[:8]],
-        args.people,
-        1,
-        args.duration,
-        tmp,
-    )
+    tag = uuid.uuid4().hex[:8]
+    people = {
+        action: wrk_start(
+            base,
+            "real_users",
+            [str(people_tokens), "1", str(args.pause_ms), tag, action],
+            max(1, args.people // 2),
+            1,
+            args.duration,
+            tmp,
+        )
+        for action in ("one-click", "signup")
+    }
     return {
         "GET /healthz": healthz,
         "scanner GETs": wrk_result(scan),
-        "people (sign-ups + one-clicks)": wrk_result(people),
+        "people: one-click unsubscribes": wrk_result(people["one-click"]),
+        "people: sign-ups": wrk_result(people["signup"]),
     }
 
 

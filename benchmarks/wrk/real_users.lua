@@ -1,6 +1,6 @@
--- Real people during a scanner burst, at a modest rate: every connection waits args[3] ms between requests,
--- alternating a sign-up (a new address each time) and an RFC 8058 one-click unsubscribe.
--- args: the file of unsubscribe tokens (one per line), the number of wrk threads, the pause in ms, a run tag.
+-- Real people during a scanner burst, at a modest rate: every connection waits args[3] ms between requests.
+-- args: the file of unsubscribe tokens (one per line), the number of wrk threads, the pause in ms, a run tag,
+-- and what they do: "signup" (a new address each time) or "one-click" (RFC 8058 unsubscribe, a token each).
 function init(args)
   tokens = {}
   local threads = tonumber(args[2])
@@ -13,6 +13,7 @@ function init(args)
   end
   pause = tonumber(args[3])
   tag = args[4] or "run"
+  action = args[5] or "signup"
   n = 0
 end
 
@@ -22,8 +23,8 @@ end
 
 function request()
   n = n + 1
-  if n % 2 == 0 then
-    local token = tokens[(n / 2 - 1) % #tokens + 1]
+  if action == "one-click" then
+    local token = tokens[(n - 1) % #tokens + 1]
     return wrk.format("POST", "/unsubscribe/" .. token,
       {["Content-Type"] = "application/x-www-form-urlencoded"}, "List-Unsubscribe=One-Click")
   end
