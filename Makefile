@@ -40,6 +40,7 @@ bench: $(STAMP) services
 	./scripts/ensure-package.sh wrk wrk
 	$(BIN)/python -m benchmarks.fanout --n 100000 --naive --naive-n 1000
 	$(BIN)/python -m benchmarks.web --duration 30 --clients 100
+	$(BIN)/python -m benchmarks.web --scenario scanner --duration 30 --clients 100
 
 clean:
 	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache
