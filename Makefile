@@ -43,6 +43,7 @@ bench: $(STAMP) services
 	$(BIN)/python -m benchmarks.digest --n 100000
 	$(BIN)/python -m benchmarks.web --duration 30 --clients 100
 	$(BIN)/python -m benchmarks.watch --records 10000 --subscribers 1000 --kill
+	$(BIN)/python -m benchmarks.web --scenario scanner --duration 30 --clients 100
 
 clean:
 	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -300,11 +301,15 @@ def web(
     # No access log: request paths carry link tokens (unsubscribe, manage), which are credentials.
     # proxy_headers=False: uvicorn would trust X-Forwarded-For from loopback by default; the app trusts
     # exactly ALERTS_TRUSTED_PROXIES instead (alerts.web.app).
+    # uvloop and httptools (dependencies on Linux): uvicorn's fastest event loop and HTTP parser, for the burst
+    # of link fetches mail scanners make after a send (benchmarks/README.md).
     uvicorn.run(
         "alerts.web.main:app",
         host=host,
         port=port,
         workers=workers,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools",
         proxy_headers=False,
         log_config=None,
         access_log=False,

@@ -70,6 +70,12 @@ def transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+@lru_cache(maxsize=8)
+def autocommit(engine: Engine) -> Engine:
+    """The same pool, each statement committed on its own: a single read is one round trip, no BEGIN/ROLLBACK."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def alembic_config(url: str) -> Config:
     # Imported here, not at the top: only migrations need Alembic, and every worker and web process would
     # otherwise carry it (several MiB each).

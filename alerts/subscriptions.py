@@ -7,10 +7,10 @@ the caller, who queues them after commit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import BindParameter, Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from alerts import ctgov, vocabulary
@@ -181,15 +181,25 @@ def filters_of(session: Session, subscription_id: int) -> ConditionFilters:
     recruiting_only = bool(
         session.scalar(select(Subscription.recruiting_only).where(Subscription.id == subscription_id))
     )
-    rows = session.execute(
+    rows = session.execute(filter_rows_query(subscription_id)).all()
+    return filters_from_rows(recruiting_only, rows)
+
+
+def filter_rows_query(subscription_id: int | BindParameter[int]) -> Select[tuple[str, str, str]]:
+    """(kind, value, label) of a subscription's filters, in the order ``filters_from_rows`` expects."""
+    return (
         select(SubscriptionFilter.kind, SubscriptionFilter.value, SubscriptionFilter.label)
         .where(SubscriptionFilter.subscription_id == subscription_id)
         .order_by(SubscriptionFilter.kind, SubscriptionFilter.label)
-    ).all()
+    )
+
+
+def filters_from_rows(recruiting_only: bool, rows: Iterable[Sequence[str]]) -> ConditionFilters:
+    listed = list(rows)
     return ConditionFilters(
         recruiting_only=recruiting_only,
-        countries=tuple(label for kind, _, label in rows if kind == COUNTRY),
-        phases=tuple(value for kind, value, _ in rows if kind == PHASE),
+        countries=tuple(label for kind, _, label in listed if kind == COUNTRY),
+        phases=tuple(value for kind, value, _ in listed if kind == PHASE),
     )
 
 

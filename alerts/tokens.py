@@ -95,15 +95,15 @@ class Signer:
 
     def verify_ids(self, purpose: Purpose, token: str, max_age_s: int | None = None) -> tuple[int, ...]:
         """The ids a token carries (several only for a confirm token)."""
+        serializer = _serializer(tuple(self._keys()), self._salt(purpose), purpose is Purpose.CONFIRM)
         try:
-            if purpose is Purpose.CONFIRM:
-                timed = URLSafeTimedSerializer(self._keys(), salt=self._salt(purpose))
-                value = timed.loads(token, max_age=max_age_s)
+            if isinstance(serializer, URLSafeTimedSerializer):
+                value = serializer.loads(token, max_age=max_age_s)
             else:
-                value = URLSafeSerializer(self._keys(), salt=self._salt(purpose)).loads(token)
+                value = serializer.loads(token)
         except SignatureExpired as exc:
             try:
-                payload = timed.load_payload(exc.payload) if exc.payload is not None else None
+                payload = serializer.load_payload(exc.payload) if exc.payload is not None else None
             except BadSignature:
                 payload = None
             raise TokenError("expired", payload_ids=_ids(payload) or ()) from None

@@ -10,7 +10,8 @@ from fastapi import Depends, HTTPException, Request, status
 from alerts.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain ``def`` dependency in the threadpool, a thread hand-off per request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -9,5 +11,7 @@ from tests.conftest import InlineEnqueue
 
 
 @pytest.fixture
-def client(runtime: Runtime, inline: InlineEnqueue) -> TestClient:
-    return TestClient(create_app(runtime, enqueue=inline), raise_server_exceptions=False)
+def client(runtime: Runtime, inline: InlineEnqueue) -> Iterator[TestClient]:
+    # Started (``with``) as uvicorn starts it: on PostgreSQL the link pages then use their async store.
+    with TestClient(create_app(runtime, enqueue=inline), raise_server_exceptions=False) as started:
+        yield started

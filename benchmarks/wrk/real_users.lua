@@ -1,0 +1,34 @@
+-- Real people during a scanner burst, at a modest rate: every connection waits args[3] ms between requests.
+-- args: the file of unsubscribe tokens (one per line), the number of wrk threads, the pause in ms, a run tag,
+-- and what they do: "signup" (a new address each time) or "one-click" (RFC 8058 unsubscribe, a token each).
+function init(args)
+  tokens = {}
+  local threads = tonumber(args[2])
+  local line_number = 0
+  for line in io.lines(args[1]) do
+    if line_number % threads == id - 1 then
+      table.insert(tokens, line)
+    end
+    line_number = line_number + 1
+  end
+  pause = tonumber(args[3])
+  tag = args[4] or "run"
+  action = args[5] or "signup"
+  n = 0
+end
+
+function delay()
+  return pause
+end
+
+function request()
+  n = n + 1
+  if action == "one-click" then
+    local token = tokens[(n - 1) % #tokens + 1]
+    return wrk.format("POST", "/unsubscribe/" .. token,
+      {["Content-Type"] = "application/x-www-form-urlencoded"}, "List-Unsubscribe=One-Click")
+  end
+  local body = string.format(
+    '{"email": "person%d.%d.%s@bench.example.org", "condition": "Condition %d"}', id, n, tag, n % 50)
+  return wrk.format("POST", "/api/subscriptions", {["Content-Type"] = "application/json"}, body)
+end
