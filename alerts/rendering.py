@@ -11,6 +11,7 @@ import html
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,7 @@ class Renderer:
         subject = " ".join(subject.split())
         text = self._text.get_template(f"{name}/body.txt").render(ctx)
         raw_html = self._html.get_template(f"{name}/body.html").render(ctx | {"subject": subject})
-        # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
-        # main process, a worker that only sends) never render.
-        import premailer
-
-        inlined = premailer.Premailer(
+        inlined = _inliner()(
             raw_html,
             remove_classes=False,
             keep_style_tags=True,  # media queries for small screens cannot be inlined
@@ -81,6 +78,34 @@ class Renderer:
             disable_validation=True,
         ).transform()
         return Content(subject=subject, text=text, html=inlined)
+
+
+@cache
+def _inliner() -> type[Any]:
+    """premailer's Premailer, turning each stylesheet into inlinable rules once per process.
+
+    premailer caches parsing a stylesheet but formats its rules again for every email (~15 ms, most of a
+    rendering), while every email carries the same stylesheet (``_base``). The rules are tuples of strings
+    and the leftovers (media queries) are only read, so one result serves every rendering.
+    Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's main
+    process, a worker that only sends) never render.
+    """
+    import premailer
+
+    rules: dict[tuple[Any, ...], Any] = {}
+
+    class Inliner(premailer.Premailer):  # type: ignore[misc]
+        def _parse_style_rules(self, css_body: str, ruleset_index: int) -> Any:
+            # Every option the rules depend on is in the key.
+            options = (self.strip_important, self.disable_validation, self.exclude_pseudoclasses)
+            key = (css_body, ruleset_index, *options, self.include_star_selectors)
+            if key not in rules:
+                if len(rules) >= 64:  # other stylesheets (tests): bounded
+                    rules.clear()
+                rules[key] = super()._parse_style_rules(css_body, ruleset_index)
+            return rules[key]
+
+    return Inliner
 
 
 def personalize(content: Content, values: Mapping[str, str]) -> Content:
