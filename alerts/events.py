@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
@@ -81,6 +83,33 @@ def _validators() -> dict[str, Draft202012Validator]:
         (_SCHEMA_BASE + f"{name}.json", Resource.from_contents(doc)) for name, doc in docs.items()
     )
     return {t: Draft202012Validator(docs[t], registry=registry) for t in EVENT_TYPES}
+
+
+@cache
+def _fast_validators() -> dict[str, Any]:
+    """The same schemas compiled by jsonschema-rs: ~100x faster at saying "valid", which almost every event
+    is. Only its yes is trusted; on a no, ``jsonschema`` decides and names the fields (``parse_event``)."""
+    docs = {n: json.loads(schema_text(n)) for n in ("trial-record", *EVENT_TYPES)}
+    registry = jsonschema_rs.Registry(
+        [(_SCHEMA_BASE + f"{name}.json", doc) for name, doc in docs.items()], draft=jsonschema_rs.Draft202012
+    )
+    # Formats are not checked by the reference validator either (jsonschema's default).
+    return {
+        t: jsonschema_rs.Draft202012Validator(docs[t], registry=registry, validate_formats=False) for t in EVENT_TYPES
+    }
+
+
+def _surely_valid(event_type: str, payload: Any) -> bool:
+    try:
+        return bool(_fast_validators()[event_type].is_valid(payload))
+    except ValueError:  # a lone surrogate cannot cross into Rust: the reference validator takes it
+        return False
+
+
+# What a control character or a lone surrogate looks like in ``canonical_json``'s text (\u00XX, \b, \f, raw
+# DEL or surrogate). No match: every string and key is clean. A match (maybe an escaped backslash followed
+# by "u00"): the walk below decides and names the field.
+_MAYBE_UNCLEAN: Final = re.compile(r"\\u00[01]|\\[bf]|[\x7f\ud800-\udfff]")
 
 
 def _field_of(error: ValidationError) -> str:
@@ -152,7 +181,8 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
         raise InvalidEvent([FieldError("(event)", f"must be a JSON object, got {type(payload).__name__}")])
     try:
         # surrogatepass: a lone surrogate is reported below with its field, not as an encoding error here.
-        size = len(canonical_json(payload).encode("utf-8", "surrogatepass"))
+        serialized = canonical_json(payload)
+        size = len(serialized.encode("utf-8", "surrogatepass"))
     except (TypeError, ValueError) as exc:
         raise InvalidEvent([FieldError("(event)", f"is not JSON-serializable: {exc}")]) from None
     if size > MAX_EVENT_BYTES:
@@ -163,9 +193,12 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
     if expected_type is not None and event_type != expected_type:
         raise InvalidEvent([FieldError("type", f"is {event_type!r} but was sent to the {expected_type} task")])
 
-    errors = sorted(_validators()[event_type].iter_errors(payload), key=lambda e: list(e.absolute_path))
-    found = [FieldError(_field_of(e), _message_of(e)) for e in errors[:10]]
-    _strings_clean(payload, "", found)
+    found: list[FieldError] = []
+    if not _surely_valid(event_type, payload):
+        errors = sorted(_validators()[event_type].iter_errors(payload), key=lambda e: list(e.absolute_path))
+        found = [FieldError(_field_of(e), _message_of(e)) for e in errors[:10]]
+    if _MAYBE_UNCLEAN.search(serialized):
+        _strings_clean(payload, "", found)
     occurred_at: datetime | None = None
     if isinstance(payload.get("occurred_at"), str):
         try:
@@ -182,7 +215,7 @@ def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
         key = f"{event_type}:id:{event_id}"
     else:
         # Without a producer id, identical payloads are the same event (a producer retry).
-        key = f"{event_type}:sha256:{hashlib.sha256(canonical_json(payload).encode()).hexdigest()}"
+        key = f"{event_type}:sha256:{hashlib.sha256(serialized.encode()).hexdigest()}"
     # Only trial.changed has a previous version; the schema validated it there and nowhere else.
     previous = payload.get("previous") if event_type == TRIAL_CHANGED else None
     if previous is not None:

@@ -11,6 +11,7 @@ import html
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +129,7 @@ FRAGMENT_END = "<!--/fragment-->"
 
 
 def _inline(raw_html: str) -> str:
-    # Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's
-    # main process, a worker that only sends) never render.
-    import premailer
-
-    inlined: str = premailer.Premailer(
+    inlined: str = _inliner()(
         raw_html,
         remove_classes=False,
         keep_style_tags=True,  # media queries for small screens cannot be inlined
@@ -142,6 +139,34 @@ def _inline(raw_html: str) -> str:
         disable_validation=True,
     ).transform()
     return inlined
+
+
+@cache
+def _inliner() -> type[Any]:
+    """premailer's Premailer, turning each stylesheet into inlinable rules once per process.
+
+    premailer caches parsing a stylesheet but formats its rules again for every email (~15 ms, most of a
+    rendering), while every email carries the same stylesheet (``_base``). The rules are tuples of strings
+    and the leftovers (media queries) are only read, so one result serves every rendering.
+    Imported on first use: premailer with lxml and cssutils is ~25 MiB, and most processes (Celery's main
+    process, a worker that only sends) never render.
+    """
+    import premailer
+
+    rules: dict[tuple[Any, ...], Any] = {}
+
+    class Inliner(premailer.Premailer):  # type: ignore[misc]
+        def _parse_style_rules(self, css_body: str, ruleset_index: int) -> Any:
+            # Every option the rules depend on is in the key.
+            options = (self.strip_important, self.disable_validation, self.exclude_pseudoclasses)
+            key = (css_body, ruleset_index, *options, self.include_star_selectors)
+            if key not in rules:
+                if len(rules) >= 64:  # other stylesheets (tests): bounded
+                    rules.clear()
+                rules[key] = super()._parse_style_rules(css_body, ruleset_index)
+            return rules[key]
+
+    return Inliner
 
 
 def personalize(content: Content, values: Mapping[str, str]) -> Content:

@@ -21,6 +21,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from typing import Any, Final
 
 # Ranking of change kinds (higher = more important). A patient cares first whether they can still join,
@@ -271,13 +272,20 @@ def plain_lines(value: Any) -> list[str]:
     """Non-empty text lines with Markdown/HTML markup, list markers and spacing removed."""
     if not isinstance(value, str):
         return []
+    return list(_plain_lines(value))
+
+
+# The same long texts (eligibility criteria, summaries) are read several times per record version: its
+# fingerprint, then the diff against the stored version, whose criteria are mostly the same text.
+@lru_cache(maxsize=256)
+def _plain_lines(value: str) -> tuple[str, ...]:
     text = unicodedata.normalize("NFKC", value).replace("\r\n", "\n").replace("\r", "\n")
     text = _MD_ESCAPE.sub(_protect, text)
     text = _ANY_TAG.sub("", _BLOCK_TAG.sub("\n", text))
     # Entities are decoded after tags are stripped so "&lt;b&gt;" stays literal text.
     text = html.unescape(_ENTITY.sub(_decode_entity, text))
     lines = (_plain_line(line) for line in text.split("\n"))
-    return [line for line in lines if line]
+    return tuple(line for line in lines if line)
 
 
 def plain_text(value: Any) -> str | None:

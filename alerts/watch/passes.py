@@ -195,7 +195,9 @@ def apply_page(
             )
         )
         audience = set(session.scalars(followed))
-        session.info[intake.PREFETCHED] = intake.Prefetched(dict(snapshots), keys - present, audience)
+        # At most one event per changed record.
+        ids = intake.reserve_event_ids(session, 0 if bootstrap else len(changed))
+        session.info[intake.PREFETCHED] = intake.Prefetched(dict(snapshots), keys - present, audience, ids)
     stored = {nct for nct, trial in snapshots.items() if trial is not None}
     rows: dict[str, dict[str, Any]] = {}
     now = utcnow()
