@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 MAX_CONDITION_LENGTH = 300
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
+# Pure, and asked for the same MeSH terms and condition names over and over (every record of every pass).
+@lru_cache(maxsize=4096)
 def condition_key(phrase: str) -> str:
     """Case, accents, punctuation, hyphens and whitespace do not distinguish conditions."""
     text = unicodedata.normalize("NFKD", phrase)
