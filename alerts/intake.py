@@ -148,14 +148,28 @@ def _render_earlier(session: Session, renderer: Renderer, site: Mapping[str, Any
         record: Mapping[str, Any] = snapshot.record if snapshot is not None else {}
         condition = earlier.condition or ""
         shared = {**site, **emails.new_trial(record, condition)}
-
-        def render(variant: str | None) -> Content:
-            extra = emails.followed(variant, condition or variant) if variant is not None else {}
-            return renderer.render(emails.NEW_TRIAL, shared | extra)
-
-        return render
+        return _variant_renderer(renderer, emails.NEW_TRIAL, record, earlier.condition, shared)
 
     return render_for
+
+
+def _variant_renderer(
+    renderer: Renderer, template: str, record: Mapping[str, Any], condition: str | None, shared: Mapping[str, Any]
+) -> Callable[[str | None], Content]:
+    """How each variant of an event's email is rendered: a followed label (the whole email, Jinja2 + premailer
+    once for all its recipients), or a nearby-site outcome (its small fragments only; alerts.contents)."""
+
+    def render(variant: str | None) -> Content:
+        if variant is not None and variant.startswith(places.OUTCOME_SEPARATOR):
+            _, outcome = places.split_variant(variant)
+            return contents.pack(
+                emails.near_fragments(renderer, record, outcome, shared),
+                emails.near_subject(record, outcome, shared),
+            )
+        extra = emails.followed(variant, condition or variant) if variant is not None else {}
+        return renderer.render(template, dict(shared) | extra)
+
+    return render
 
 
 def accept(
@@ -279,17 +293,7 @@ def accept(
         if row.recipients:
             shared = {**site, **context()}
 
-            def render(variant: str | None) -> Content:
-                if variant is not None and variant.startswith(places.OUTCOME_SEPARATOR):
-                    # A nearby-site outcome: its fragments only (Jinja, no premailer; alerts.contents).
-                    _, outcome = places.split_variant(variant)
-                    return contents.pack(
-                        emails.near_fragments(renderer, event.trial, outcome, shared),
-                        emails.near_subject(event.trial, outcome, shared),
-                    )
-                extra = emails.followed(variant, event.condition or variant) if variant is not None else {}
-                return renderer.render(template, shared | extra)
-
+            render = _variant_renderer(renderer, template, event.trial, event.condition, shared)
             # Rendered (and CSS-inlined) once per variant (followed label) for all its recipients;
             # skipped when nobody is listening.
             render_started = time.perf_counter()
