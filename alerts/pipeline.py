@@ -204,15 +204,22 @@ def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> Sen
         event_id=event_id,
         after_id=after_id,
         upto_id=upto_id,
-        claimed=report.claimed,
-        sent=report.sent,
-        failed=report.failed,
-        retry=report.retry,
-        skipped=report.skipped,
-        suppressed=report.suppressed,
-        timings={k: round(v, 4) for k, v in report.timings.items()},
+        **_tally(report),
     )
     return report
+
+
+def _tally(report: SendReport | DigestReport) -> dict[str, Any]:
+    """What a batch of alerts and a batch of digests both report: the log lines an operator compares."""
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "failed": report.failed,
+        "retry": report.retry,
+        "skipped": report.skipped,
+        "suppressed": report.suppressed,
+        "timings": {k: round(v, 4) for k, v in report.timings.items()},
+    }
 
 
 def backoff_seconds(retries: int, retry_after_s: float | None = None, cap: float = 300.0, base: float = 2.0) -> float:
@@ -334,17 +341,11 @@ def send_digests(runtime: Runtime, after_id: int, upto_id: int) -> DigestReport:
         "digests.sent",
         after_id=after_id,
         upto_id=upto_id,
-        claimed=report.claimed,
-        sent=report.sent,
-        failed=report.failed,
-        retry=report.retry,
         empty=report.empty,
-        skipped=report.skipped,
-        suppressed=report.suppressed,
         shared_batches=report.shared_batches,
         packed=report.packed,
         alone=report.alone,
         content_chars=report.content_chars,
-        timings={k: round(v, 4) for k, v in report.timings.items()},
+        **_tally(report),
     )
     return report
