@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from alerts import places, preferences
@@ -121,6 +121,16 @@ def stale(session: Session, older_than_s: int = REQUEUE_AFTER_S) -> list[int]:
             .execution_options(synchronize_session=False)
         )
     return ids
+
+
+def waiting(session: Session) -> tuple[int, float | None]:
+    """Undecided requests and the age in seconds of the oldest (None: none waiting), for operators."""
+    count, oldest = session.execute(select(func.count(), func.min(SignupRequest.created_at))).one()
+    if not count or oldest is None:
+        return 0, None
+    if oldest.tzinfo is None:  # SQLite hands aggregates back as naive UTC
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), max(0.0, (utcnow() - oldest).total_seconds())
 
 
 def expire(session: Session, days: int) -> int:
