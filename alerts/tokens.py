@@ -9,8 +9,11 @@ everything that sign-up asked for (a single id is signed as before, so old links
 
 from __future__ import annotations
 
+import binascii
 import enum
 import functools
+import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +61,26 @@ def _serializer(keys: tuple[str, ...], salt: str, timed: bool) -> URLSafeSeriali
     return URLSafeSerializer(list(keys), salt=salt)
 
 
+@functools.lru_cache(maxsize=32)
+def _id_mac(key: str, salt: str) -> hmac.HMAC:
+    """The HMAC itsdangerous's URLSafeSerializer signs with (SHA-1, "django-concat" key derivation), keyed once."""
+    # SHA-1 because itsdangerous uses it (HMAC-SHA1 is not weakened by SHA-1 collisions); tokens must match.
+    derived = hashlib.sha1(salt.encode() + b"signer" + key.encode()).digest()  # noqa: S324
+    return hmac.new(derived, digestmod=hashlib.sha1)
+
+
+# Integer payloads below this are signed by the short path in Signer.sign.
+_FAST_BELOW = 10**9
+
+
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(data: bytes) -> str:
+    # base64.urlsafe_b64encode, without its argument checks (two per token).
+    return binascii.b2a_base64(data, newline=False).translate(_URL_SAFE).rstrip(b"=").decode("ascii")
+
+
 @dataclass(frozen=True)
 class Signer:
     secret_key: str
@@ -81,8 +104,17 @@ class Signer:
             if purpose is not Purpose.CONFIRM or _ids(ids) is None:
                 raise ValueError(f"a {purpose.value} token carries one id; a confirm token 1 to {MAX_IDS}")
             payload = ids[0] if len(ids) == 1 else ids
+        if isinstance(payload, int) and 0 < payload < _FAST_BELOW and purpose is not Purpose.CONFIRM:
+            # The same token itsdangerous makes (tests compare them), without its layers: a digest send
+            # signs one token per recipient, and the serializer's path cost ~80 us of the ~0.1 ms a
+            # digest costs to assemble. JSON of up to 9 digits never compresses (zlib adds 6 bytes of
+            # frame), so the zlib branch is not needed below _FAST_BELOW; larger ids take the long way.
+            value = _b64(str(payload).encode("ascii"))
+            mac = _id_mac(self.secret_key, self._salt(purpose)).copy()
+            mac.update(value.encode("ascii"))
+            return f"{value}.{_b64(mac.digest())}"
         # The serializer is built once per key set and purpose: building it per token cost more than
-        # signing (a digest send signs one token per recipient).
+        # signing.
         serializer = _serializer(tuple(self._keys()), self._salt(purpose), purpose is Purpose.CONFIRM)
         return str(serializer.dumps(payload))
 
