@@ -283,7 +283,7 @@ def _render_missing(session: Session, renderer: Renderer, site: Mapping[str, Any
         held.render_change(session, renderer, site, key, new, ctgov.diff(old, new))
 
 
-def _fragments(session: Session, keys: set[str]) -> dict[str, Fragment]:
+def load_fragments(session: Session, keys: set[str]) -> dict[str, Fragment]:
     rows = session.connection().execute(
         select(
             DigestFragment.key,
@@ -538,11 +538,11 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
         keys: set[str] = {CHANGES_SECTION, *INTRO.values()}
         for shapes in distinct:
             keys |= needed_keys(*entries(shapes))
-        fragments = _fragments(session, keys)
+        fragments = load_fragments(session, keys)
         absent = sorted(keys - fragments.keys())
         if absent:
             _render_missing(session, ctx.renderer, ctx.site, absent)
-            fragments |= _fragments(session, set(absent))
+            fragments |= load_fragments(session, set(absent))
         limits = budget(ctx)
         for shapes in distinct:
             distinct[shapes] = plan(shapes, fragments, limits)
