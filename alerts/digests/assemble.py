@@ -19,6 +19,7 @@ are the same entries share one assembled body (``Assembled.key``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -86,6 +87,7 @@ class Assembled:
     # Entries left out to keep the email within its byte budget (``Plan``); the email then says so and
     # links to the whole digest (``%%digest_url%%``).
     omitted: int = 0
+    budgeted: bool = False  # planned within a Budget (alerts.digests.send packs it without measuring)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Plan:
     omitted: int
     key: tuple[str, ...]
     subscription_items: tuple[int, ...]  # indexes of the items whose subscriptions the entries show
+    # Planned within a Budget: with links no longer than the budget assumed, it fits without measuring.
+    budgeted: bool = False
 
     def bind(self, tokens: Sequence[str | None], subscription_ids: Sequence[int]) -> Assembled:
         return Assembled(
@@ -112,7 +116,17 @@ class Plan:
             key=self.key,
             subscription_ids=list(dict.fromkeys(subscription_ids[i] for i in self.subscription_items)),
             omitted=self.omitted,
+            budgeted=self.budgeted,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_change(key: str) -> tuple[str, str, str] | None:
+    # A batch's digests share a few hundred news keys among thousands of items.
+    return parse_change_key(key)
+
+
+Entries = tuple[list[Entry], dict[str, list[Entry]]]
 
 
 def entries(shapes: Sequence[Shape]) -> tuple[list[Entry], dict[str, list[Entry]]]:
@@ -123,7 +137,7 @@ def entries(shapes: Sequence[Shape]) -> tuple[list[Entry], dict[str, list[Entry]
         if not active:
             continue
         if dedupe_key.startswith(CHANGED_PREFIX):
-            parsed = parse_change_key(dedupe_key)
+            parsed = _parsed_change(dedupe_key)
             if parsed is not None:
                 nct, from_fp, to_fp = parsed
                 changes.setdefault(nct, []).append((from_fp, to_fp, index))
@@ -159,14 +173,15 @@ def plan(
     shapes: Sequence[Shape],
     fragments: Mapping[str, Fragment],
     budget: Budget | None = None,
+    found: Entries | None = None,
 ) -> Plan | None:
     """The digest's subject and body (with link placeholders), or None when nothing is left to say.
 
     With a ``budget``, entries are taken most important first while they fit (``Fragment.size``: a
     fragment's bytes in both parts); the first that does not fit and every later one are left out and
-    counted in the note.
+    counted in the note. ``found``: ``entries(shapes)`` when the caller has them already.
     """
-    change_entries, groups = entries(shapes)
+    change_entries, groups = found if found is not None else entries(shapes)
     shown_changes = [e for e in change_entries if e.key in fragments and fragments[e.key].html]
     shown_changes.sort(key=lambda e: (-fragments[e.key].importance, fragments[e.key].title.casefold()))
     shown_groups: list[tuple[str, list[Entry]]] = []
@@ -198,7 +213,8 @@ def plan(
             return True
         if full:
             return False
-        cost = sum(fragments[k].size + (2 * budget.stop_link_bytes if stop else 0) for k, stop in parts)
+        # + 2: the newline joining HTML parts (two bytes in JSON).
+        cost = sum(fragments[k].size + 2 + (2 * budget.stop_link_bytes if stop else 0) for k, stop in parts)
         # The note is needed unless this is the last entry.
         if cost + (budget.more_bytes if shown + 1 < total else 0) > left:
             full = True
@@ -264,6 +280,7 @@ def plan(
         omitted=omitted,
         key=tuple(key),
         subscription_items=tuple(dict.fromkeys(subscription_items)),
+        budgeted=budget is not None,
     )
 
 

@@ -48,8 +48,8 @@ from alerts.digests.assemble import (
     INTRO,
     Assembled,
     Budget,
+    Entries,
     Fragment,
-    Plan,
     Shape,
     entries,
     needed_keys,
@@ -78,8 +78,8 @@ from alerts.transports.sendgrid import MAX_SUBSTITUTION_BYTES, json_bytes, subst
 PACK_LIMIT_BYTES = 10_000
 # The byte budget of a digest (``budget``) keeps this much below SendGrid's limit: estimates of link and
 # subject lengths can be a little short without any digest having to go alone.
-BUDGET_MARGIN_BYTES = 1_000
-TOKEN_BYTES = 64  # a signed token (an id, a dot, a 27-character signature: about 40)
+BUDGET_MARGIN_BYTES = 600
+TOKEN_BYTES = 48  # a signed token: an id of up to 9 digits in base64 (12), a dot, a 27-character signature
 SUBJECT_BYTES = 120  # "Your weekly digest: 20 updates to studies you follow and 20 new studies", with its tag
 MORE_NOTE_BYTES = 120  # "<p><strong>19 more changes</strong> did not fit in this email. <a href=..."
 CATEGORY = "digest"
@@ -343,6 +343,34 @@ def _fill(text: str, values: Mapping[str, str], escape: bool) -> str:
     return _STOP.sub(lambda m: values[m.group(1)], text)
 
 
+_PLAIN_URL = re.compile(r"[A-Za-z0-9._~:/?#@!$()*+,;=%-]*")
+
+
+def _fits_unmeasured(ctx: Context, assembled: Assembled, p: _Prepared, values: Mapping[str, str]) -> bool:
+    """Whether a digest planned within its budget fits without measuring its filled parts: true when its
+    links are no longer than the budget assumed (ASCII, as signed tokens are). Measuring each digest's
+    10 KB of parts cost more than assembling it."""
+    if not assembled.budgeted or ctx.pack_limit_bytes < MAX_SUBSTITUTION_BYTES:
+        return False
+    prefixes = {
+        "unsubscribe_url": ctx.links.digest_unsubscribe(""),
+        "manage_url": ctx.links.manage(""),
+        "digest_url": ctx.links.digest_view(""),
+    }
+    stop = len(ctx.links.unsubscribe("")) + TOKEN_BYTES
+    for name, value in values.items():
+        allowed = len(prefixes[name]) + TOKEN_BYTES if name in prefixes else stop
+        # Plain URL characters only: as many JSON bytes as characters, and nothing for HTML to escape.
+        if len(value) > allowed or not _PLAIN_URL.fullmatch(value):
+            return False
+    return True
+
+
+def _measured_fits(ctx: Context, parts: Mapping[str, str], links: Mapping[str, str]) -> bool:
+    substitutions = {PART_TAGS[k]: v for k, v in parts.items()} | {f"%%{k}%%": v for k, v in links.items()}
+    return substitution_bytes(substitutions) <= ctx.pack_limit_bytes
+
+
 def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -> list[Batch]:
     """Transport batches for the assembled digests: shared where identical, packed, or alone (module docstring)."""
     base = shell(ctx.renderer, ctx.site)
@@ -389,8 +417,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
         }
         links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
         message_id = f"{message_head}{p.digest_id}{message_tail}"
-        substitutions = {PART_TAGS[k]: v for k, v in parts.items()} | {f"%%{k}%%": v for k, v in links.items()}
-        if substitution_bytes(substitutions) <= ctx.pack_limit_bytes:
+        if _fits_unmeasured(ctx, first, p, values) or _measured_fits(ctx, parts, links):
             packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
             report.packed += 1
         else:
@@ -532,20 +559,21 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
         items = _items(session, after_id, upto_id, lease)
         # Digests whose items have the same shapes have the same content: each distinct one is planned
         # once per batch (identical digests: once), then bound to each subscriber's links.
-        distinct: dict[tuple[Shape, ...], Plan | None] = {}
+        found: dict[tuple[Shape, ...], Entries] = {}
         for carried in items.values():
-            distinct.setdefault(tuple(carried.shapes), None)
+            shapes = tuple(carried.shapes)
+            if shapes not in found:
+                found[shapes] = entries(shapes)
         keys: set[str] = {CHANGES_SECTION, *INTRO.values()}
-        for shapes in distinct:
-            keys |= needed_keys(*entries(shapes))
+        for these in found.values():
+            keys |= needed_keys(*these)
         fragments = load_fragments(session, keys)
         absent = sorted(keys - fragments.keys())
         if absent:
             _render_missing(session, ctx.renderer, ctx.site, absent)
             fragments |= load_fragments(session, set(absent))
         limits = budget(ctx)
-        for shapes in distinct:
-            distinct[shapes] = plan(shapes, fragments, limits)
+        distinct = {shapes: plan(shapes, fragments, limits, these) for shapes, these in found.items()}
         report.claimed = len(claimed)
         prepared: list[_Prepared] = []
         skipped, suppressed, empty = [], [], []
