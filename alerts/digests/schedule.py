@@ -27,6 +27,8 @@ ranges of digest ids (``alerts.digests.send``); a lost send task is re-queued by
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,6 +64,9 @@ class TickReport:
     due: int = 0  # subscribers whose window closed
     digests: int = 0  # digests created (due subscribers holding something)
     ranges: list[tuple[int, int]] = field(default_factory=list)  # (after_id, upto_id] of the new digests
+    chunks: int = 0  # transactions (each closes at most ``TICK_CHUNK`` windows)
+    more: bool = False  # subscribers still due after this transaction (close_windows)
+    skipped: bool = False  # another tick was running: it closes every window due (tick)
 
 
 def _lock(session: Session) -> None:
@@ -105,10 +110,17 @@ def _insert_ignoring(session: Session) -> Any:
     return sqlite_insert(Digest).on_conflict_do_nothing(index_elements=["subscriber_id", "window_at"])
 
 
-def close_windows(session: Session, now: datetime) -> TickReport:
-    """Close every window due at ``now`` (one digest per subscriber and window). In the caller's transaction."""
+def close_windows(session: Session, now: datetime, limit: int | None = None) -> TickReport:
+    """Close the windows due at ``now`` (one digest per subscriber and window), of at most ``limit``
+    subscribers (the earliest due first; ``report.more``: others are still due). In the caller's transaction."""
     report = TickReport()
     _lock(session)
+    due = Subscriber.digest_due_at <= now
+    if limit is not None:
+        # This chunk's subscribers, by the due-time index: each later chunk starts where this one ended, as
+        # the windows closed here move their due time past ``now``.
+        chosen = select(Subscriber.id).where(due).order_by(Subscriber.digest_due_at, Subscriber.id).limit(limit)
+        due = and_(due, Subscriber.id.in_(chosen.scalar_subquery()))
     groups = session.execute(
         select(
             Subscriber.time_zone,
@@ -117,7 +129,7 @@ def close_windows(session: Session, now: datetime) -> TickReport:
             Subscriber.digest_cadence,
             func.count(),
         )
-        .where(Subscriber.digest_due_at <= now)
+        .where(due)
         .group_by(Subscriber.time_zone, Subscriber.digest_hour, Subscriber.digest_weekday, Subscriber.digest_cadence)
     ).all()
     if not groups:
@@ -141,7 +153,7 @@ def close_windows(session: Session, now: datetime) -> TickReport:
             Subscriber.digest_hour == g.c.hour,
             Subscriber.digest_weekday == g.c.weekday,
             Subscriber.digest_cadence.is_not_distinct_from(g.c.cadence),
-            Subscriber.digest_due_at <= now,
+            due,
         )
         holds_new = exists(
             select(HeldItem.id).where(
@@ -212,6 +224,8 @@ def close_windows(session: Session, now: datetime) -> TickReport:
         )
     created = select(Digest.id).where(Digest.id > newest_before)
     report.digests = int(session.scalar(select(func.count()).select_from(created.subquery())) or 0)
+    if limit is not None:
+        report.more = session.scalar(select(Subscriber.id).where(Subscriber.digest_due_at <= now).limit(1)) is not None
     return report
 
 
@@ -237,15 +251,72 @@ def _ranges(
     return out
 
 
-def tick(engine: Engine, batch_size: int, now: datetime | None = None) -> TickReport:
-    """Close due windows in one transaction; returns the ranges of new digests for the caller to queue."""
+# Subscribers whose windows one transaction closes. Chunks keep the exclusive lock short (events wait for
+# it to hold items) and, with ``enqueue``, let sending start after the first chunk instead of after all.
+TICK_CHUNK = 5_000
+# A session-level advisory lock (PostgreSQL): one tick at a time closes windows; a second one (a duplicated
+# beat, a redelivered task) returns at once instead of queueing for the chunks' lock, since the running
+# one closes everything due. Its worker is free to send meanwhile.
+TICK_LOCK = 0x7469636B
+
+
+@contextmanager
+def _only_tick(engine: Engine) -> Iterator[bool]:
+    """True when this is the only tick running (always on SQLite, which serializes writers anyway)."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = text("SELECT pg_try_advisory_lock(hashtext(current_schema()), :key)")
+    with engine.connect() as guard:
+        mine = bool(guard.scalar(key, {"key": TICK_LOCK}))
+        guard.commit()
+        try:
+            yield mine
+        finally:
+            if mine:
+                # A killed worker's connection closes and PostgreSQL frees the lock with it.
+                guard.execute(text("SELECT pg_advisory_unlock(hashtext(current_schema()), :key)"), {"key": TICK_LOCK})
+                guard.commit()
+
+
+def tick(
+    engine: Engine,
+    batch_size: int,
+    now: datetime | None = None,
+    enqueue: Callable[[int, int], None] | None = None,
+    chunk: int = TICK_CHUNK,
+) -> TickReport:
+    """Close every window due ``now``, ``chunk`` subscribers per transaction.
+
+    With ``enqueue``, each chunk's ranges of new digests are queued as soon as it commits (sending starts
+    while later chunks are closed) and ``report.ranges`` stays empty; without it, the ranges of all chunks
+    are returned for the caller to queue. Each chunk is its own transaction: a tick killed between two
+    leaves the rest due for the next one, and chunks already committed are sent (or re-queued by
+    maintenance), never made twice (the window is the key).
+    """
     moment = now or utcnow()
-    with transaction(engine) as session:
-        newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
-        report = close_windows(session, moment)
-        if report.digests:
-            report.ranges = _ranges(session, newest_before, batch_size)
-    return report
+    report = TickReport()
+    with _only_tick(engine) as mine:
+        if not mine:
+            report.skipped = True
+            return report
+        while True:
+            with transaction(engine) as session:
+                newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
+                part = close_windows(session, moment, limit=chunk)
+                if part.digests:
+                    part.ranges = _ranges(session, newest_before, batch_size)
+            report.chunks += 1
+            report.groups += part.groups
+            report.due += part.due
+            report.digests += part.digests
+            if enqueue is not None:
+                for after_id, upto_id in part.ranges:
+                    enqueue(after_id, upto_id)
+            else:
+                report.ranges += part.ranges
+            if not part.more or not part.due:
+                return report
 
 
 def requeue(session: Session, stale_after_s: int, batch_size: int) -> list[tuple[int, int]]:
