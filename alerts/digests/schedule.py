@@ -64,8 +64,7 @@ class TickReport:
     due: int = 0  # subscribers whose window closed
     digests: int = 0  # digests created (due subscribers holding something)
     ranges: list[tuple[int, int]] = field(default_factory=list)  # (after_id, upto_id] of the new digests
-    chunks: int = 0  # transactions (each closes at most ``TICK_CHUNK`` windows)
-    more: bool = False  # subscribers still due after this transaction (close_windows)
+    chunks: int = 0  # transactions (each closes the windows of about ``TICK_CHUNK`` subscribers)
     skipped: bool = False  # another tick was running: it closes every window due (tick)
 
 
@@ -110,17 +109,18 @@ def _insert_ignoring(session: Session) -> Any:
     return sqlite_insert(Digest).on_conflict_do_nothing(index_elements=["subscriber_id", "window_at"])
 
 
-def close_windows(session: Session, now: datetime, limit: int | None = None) -> TickReport:
-    """Close the windows due at ``now`` (one digest per subscriber and window), of at most ``limit``
-    subscribers (the earliest due first; ``report.more``: others are still due). In the caller's transaction."""
+def close_windows(
+    session: Session, now: datetime, after_id: int | None = None, upto_id: int | None = None
+) -> TickReport:
+    """Close the windows due at ``now`` (one digest per subscriber and window) of the subscribers with
+    ``after_id < id <= upto_id`` (either bound optional). In the caller's transaction."""
     report = TickReport()
     _lock(session)
     due = Subscriber.digest_due_at <= now
-    if limit is not None:
-        # This chunk's subscribers, by the due-time index: each later chunk starts where this one ended, as
-        # the windows closed here move their due time past ``now``.
-        chosen = select(Subscriber.id).where(due).order_by(Subscriber.digest_due_at, Subscriber.id).limit(limit)
-        due = and_(due, Subscriber.id.in_(chosen.scalar_subquery()))
+    if after_id is not None:
+        due = and_(due, Subscriber.id > after_id)
+    if upto_id is not None:
+        due = and_(due, Subscriber.id <= upto_id)
     groups = session.execute(
         select(
             Subscriber.time_zone,
@@ -224,9 +224,24 @@ def close_windows(session: Session, now: datetime, limit: int | None = None) -> 
         )
     created = select(Digest.id).where(Digest.id > newest_before)
     report.digests = int(session.scalar(select(func.count()).select_from(created.subquery())) or 0)
-    if limit is not None:
-        report.more = session.scalar(select(Subscriber.id).where(Subscriber.digest_due_at <= now).limit(1)) is not None
     return report
+
+
+def _chunks(engine: Engine, now: datetime, size: int) -> list[tuple[int | None, int | None]]:
+    """(after_id, upto_id] ranges of about ``size`` due subscribers each, the last one open-ended (whoever
+    becomes due meanwhile is in one of them; each chunk checks who is due again under the lock)."""
+    with transaction(engine) as session:
+        numbered = (
+            select(Subscriber.id, func.row_number().over(order_by=Subscriber.id).label("rn"))
+            .where(Subscriber.digest_due_at <= now)
+            .subquery()
+        )
+        ends = [
+            int(i)
+            for i in session.scalars(select(numbered.c.id).where(numbered.c.rn % size == 0).order_by(numbered.c.id))
+        ]
+    bounds: list[int | None] = [None, *ends]
+    return [(bounds[i], bounds[i + 1] if i + 1 < len(bounds) else None) for i in range(len(bounds))]
 
 
 def _ranges(
@@ -300,10 +315,10 @@ def tick(
         if not mine:
             report.skipped = True
             return report
-        while True:
+        for after_id, upto_id in _chunks(engine, moment, chunk):
             with transaction(engine) as session:
                 newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
-                part = close_windows(session, moment, limit=chunk)
+                part = close_windows(session, moment, after_id, upto_id)
                 if part.digests:
                     part.ranges = _ranges(session, newest_before, batch_size)
             report.chunks += 1
@@ -315,8 +330,7 @@ def tick(
                     enqueue(after_id, upto_id)
             else:
                 report.ranges += part.ranges
-            if not part.more or not part.due:
-                return report
+    return report
 
 
 def requeue(session: Session, stale_after_s: int, batch_size: int) -> list[tuple[int, int]]:
