@@ -106,7 +106,9 @@ class Plan:
     # Planned within a Budget: with links no longer than the budget assumed, it fits without measuring.
     budgeted: bool = False
 
-    def bind(self, tokens: Sequence[str | None], subscription_ids: Sequence[int]) -> Assembled:
+    def bind(self, tokens: Sequence[str | None], subscription_ids: Sequence[int] | None = None) -> Assembled:
+        """One subscriber's digest: its stop links' tokens (and, when given, the subscriptions it shows)."""
+        shown = [subscription_ids[i] for i in self.subscription_items] if subscription_ids is not None else []
         return Assembled(
             subject=self.subject,
             html=self.html,
@@ -114,7 +116,7 @@ class Plan:
             stops={name: tokens[index] or "" for name, index in self.stops},
             entries=self.entries,
             key=self.key,
-            subscription_ids=list(dict.fromkeys(subscription_ids[i] for i in self.subscription_items)),
+            subscription_ids=list(dict.fromkeys(shown)),
             omitted=self.omitted,
             budgeted=self.budgeted,
         )

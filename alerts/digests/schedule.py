@@ -66,6 +66,7 @@ class TickReport:
     ranges: list[tuple[int, int]] = field(default_factory=list)  # (after_id, upto_id] of the new digests
     chunks: int = 0  # transactions (each closes the windows of about ``TICK_CHUNK`` subscribers)
     skipped: bool = False  # another tick was running: it closes every window due (tick)
+    analyzed: bool = False  # the digests table's statistics were refreshed (tick)
 
 
 def _lock(session: Session) -> None:
@@ -294,6 +295,17 @@ def _only_tick(engine: Engine) -> Iterator[bool]:
                 guard.commit()
 
 
+def _analyze(engine: Engine) -> None:
+    """Fresh planner statistics for digests once a tick has made many: sending reads each batch by an id
+    range, and on statistics that predate the new rows (a young table, a first big window) PostgreSQL
+    estimated one row for the range and scanned the whole (subscriber, window) index instead (measured:
+    30 ms instead of 12 for a 1,000-digest batch's items, 33 ms instead of 10 for its claim). ANALYZE
+    samples the table and blocks no reads or writes."""
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE digests"))
+        connection.commit()
+
+
 def tick(
     engine: Engine,
     batch_size: int,
@@ -321,6 +333,9 @@ def tick(
                 part = close_windows(session, moment, after_id, upto_id)
                 if part.digests:
                     part.ranges = _ranges(session, newest_before, batch_size)
+            if part.digests >= batch_size and not report.analyzed and engine.dialect.name == "postgresql":
+                _analyze(engine)
+                report.analyzed = True
             report.chunks += 1
             report.groups += part.groups
             report.due += part.due

@@ -219,11 +219,12 @@ class _Carried:
 
     shapes: list[Shape] = field(default_factory=list)
     tokens: list[str | None] = field(default_factory=list)
-    subscription_ids: list[int] = field(default_factory=list)
+    key: tuple[Shape, ...] = ()  # the shapes as a dictionary key (digests of one key have one content)
 
 
 def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, _Carried]:
-    """The held items each claimed digest carries, for the whole batch in one query."""
+    """The held items each claimed digest carries, for the whole batch in one query (the hot loop of a
+    batch: thousands of rows, so plain tuples and no object per row)."""
     rows = (
         session.connection()
         .execute(
@@ -239,14 +240,16 @@ def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> di
     )
     found: dict[int, _Carried] = {}
     active = SubscriptionStatus.ACTIVE.value
-    current, carried = -1, _Carried()
-    for digest_id, key, variant, subscription_id, weekly, status, token in rows:
+    current, shapes, tokens = -1, [], []
+    for digest_id, key, variant, _subscription_id, weekly, status, token in rows:
         if digest_id != current:
             current = digest_id
             carried = found[int(digest_id)] = _Carried()
-        carried.shapes.append((key, variant, status == active and token is not None, bool(weekly)))
-        carried.tokens.append(token)
-        carried.subscription_ids.append(int(subscription_id))
+            shapes, tokens = carried.shapes, carried.tokens
+        shapes.append((key, variant, status == active and token is not None, bool(weekly)))
+        tokens.append(token)
+    for carried in found.values():
+        carried.key = tuple(carried.shapes)
     return found
 
 
@@ -561,9 +564,8 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
         # once per batch (identical digests: once), then bound to each subscriber's links.
         found: dict[tuple[Shape, ...], Entries] = {}
         for carried in items.values():
-            shapes = tuple(carried.shapes)
-            if shapes not in found:
-                found[shapes] = entries(shapes)
+            if carried.key not in found:
+                found[carried.key] = entries(carried.key)
         keys: set[str] = {CHANGES_SECTION, *INTRO.values()}
         for these in found.values():
             keys |= needed_keys(*these)
@@ -573,7 +575,9 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
             _render_missing(session, ctx.renderer, ctx.site, absent)
             fragments |= load_fragments(session, set(absent))
         limits = budget(ctx)
+        read = clock()
         distinct = {shapes: plan(shapes, fragments, limits, these) for shapes, these in found.items()}
+        report.timings["plan_s"] = clock() - read
         report.claimed = len(claimed)
         prepared: list[_Prepared] = []
         skipped, suppressed, empty = [], [], []
@@ -586,11 +590,11 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
                 suppressed.append(c.digest_id)
                 continue
             carried = items.get(c.digest_id, nothing)
-            planned = distinct.get(tuple(carried.shapes))
+            planned = distinct.get(carried.key)
             if planned is None:
                 empty.append(c.digest_id)  # nothing material left: no email
                 continue
-            assembled = planned.bind(carried.tokens, carried.subscription_ids)
+            assembled = planned.bind(carried.tokens)
             prepared.append(_Prepared(c.digest_id, c.email, c.manage_token, assembled))
             report.omitted += assembled.omitted
             report.shortened += 1 if assembled.omitted else 0
