@@ -15,6 +15,13 @@ first (``ctgov`` importance of their top change); then each followed condition's
 with a recruiting study first, recruiting studies first within a group. Per-recipient links stay
 placeholders (``%%stop_<n>%%``, ``%%unsubscribe_url%%``, ``%%manage_url%%``), so subscribers whose digests
 are the same entries share one assembled body (``Assembled.key``).
+
+**Byte budget.** An email digest carries the most important entries (the order above) that fit a byte
+budget (``Budget``, worked out by ``alerts.digests.send.budget``) that keeps its SendGrid substitutions under
+10,000 bytes with a margin; when entries are left out it says "N more changes did not fit in this email"
+with one link (``%%digest_url%%``) to the page of the whole digest (``alerts.digests.view``). The subject
+still counts every change. A plan depends only on the items' shapes, so one plan serves every subscriber
+whose digest has the same items (``Plan.bind`` adds their links).
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def shape(item: Item) -> Shape:
     return (item.dedupe_key, item.variant, active, item.weekly)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made per recipient, and a frozen __init__ costs a setattr per field
 class Assembled:
     subject: str
     html: str

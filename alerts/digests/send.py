@@ -17,12 +17,20 @@ absent from the official OpenAPI description the stand-in validates against. So,
 2. Every other digest is packed: the batch's content is the digest shell (layout, CSS, footer) sent once
    per request, and each recipient's entries go in its own substitutions (``Recipient.parts``), 1,000
    digests per request. The entries repeat across recipients, which SendGrid leaves no way to avoid.
-3. A digest whose substitutions would exceed ``PACK_LIMIT_BYTES`` (SendGrid's 10,000 bytes, counted as
-   SendGrid counts them) is sent as a message of its own.
+3. **The byte budget** (the product's decision): every digest is planned (``assemble.plan``) to keep its
+   substitutions below SendGrid's 10,000 bytes with ``BUDGET_MARGIN_BYTES`` to spare (``budget``): the
+   most important entries that fit, then "N more changes did not fit in this email" and one link to the
+   whole digest's page (``/digest/<token>``, ``alerts.digests.view``). Before it, about half of the
+   random benchmark's digests (over ~10 entries) went alone, one request each, which made 100,000 digests
+   take minutes; now every digest is one personalization of a 1,000-recipient request. Entries are kept
+   compact (headings alone get inline CSS) so most digests fit whole.
+4. A digest whose substitutions would still exceed ``ctx.pack_limit_bytes`` (a link longer than the budget
+   assumed; ``ALERTS_DIGEST_PACK_LIMIT_BYTES`` set lower to compare designs) is sent as a message of its own.
 
-Measured on the benchmark's 100,000 random digests (1-20 of 200 entries) against one request per digest
-(what a digest that is "just an email" would cost): see benchmarks/README.md for the request counts, bytes
-and times that decided it.
+**The claim is set-based**: one ``UPDATE ... RETURNING`` claims the range, one query reads every held item
+of the batch (Core rows), and digests whose items have the same shapes (``assemble.Shape``: news, group,
+shown, weekly) are planned once per batch and only bound to each subscriber's links; 1,000 identical
+digests are one plan.
 """
 
 from __future__ import annotations
@@ -313,7 +321,7 @@ def _mark(session: Session, ids: Sequence[int], status: DigestStatus, error: str
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     digest_id: int
     email: str
