@@ -21,6 +21,7 @@ recipients (counted by the stand-in), peak RSS of each worker process, worker ti
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import random
 import tempfile
@@ -181,6 +182,14 @@ def stages(log_path: Path) -> tuple[dict[str, float], dict[str, int]]:
                 counts[name] += int(entry.get(name) or 0)
         elif entry.get("event") == "digests.tick":
             counts["tick_groups"] += int(entry.get("groups") or 0)
+        elif entry.get("task") == "alerts.digests.send" and "succeeded in" in str(entry.get("event")):
+            # The task's own result (digests that left entries out to fit the byte budget, and how many).
+            try:
+                result = ast.literal_eval(str(entry["event"]).split("s: ", 1)[1])
+            except (ValueError, SyntaxError, IndexError):
+                continue
+            for name in ("shortened", "omitted"):
+                counts[name] += int(result.get(name) or 0)
     return dict(seconds), dict(counts)
 
 
