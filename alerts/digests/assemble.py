@@ -215,15 +215,19 @@ def plan(
     shown = 0
     full = False
 
-    def fits(*parts: tuple[str, bool]) -> bool:
-        """Whether these fragments (with a stop link or not) fit, keeping room for the note; takes the room."""
+    link = 2 * budget.stop_link_bytes if budget is not None else 0  # a stop link in both parts
+
+    def fits(entry_key: str, entry_link: bool, heading_key: str | None, heading_link: bool) -> bool:
+        """Whether the entry (and the heading it opens) fits, keeping room for the note; takes the room."""
         nonlocal left, full
         if budget is None:
             return True
         if full:
             return False
-        # + 2: the newline joining HTML parts (two bytes in JSON).
-        cost = sum(fragments[k].size + 2 + (2 * budget.stop_link_bytes if stop else 0) for k, stop in parts)
+        # + 2 per fragment: the newline joining HTML parts (two bytes in JSON).
+        cost = fragments[entry_key].size + 2 + (link if entry_link else 0)
+        if heading_key is not None:
+            cost += fragments[heading_key].size + 2 + (link if heading_link else 0)
         # The note is needed unless this is the last entry.
         if cost + (budget.more_bytes if shown + 1 < total else 0) > left:
             full = True
@@ -234,7 +238,7 @@ def plan(
     def add(fragment_key: str, index: int | None) -> None:
         fragment = fragments[fragment_key]
         part_html, part_text = fragment.html, fragment.text
-        if index is not None and STOP in part_html + part_text:
+        if index is not None and (STOP in part_html or STOP in part_text):
             name = f"stop_{len(stops) + 1}"
             stops.append((name, index))
             part_html = part_html.replace(STOP, f"%%{name}%%")
@@ -245,10 +249,8 @@ def plan(
 
     changes_heading = False
     for entry in shown_changes:
-        parts = [(entry.key, True)]
-        if not changes_heading:
-            parts.insert(0, (CHANGES_SECTION, False))
-        if not fits(*parts):
+        # A change entry has its own stop link; the section heading none.
+        if not fits(entry.key, True, None if changes_heading else CHANGES_SECTION, False):
             break
         if not changes_heading:
             add(CHANGES_SECTION, None)
@@ -261,10 +263,8 @@ def plan(
             break
         heading = False
         for entry in group:
-            parts = [(entry.key, False)]
-            if not heading:
-                parts.insert(0, (group_key(label), True))
-            if not fits(*parts):
+            # New studies share their group heading's stop link.
+            if not fits(entry.key, False, None if heading else group_key(label), True):
                 break
             if not heading:
                 add(group_key(label), group[0].index)
