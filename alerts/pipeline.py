@@ -324,13 +324,25 @@ def digest_context(runtime: Runtime) -> DigestContext:
 def digest_tick(
     runtime: Runtime, enqueue_digests: Callable[[int, int], None], now: datetime | None = None
 ) -> schedule.TickReport:
-    """Close every digest window due ``now`` (default: the clock) and queue their sending after the commit."""
-    report = schedule.tick(runtime.engine, runtime.settings.batch_size, now)
-    for after_id, upto_id in report.ranges:
+    """Close every digest window due ``now`` (default: the clock); each chunk's sending is queued as soon as
+    that chunk commits, so the first digests leave while later chunks are still being closed."""
+    batches = 0
+
+    def enqueue(after_id: int, upto_id: int) -> None:
+        nonlocal batches
+        batches += 1
         enqueue_digests(after_id, upto_id)
-    if report.groups:
+
+    report = schedule.tick(runtime.engine, runtime.settings.batch_size, now, enqueue=enqueue)
+    if report.groups or report.skipped:
         log.info(
-            "digests.tick", groups=report.groups, due=report.due, digests=report.digests, batches=len(report.ranges)
+            "digests.tick",
+            groups=report.groups,
+            due=report.due,
+            digests=report.digests,
+            batches=batches,
+            chunks=report.chunks,
+            skipped=report.skipped,
         )
     return report
 
@@ -346,6 +358,8 @@ def send_digests(runtime: Runtime, after_id: int, upto_id: int) -> DigestReport:
         packed=report.packed,
         alone=report.alone,
         content_chars=report.content_chars,
+        shortened=report.shortened,
+        omitted=report.omitted,
         **_tally(report),
     )
     return report

@@ -1,4 +1,10 @@
-"""Digest links and choices: the RFC 8058 one-click link of a digest, and the manage page's digest forms.
+"""Digest links and choices: the RFC 8058 one-click link of a digest, the whole digest's page, and the
+manage page's digest forms.
+
+``/digest/{token}``: the whole digest (an email leaves out what does not fit its byte budget and links
+here, ``alerts.digests.assemble``). The token is the digest's own (the one its one-click link carries):
+it names a digest, never a person. GET only shows; the stop links it offers lead to the usual
+confirmation pages, and its "stop every alert in this digest" link to the one-click page below.
 
 ``/unsubscribe/digest/{token}``: a digest's ``List-Unsubscribe`` target. GET shows which alerts it would
 end (mail scanners open links; nothing changes); POST (one-click, or the page's button) ends every
@@ -30,6 +36,7 @@ from alerts.digests.preferences import (
     set_preferences,
 )
 from alerts.digests.send import carried_by
+from alerts.digests.view import whole_digest
 from alerts.models import Digest, HeldItem, Subscriber, Subscription, SubscriptionStatus
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
@@ -89,6 +96,27 @@ def digest_unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -
             "manage_url": f"/manage/{session.get(Subscriber, digest.subscriber_id).manage_token}",  # type: ignore[union-attr]
         }
     return pages.render(request, "digest_unsubscribe.html", context)
+
+
+@router.api_route("/digest/{token}", methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
+def digest_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    """Every entry of one digest, with the same stop links as the email; never changes anything."""
+    try:
+        digest_id = _digest_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    with transaction(runtime.engine) as session:
+        whole = whole_digest(session, digest_id, lambda stop: f"/unsubscribe/{stop}")
+    if whole is None:
+        return pages.gone_link(request)
+    context = {
+        "subject": whole.subject,
+        "entries_html": whole.html,
+        "entries": whole.entries,
+        "unsubscribe_url": f"/unsubscribe/digest/{token}",
+        "manage_url": f"/manage/{whole.manage_token}",
+    }
+    return pages.render(request, "digest.html", context)
 
 
 @router.post("/unsubscribe/digest/{token}", include_in_schema=False, response_class=HTMLResponse)
