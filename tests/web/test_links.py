@@ -394,3 +394,17 @@ def test_erase_leaves_no_trace_of_the_address(
     assert "no longer valid" in gone.text
     # A second click on "delete" (or a reload) is harmless.
     assert client.post(f"/manage/{token}/erase", data={"confirm": "yes"}).status_code == 200
+
+
+def test_link_pages_read_through_the_async_store_on_postgresql_only(client: TestClient, runtime: Runtime) -> None:
+    # SQLite, the embedded default, keeps the ORM path; PostgreSQL reads each link page in one statement.
+    store = getattr(client.app, "state").linkstore  # noqa: B009
+    assert (store is not None) == (runtime.engine.dialect.name == "postgresql")
+    subscription_id = follow(runtime, "store@example.org", trial=TRIAL)
+    token = runtime.signer.sign(Purpose.UNSUBSCRIBE, subscription_id)
+    for method in ("GET", "HEAD"):
+        answer = client.request(method, f"/unsubscribe/{token}")
+        assert answer.status_code == 200
+        assert answer.headers["content-security-policy"].endswith("frame-ancestors 'none'")
+    assert f"changes to study {TRIAL}" in client.get(f"/unsubscribe/{token}").text.lower()
+    assert client.get(f"/unsubscribe/{token}x").status_code == 400

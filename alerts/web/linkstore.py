@@ -1,0 +1,71 @@
+"""The link pages' lean read path on PostgreSQL: ``alerts.linkreads``' statements on psycopg's async connections.
+
+Why not the ORM session the rest of the web uses: a link page through it was 6-8 round trips (pool ping,
+BEGIN, one SELECT per thing the page names, COMMIT) in a worker thread; here it is one statement, in
+autocommit (a single read needs no transaction), awaited on the event loop. Measured in
+benchmarks/README.md. One pool per web process, opened when the app starts and closed when it stops
+(``alerts.web.app``'s lifespan); SQLite has no store and the pages take the ORM path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.engine import make_url
+
+from alerts import linkreads
+from alerts.linkreads import ConfirmView, ManageView, Statement, UnsubscribeView
+
+
+def conninfo(database_url: str) -> str | None:
+    """libpq's form of a PostgreSQL URL (with its options, e.g. a test's search_path); None for other databases."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _configure(connection: AsyncConnection[Any]) -> None:
+    # alerts.db sets the same on the ORM's connections; statements here are short and planned often.
+    await connection.set_autocommit(True)
+    await connection.execute("SET jit = off")
+
+
+class LinkStore:
+    def __init__(self, conninfo: str, size: int) -> None:
+        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            conninfo,
+            min_size=min(2, size),
+            max_size=size,
+            open=False,
+            configure=_configure,
+            # A connection broken while idle (PostgreSQL restarted) is noticed when it is returned, not by a ping
+            # before every page: a ping is a round trip per request.
+            check=None,
+            name="link-pages",
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _rows(self, statement: Statement, **values: Any) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as connection:
+            cursor = await connection.execute(statement.sql, statement.params(**values), prepare=True)
+            return await cursor.fetchall()
+
+    async def unsubscribe(self, subscription_id: int) -> UnsubscribeView | None:
+        rows = await self._rows(linkreads.UNSUBSCRIBE_SQL, id=subscription_id)
+        return linkreads.unsubscribe_view(rows[0] if rows else None)
+
+    async def confirm(self, subscription_ids: Sequence[int]) -> ConfirmView | None:
+        rows = await self._rows(linkreads.CONFIRM_SQL, ids=list(subscription_ids))
+        return linkreads.confirm_view(subscription_ids, rows)
+
+    async def manage(self, subscriber_id: int) -> ManageView | None:
+        return linkreads.manage_view(await self._rows(linkreads.MANAGE_SQL, id=subscriber_id))
