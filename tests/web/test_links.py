@@ -406,5 +406,5 @@ def test_link_pages_read_through_the_async_store_on_postgresql_only(client: Test
         answer = client.request(method, f"/unsubscribe/{token}")
         assert answer.status_code == 200
         assert answer.headers["content-security-policy"].endswith("frame-ancestors 'none'")
-    assert f"changes to study {TRIAL}" in client.get(f"/unsubscribe/{token}").text.lower()
+    assert f"Changes to study {TRIAL}</p>" in client.get(f"/unsubscribe/{token}").text
     assert client.get(f"/unsubscribe/{token}x").status_code == 400
