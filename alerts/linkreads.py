@@ -15,23 +15,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, any_, bindparam, func, select
+from sqlalchemy import BigInteger, Delete, Select, Update, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from alerts import preferences
+from alerts.digests.held import _not_carried as not_carried
 from alerts.models import (
     ConditionConcept,
     ConditionMeaning,
     ConditionPhrase,
+    HeldItem,
     Subscriber,
     Subscription,
     SubscriptionFilter,
     SubscriptionKind,
     SubscriptionStatus,
     Trial,
+    UTCDateTime,
 )
 from alerts.preferences import Preferences
 from alerts.subscriptions import Shown, filters_from_rows, sentence
@@ -144,7 +147,7 @@ class Statement:
         return self.constants | values
 
 
-def _compiled(statement: Select[Any]) -> Statement:
+def _compiled(statement: Select[Any] | Update | Delete) -> Statement:
     compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
     return Statement(str(compiled), {k: v for k, v in compiled.params.items() if v is not None})
 
@@ -278,3 +281,39 @@ def manage_view(rows: Sequence[Sequence[Any]]) -> ManageView | None:
     )
     named = [_named(r) for r in rows if r[0] is not None]
     return ManageView(named, preferences.of(subscriber), time_zone, int(hour), int(weekday))
+
+
+# --- one-click POST /unsubscribe/{token} --------------------------------------------------------------
+# What alerts.subscriptions.unsubscribe / unsubscribe_all do, as statements: the status, and what the ended
+# subscriptions still hold for a digest is dropped (the rule is alerts.digests.held's own expression).
+
+
+def _unsubscribe_one_statement() -> Delete:
+    ended = (
+        update(Subscription)
+        .where(Subscription.id == bindparam("id", type_=BigInteger), Subscription.status != _UNSUBSCRIBED)
+        .values(status=_UNSUBSCRIBED, unsubscribed_at=bindparam("now", type_=UTCDateTime()))
+        .returning(Subscription.id)
+        .cte("ended")
+    )
+    # Only what a subscription held while it was still on (held.drop_for_subscriptions after the status change).
+    return delete(HeldItem).where(HeldItem.subscription_id.in_(select(ended.c.id)), not_carried()).add_cte(ended)
+
+
+def _owner() -> Any:
+    owner = aliased(Subscription)
+    return select(owner.subscriber_id).where(owner.id == bindparam("id", type_=BigInteger)).scalar_subquery()
+
+
+def _unsubscribe_all_statements() -> tuple[Update, Delete]:
+    ended = (
+        update(Subscription)
+        .where(Subscription.subscriber_id == _owner(), Subscription.status != _UNSUBSCRIBED)
+        .values(status=_UNSUBSCRIBED, unsubscribed_at=bindparam("now", type_=UTCDateTime()))
+    )
+    dropped = delete(HeldItem).where(HeldItem.subscriber_id == _owner(), not_carried())
+    return ended, dropped
+
+
+UNSUBSCRIBE_ONE_SQL = _compiled(_unsubscribe_one_statement())
+UNSUBSCRIBE_ALL_SQL = tuple(_compiled(s) for s in _unsubscribe_all_statements())

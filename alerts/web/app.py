@@ -74,7 +74,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         return {"status": "ok"}
 
     # The links in emails first: routes are tried in order, and a scanner burst is millions of these.
-    app.router.routes.extend(links.GET_ROUTES)
+    app.router.routes.extend(links.ROUTES)
     app.include_router(links.router)
     app.include_router(health.router)
     app.include_router(api_events.router)

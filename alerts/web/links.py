@@ -277,34 +277,56 @@ async def unsubscribe_get(request: Request) -> Response:
     return _unsubscribe_answer(request, token, await store.unsubscribe(subscription_id))
 
 
-@router.post("/unsubscribe/{token}", include_in_schema=False, response_class=HTMLResponse)
-async def unsubscribe_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
+async def unsubscribe_post(request: Request) -> Response:
     """One-click (RFC 8058) and the page's buttons: immediate, idempotent, 200 without a redirect."""
+    runtime, store, token = _link_request(request)
     form = await _read_form(request)
-    return await run_in_threadpool(_unsubscribe, request, token, runtime, form)
-
-
-def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    if store is None:
+        return await run_in_threadpool(_unsubscribe, request, token, runtime, form)
     try:
         subscription_id = linktokens.verify(runtime, Purpose.UNSUBSCRIBE, token)
     except TokenError:
         return pages.invalid_link(request)
+    scope, via = _unsubscribe_scope(form)
+    view = await store.unsubscribe_now(subscription_id, everything=scope == "all")
+    return _unsubscribed_answer(request, subscription_id, scope, via, view)
+
+
+def _unsubscribe_scope(form: FormData) -> tuple[str, str]:
     scope = "all" if _field(form, "scope") == "all" else "one"
     via = "one-click" if _field(form, "List-Unsubscribe") == "One-Click" else "page"
+    return scope, via
+
+
+def _unsubscribed_answer(
+    request: Request, subscription_id: int, scope: str, via: str, view: UnsubscribeView | None
+) -> Response:
+    found = view is not None
+    log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=found)
+    if view is None:
+        # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
+        return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
+    context = {"scope": scope, "what": view.subscription.what, "manage_url": f"/manage/{view.manage_token}"}
+    return pages.render(request, "unsubscribed.html", context)
+
+
+def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    """The ORM path of the POST (SQLite)."""
+    try:
+        subscription_id = linktokens.verify(runtime, Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    scope, via = _unsubscribe_scope(form)
     with transaction(runtime.engine) as session:
         subscription = session.get(Subscription, subscription_id)
-        if subscription is None:
-            # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
-            log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=False)
-            return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
-        what = subscriptions.describe(session, subscription)
-        manage_url = f"/manage/{subscription.subscriber.manage_token}"
-        if scope == "all":
-            subscriptions.unsubscribe_all(session, subscription.subscriber_id)
-        else:
-            subscriptions.unsubscribe(session, subscription_id)
-    log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=True)
-    return pages.render(request, "unsubscribed.html", {"scope": scope, "what": what, "manage_url": manage_url})
+        view = None
+        if subscription is not None:
+            view = UnsubscribeView(_named(session, subscription), subscription.subscriber.manage_token, 0)
+            if scope == "all":
+                subscriptions.unsubscribe_all(session, subscription.subscriber_id)
+            else:
+                subscriptions.unsubscribe(session, subscription_id)
+    return _unsubscribed_answer(request, subscription_id, scope, via, view)
 
 
 # --- manage -------------------------------------------------------------------------------------------
@@ -426,11 +448,13 @@ async def manage_get(request: Request) -> Response:
     return _manage_answer(request, token, await store.manage(subscriber_id))
 
 
-# The pages a scanner fetches: plain Starlette routes, matched before every FastAPI route (a FastAPI route with
-# a dependency cost ~10 times the routing of a plain one, benchmarks/README.md). Installed by alerts.web.app.
-GET_ROUTES = [
+# What a scanner burst and one-click unsubscribes hit: plain Starlette routes, matched before every FastAPI route
+# (a FastAPI route with a dependency cost ~10 times the routing of a plain one, benchmarks/README.md).
+# Installed by alerts.web.app; the other link routes (the pages' forms) stay on ``router``.
+ROUTES = [
     Route("/confirm/{token}", confirm_get, methods=GET_HEAD, include_in_schema=False),
     Route("/unsubscribe/{token}", unsubscribe_get, methods=GET_HEAD, include_in_schema=False),
+    Route("/unsubscribe/{token}", unsubscribe_post, methods=["POST"], include_in_schema=False),
     Route("/manage/{token}", manage_get, methods=GET_HEAD, include_in_schema=False),
 ]
 

@@ -2,15 +2,7 @@
 -- args: the file of unsubscribe tokens (one per line), the number of wrk threads, the pause in ms, a run tag,
 -- and what they do: "signup" (a new address each time) or "one-click" (RFC 8058 unsubscribe, a token each).
 function init(args)
-  tokens = {}
-  local threads = tonumber(args[2])
-  local line_number = 0
-  for line in io.lines(args[1]) do
-    if line_number % threads == id - 1 then
-      table.insert(tokens, line)
-    end
-    line_number = line_number + 1
-  end
+  tokens = thread_lines(args[1], tonumber(args[2]))
   pause = tonumber(args[3])
   tag = args[4] or "run"
   action = args[5] or "signup"
