@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.orm import Session
 
 from alerts import places, preferences
@@ -42,19 +43,39 @@ def record(
     ``chosen``: "Can I take part?" preferences sent with it (``preferences.offer``); ``digest``: how often
     and when (``DigestChoice``). Both are applied by the worker with the targets.
     """
+    row = SignupRequest(**_values(email, targets, chosen, digest))
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def insert(
+    connection: Connection,
+    email: str,
+    targets: Sequence[Target],
+    *,
+    chosen: Preferences | None = None,
+    digest: DigestChoice | None = None,
+) -> int:
+    """``record`` as one statement on a connection (the web's sign-up: no ORM unit of work for one row)."""
+    now = utcnow()
+    values = _values(email, targets, chosen, digest) | {"created_at": now, "queued_at": now}
+    return int(connection.execute(sql_insert(SignupRequest).values(values).returning(SignupRequest.id)).scalar_one())
+
+
+def _values(
+    email: str, targets: Sequence[Target], chosen: Preferences | None, digest: DigestChoice | None
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if chosen is not None:
         options["preferences"] = dataclasses.asdict(chosen)
     if digest is not None and digest != DigestChoice():
         options["digest"] = digest.as_json()
-    row = SignupRequest(
-        email=email,
-        targets=[{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets],
-        options=options or None,
-    )
-    session.add(row)
-    session.flush()
-    return int(row.id)
+    return {
+        "email": email,
+        "targets": [{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets],
+        "options": options or None,
+    }
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alerts import signups, subscriptions, text
 from alerts.addresses import InvalidAddress, normalize_email
-from alerts.db import transaction
+from alerts.db import autocommit, transaction
 from alerts.digests.preferences import DigestChoice, form_context_from, parse_time_zone
 from alerts.digests.preferences import InvalidPreference as InvalidDigestChoice
 from alerts.models import Trial
@@ -221,10 +221,16 @@ def perform_signup(
     a new address but 202 for an active one, telling a stranger whether someone is subscribed.
     """
     settings = runtime.settings
-    limiter.hit(SIGNUP_PER_IP, settings.signup_per_ip, ip_key)
-    limiter.hit(CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address))
-    with transaction(runtime.engine) as session:
-        request_id = signups.record(session, address, targets, chosen=chosen, digest=digest)
+    # Both limits in one round trip to Redis (alerts.web.ratelimit).
+    limiter.hit_all(
+        [
+            (SIGNUP_PER_IP, settings.signup_per_ip, ip_key),
+            (CONFIRM_PER_ADDRESS, settings.confirm_per_address, runtime.hasher(address)),
+        ]
+    )
+    # One INSERT in autocommit: no BEGIN/COMMIT round trips, no ORM unit of work for one row.
+    with autocommit(runtime.engine).connect() as connection:
+        request_id = signups.insert(connection, address, targets, chosen=chosen, digest=digest)
     enqueue.process_signup(request_id)
     log.info("signup.recorded", request_id=request_id, targets=len(targets))
 
