@@ -284,20 +284,10 @@ def manage_view(rows: Sequence[Sequence[Any]]) -> ManageView | None:
 
 
 # --- one-click POST /unsubscribe/{token} --------------------------------------------------------------
-# What alerts.subscriptions.unsubscribe / unsubscribe_all do, as statements: the status, and what the ended
-# subscriptions still hold for a digest is dropped (the rule is alerts.digests.held's own expression).
-
-
-def _unsubscribe_one_statement() -> Delete:
-    ended = (
-        update(Subscription)
-        .where(Subscription.id == bindparam("id", type_=BigInteger), Subscription.status != _UNSUBSCRIBED)
-        .values(status=_UNSUBSCRIBED, unsubscribed_at=bindparam("now", type_=UTCDateTime()))
-        .returning(Subscription.id)
-        .cte("ended")
-    )
-    # Only what a subscription held while it was still on (held.drop_for_subscriptions after the status change).
-    return delete(HeldItem).where(HeldItem.subscription_id.in_(select(ended.c.id)), not_carried()).add_cte(ended)
+# What alerts.subscriptions.unsubscribe / unsubscribe_all do, and the unsubscribe page's read, as ONE statement
+# (one round trip, atomic on its own): data-modifying CTEs end the subscription(s) and drop what they still
+# hold for a digest (the rule is alerts.digests.held's own expression); the SELECT names what was ended (it
+# reads the rows as they were before, which is all the answer needs).
 
 
 def _owner() -> Any:
@@ -305,15 +295,24 @@ def _owner() -> Any:
     return select(owner.subscriber_id).where(owner.id == bindparam("id", type_=BigInteger)).scalar_subquery()
 
 
-def _unsubscribe_all_statements() -> tuple[Update, Delete]:
-    ended = (
-        update(Subscription)
-        .where(Subscription.subscriber_id == _owner(), Subscription.status != _UNSUBSCRIBED)
-        .values(status=_UNSUBSCRIBED, unsubscribed_at=bindparam("now", type_=UTCDateTime()))
+def _unsubscribe_now_statement(everything: bool) -> Select[Any]:
+    now = bindparam("now", type_=UTCDateTime())
+    ending = update(Subscription).where(Subscription.status != _UNSUBSCRIBED)
+    if everything:
+        # subscriptions.unsubscribe_all, then held.drop_for_subscriber: what the subscriber still holds.
+        ended = ending.where(Subscription.subscriber_id == _owner())
+        dropped = delete(HeldItem).where(HeldItem.subscriber_id == _owner(), not_carried())
+    else:
+        # subscriptions.unsubscribe: held.drop_for_subscriptions only when the subscription was still on.
+        ended = ending.where(Subscription.id == bindparam("id", type_=BigInteger))
+        ended_ids = ended.values(status=_UNSUBSCRIBED, unsubscribed_at=now).returning(Subscription.id).cte("ended")
+        dropped = delete(HeldItem).where(HeldItem.subscription_id.in_(select(ended_ids.c.id)), not_carried())
+        return _unsubscribe_statement().add_cte(ended_ids, dropped.returning(HeldItem.id).cte("dropped"))
+    return _unsubscribe_statement().add_cte(
+        ended.values(status=_UNSUBSCRIBED, unsubscribed_at=now).returning(Subscription.id).cte("ended"),
+        dropped.returning(HeldItem.id).cte("dropped"),
     )
-    dropped = delete(HeldItem).where(HeldItem.subscriber_id == _owner(), not_carried())
-    return ended, dropped
 
 
-UNSUBSCRIBE_ONE_SQL = _compiled(_unsubscribe_one_statement())
-UNSUBSCRIBE_ALL_SQL = tuple(_compiled(s) for s in _unsubscribe_all_statements())
+UNSUBSCRIBE_ONE_SQL = _compiled(_unsubscribe_now_statement(everything=False))
+UNSUBSCRIBE_ALL_SQL = _compiled(_unsubscribe_now_statement(everything=True))

@@ -72,16 +72,8 @@ class LinkStore:
         return linkreads.manage_view(await self._rows(linkreads.MANAGE_SQL, id=subscriber_id))
 
     async def unsubscribe_now(self, subscription_id: int, everything: bool) -> UnsubscribeView | None:
-        """End one subscription (or all of its subscriber's) and read what the answer names: one transaction,
-        its statements pipelined (BEGIN, the writes, the read and COMMIT leave together: one round trip)."""
-        writes = linkreads.UNSUBSCRIBE_ALL_SQL if everything else (linkreads.UNSUBSCRIBE_ONE_SQL,)
-        values = {"id": subscription_id, "now": utcnow()}
-        read = linkreads.UNSUBSCRIBE_SQL
-        async with self.pool.connection() as connection:
-            async with connection.pipeline(), connection.transaction():
-                for statement in writes:
-                    await connection.execute(statement.sql, statement.params(**values))
-                cursor = await connection.execute(read.sql, read.params(id=subscription_id))
-            # Read once the pipeline is synced: fetching inside it would send what is queued so far on its own.
-            row = await cursor.fetchone()
-        return linkreads.unsubscribe_view(row)
+        """End one subscription (or all of its subscriber's), drop what they hold, and read what the answer names:
+        one statement, so one round trip and atomic without BEGIN/COMMIT (``alerts.linkreads``)."""
+        statement = linkreads.UNSUBSCRIBE_ALL_SQL if everything else linkreads.UNSUBSCRIBE_ONE_SQL
+        rows = await self._rows(statement, id=subscription_id, now=utcnow())
+        return linkreads.unsubscribe_view(rows[0] if rows else None)
