@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Delete, Select, Update, any_, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from alerts import preferences
+from alerts.compiled import compiled
 from alerts.digests.held import _not_carried as not_carried
 from alerts.models import (
     ConditionConcept,
@@ -136,22 +136,6 @@ def _named(row: Sequence[Any]) -> Named:
     return Named(int(sid), status, frequency, what, sentence(what, chosen, bool(narrower)))
 
 
-@dataclass(frozen=True)
-class Statement:
-    """A statement compiled once for psycopg: its SQL and the values of its constant parameters."""
-
-    sql: str
-    constants: dict[str, Any]
-
-    def params(self, **values: Any) -> dict[str, Any]:
-        return self.constants | values
-
-
-def _compiled(statement: Select[Any] | Update | Delete) -> Statement:
-    compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
-    return Statement(str(compiled), {k: v for k, v in compiled.params.items() if v is not None})
-
-
 # --- GET /unsubscribe/{token} -------------------------------------------------------------------------
 
 
@@ -171,7 +155,7 @@ def _unsubscribe_statement() -> Select[Any]:
     )
 
 
-UNSUBSCRIBE_SQL = _compiled(_unsubscribe_statement())
+UNSUBSCRIBE_SQL = compiled(_unsubscribe_statement())
 
 
 @dataclass(frozen=True)
@@ -199,7 +183,7 @@ def _confirm_statement() -> Select[Any]:
     )
 
 
-CONFIRM_SQL = _compiled(_confirm_statement())
+CONFIRM_SQL = compiled(_confirm_statement())
 
 
 @dataclass(frozen=True)
@@ -254,7 +238,7 @@ def _manage_statement() -> Select[Any]:
     )
 
 
-MANAGE_SQL = _compiled(_manage_statement())
+MANAGE_SQL = compiled(_manage_statement())
 
 
 @dataclass(frozen=True)
@@ -314,5 +298,5 @@ def _unsubscribe_now_statement(everything: bool) -> Select[Any]:
     )
 
 
-UNSUBSCRIBE_ONE_SQL = _compiled(_unsubscribe_now_statement(everything=False))
-UNSUBSCRIBE_ALL_SQL = _compiled(_unsubscribe_now_statement(everything=True))
+UNSUBSCRIBE_ONE_SQL = compiled(_unsubscribe_now_statement(everything=False))
+UNSUBSCRIBE_ALL_SQL = compiled(_unsubscribe_now_statement(everything=True))

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, Insert, bindparam, delete, select, update
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.orm import Session
 
 from alerts import places, preferences
 from alerts.addresses import AddressHasher
+from alerts.compiled import compiled
 from alerts.digests.preferences import DigestChoice, DigestPreferences
 from alerts.models import SignupRequest, SubscriptionKind, utcnow
 from alerts.preferences import Preferences
@@ -61,6 +63,34 @@ def insert(
     now = utcnow()
     values = _values(email, targets, chosen, digest) | {"created_at": now, "queued_at": now}
     return int(connection.execute(sql_insert(SignupRequest).values(values).returning(SignupRequest.id)).scalar_one())
+
+
+def _insert_statement() -> Insert:
+    columns = ("email", "targets", "options", "created_at", "queued_at")
+    return sql_insert(SignupRequest).values({c: bindparam(c) for c in columns}).returning(SignupRequest.id)
+
+
+# ``insert`` for the web's async path on PostgreSQL (alerts.web.linkstore): compiled once.
+INSERT_PG = compiled(_insert_statement())
+
+
+def insert_params(
+    email: str,
+    targets: Sequence[Target],
+    *,
+    chosen: Preferences | None = None,
+    digest: DigestChoice | None = None,
+) -> dict[str, Any]:
+    """``INSERT_PG``'s values, as ``record`` would store them (JSON columns wrapped for psycopg)."""
+    values = _values(email, targets, chosen, digest)
+    now = utcnow()
+    return INSERT_PG.params(
+        email=values["email"],
+        targets=Jsonb(values["targets"]),
+        options=Jsonb(values["options"]),  # None is JSON null, as the ORM stores it
+        created_at=now,
+        queued_at=now,
+    )
 
 
 def _values(

@@ -35,12 +35,15 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         store = LinkStore(database, settings.web_link_pool_size) if database else None
         if store is not None:
             await store.open()
+            # The sign-up's rate limits on the same loop (one Lua script per sign-up, alerts.web.ratelimit).
+            app.state.limiter.open_async(settings.redis_url)
         app.state.linkstore = store
         try:
             yield
         finally:
             app.state.linkstore = None
             if store is not None:
+                await app.state.limiter.close_async()
                 await store.close()
 
     app = FastAPI(

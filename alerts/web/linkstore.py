@@ -16,8 +16,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
-from alerts import linkreads
-from alerts.linkreads import ConfirmView, ManageView, Statement, UnsubscribeView
+from alerts import linkreads, signups
+from alerts.compiled import Statement
+from alerts.linkreads import ConfirmView, ManageView, UnsubscribeView
 from alerts.models import utcnow
 
 
@@ -70,6 +71,11 @@ class LinkStore:
 
     async def manage(self, subscriber_id: int) -> ManageView | None:
         return linkreads.manage_view(await self._rows(linkreads.MANAGE_SQL, id=subscriber_id))
+
+    async def record_signup(self, params: dict[str, Any]) -> int:
+        """One ``signup_requests`` row (``alerts.signups.INSERT_PG``): one statement, autocommit."""
+        rows = await self._rows(signups.INSERT_PG, **params)
+        return int(rows[0][0])
 
     async def unsubscribe_now(self, subscription_id: int, everything: bool) -> UnsubscribeView | None:
         """End one subscription (or all of its subscriber's), drop what they hold, and read what the answer names:

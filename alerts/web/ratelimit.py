@@ -82,8 +82,23 @@ class RateLimiter:
     def __post_init__(self) -> None:
         self._strategy = MovingWindowRateLimiter(self.storage)
         self._script: Any = None
+        self._async_script: Any = None
+        self._async_client: Any = None
         if isinstance(self.storage, RedisStorage):
             self._script = self.storage.storage.register_script(_HIT_ALL)
+
+    def open_async(self, redis_url: str | None) -> None:
+        """An asyncio Redis client for ``hit_all_async`` (made in the server's event loop: the app's lifespan)."""
+        if redis_url and self._script is not None:
+            import redis.asyncio
+
+            self._async_client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            self._async_script = self._async_client.register_script(_HIT_ALL)
+
+    async def close_async(self) -> None:
+        client, self._async_client, self._async_script = self._async_client, None, None
+        if client is not None:
+            await client.aclose()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -116,20 +131,39 @@ class RateLimiter:
             for scope, limit, key in hits:
                 self.hit(scope, limit, key)
             return
+        scopes, keys, args = self._script_call(hits)
+        try:
+            answer = self._script(keys=keys, args=args)
+        except Exception as exc:  # redis.ConnectionError, TimeoutError...: let the sign-up through (module doc)
+            log.error("ratelimit.unavailable", scope=scopes[0], error=type(exc).__name__)
+            return
+        self._raise_if_over(scopes, answer)
+
+    async def hit_all_async(self, hits: Sequence[Hit]) -> None:
+        """``hit_all`` awaited on the event loop (after ``open_async``; otherwise it is ``hit_all``)."""
+        if self._async_script is None:
+            self.hit_all(hits)
+            return
+        scopes, keys, args = self._script_call(hits)
+        try:
+            answer = await self._async_script(keys=keys, args=args)
+        except Exception as exc:  # as in hit_all
+            log.error("ratelimit.unavailable", scope=scopes[0], error=type(exc).__name__)
+            return
+        self._raise_if_over(scopes, answer)
+
+    def _script_call(self, hits: Sequence[Hit]) -> tuple[list[str], list[str], list[float]]:
+        assert isinstance(self.storage, RedisStorage)  # a script exists only for Redis
         items = [(scope, parse(limit), key) for scope, limit, key in hits]
-        assert isinstance(self.storage, RedisStorage)
         keys = [self.storage.prefixed_key(item.key_for(scope, key)) for scope, item, key in items]
         args: list[float] = [time.time()]
         for _, item, _ in items:
             args += [item.amount, item.get_expiry(), 1]
-        try:
-            answer = self._script(keys=keys, args=args)
-        except Exception as exc:  # redis.ConnectionError, TimeoutError...: let the sign-up through (module doc)
-            log.error("ratelimit.unavailable", scope=items[0][0], error=type(exc).__name__)
-            return
+        return [scope for scope, _, _ in items], keys, args
+
+    def _raise_if_over(self, scopes: list[str], answer: Sequence[Any]) -> None:
         if int(answer[0]) != 0:
-            scope = items[int(answer[0]) - 1][0]
-            raise RateLimited(scope, max(1, math.ceil(float(answer[1]) - time.time())))
+            raise RateLimited(scopes[int(answer[0]) - 1], max(1, math.ceil(float(answer[1]) - time.time())))
 
     def reset(self) -> None:
         """Forget every counter under this limiter's prefix (tests, operators after an incident)."""

@@ -212,3 +212,24 @@ def test_several_limits_in_one_call_count_as_one_by_one(redis_url: str | None) -
         limiter.hit("address", "1/hour", "someone else")
     finally:
         limiter.reset()
+
+
+def test_a_started_app_limits_sign_ups_in_redis_too(runtime: Runtime, inline: InlineEnqueue) -> None:
+    """Started as uvicorn starts it: on PostgreSQL the sign-up counts its limits with the asyncio client and
+    records through the link store; the limits and the answers are the same as on the threadpool path."""
+    app = limited_app(runtime, inline, signup_per_ip="2/minute", confirm_per_address="5/day")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as started:
+            on_postgresql = runtime.engine.dialect.name == "postgresql"
+            assert (app.state.linkstore is not None) == on_postgresql
+            answers = [
+                started.post("/api/subscriptions", json={"email": f"s{i}@example.org", "trial": TRIAL})
+                for i in range(3)
+            ]
+            assert [a.status_code for a in answers] == [202, 202, 429]
+            assert 0 < int(answers[2].headers["Retry-After"]) <= 60
+            assert answers[2].json()["retry_after_s"] == int(answers[2].headers["Retry-After"])
+        assert {s.status for s in subscriptions_of(runtime, "s0@example.org")} == {SubscriptionStatus.PENDING}
+        assert subscriptions_of(runtime, "s2@example.org") == []
+    finally:
+        app.state.limiter.reset()
