@@ -9,10 +9,11 @@ benchmarks/README.md. One pool per web process, opened when the app starts and c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
@@ -30,6 +31,10 @@ def conninfo(database_url: str) -> str | None:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def application_name() -> str:
+    return f"alerts-web-links-{os.getpid()}"
+
+
 async def _configure(connection: AsyncConnection[Any]) -> None:
     # alerts.db sets the same on the ORM's connections; statements here are short and planned often.
     await connection.set_autocommit(True)
@@ -44,6 +49,8 @@ class LinkStore:
             max_size=size,
             open=False,
             configure=_configure,
+            # Named per process in pg_stat_activity (which web process holds which connection).
+            kwargs={"application_name": application_name()},
             # A connection broken while idle (PostgreSQL restarted) is noticed when it is returned, not by a ping
             # before every page: a ping is a round trip per request.
             check=None,
@@ -57,6 +64,16 @@ class LinkStore:
         await self.pool.close()
 
     async def _rows(self, statement: Statement, **values: Any) -> list[tuple[Any, ...]]:
+        try:
+            return await self._run(statement, values)
+        except OperationalError:
+            # Connections that broke while idle (PostgreSQL restarted): this one is dropped when it comes back,
+            # the pool's other idle ones are checked (one round trip each, only now), and the statement runs
+            # once more. The reads and the unsubscribe are safe to run twice.
+            await self.pool.check()
+            return await self._run(statement, values)
+
+    async def _run(self, statement: Statement, values: dict[str, Any]) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as connection:
             cursor = await connection.execute(statement.sql, statement.params(**values), prepare=True)
             return await cursor.fetchall()
@@ -74,7 +91,13 @@ class LinkStore:
 
     async def record_signup(self, params: dict[str, Any]) -> int:
         """One ``signup_requests`` row (``alerts.signups.INSERT_PG``): one statement, autocommit."""
-        rows = await self._rows(signups.INSERT_PG, **params)
+        try:
+            rows = await self._run(signups.INSERT_PG, params)
+        except OperationalError:
+            # Not retried (a connection lost after the INSERT committed would record the sign-up twice): this
+            # request fails (500), the pool's other idle connections are checked for the next ones.
+            await self.pool.check()
+            raise
         return int(rows[0][0])
 
     async def unsubscribe_now(self, subscription_id: int, everything: bool) -> UnsubscribeView | None:
