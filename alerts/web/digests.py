@@ -40,13 +40,12 @@ from alerts.digests.view import whole_digest
 from alerts.models import Digest, HeldItem, Subscriber, Subscription, SubscriptionStatus
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
-from alerts.web import pages
+from alerts.web import linktokens, pages
 from alerts.web.deps import RuntimeDep
 
 log = structlog.get_logger("alerts.web.digests")
 
 router = APIRouter()
-MAX_TOKEN_LENGTH = 400
 
 
 async def _read_form(request: Request) -> FormData:
@@ -57,9 +56,7 @@ async def _read_form(request: Request) -> FormData:
 
 
 def _digest_id(runtime: Runtime, token: str) -> int:
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise TokenError("invalid")
-    return runtime.signer.verify(Purpose.DIGEST, token)
+    return linktokens.verify(runtime, Purpose.DIGEST, token)
 
 
 def _carried(session: Session, digest: Digest) -> list[Subscription]:
@@ -152,28 +149,14 @@ def _digest_unsubscribe(request: Request, token: str, runtime: Runtime, form: Fo
 # --- the manage page's digest choices -----------------------------------------------------------------
 
 
-def manage_context(session: Session, subscriber_id: int) -> dict[str, Any]:
-    """What manage.html shows of digests: each alert's frequency and when digests arrive."""
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        return {}
-    rows = session.execute(
-        select(Subscription.id, Subscription.frequency).where(Subscription.subscriber_id == subscriber_id)
-    )
-    frequencies = {subscription_id: frequency for subscription_id, frequency in rows}
-    when = f"{subscriber.digest_hour:02d}:00, {subscriber.time_zone}; weekly on {WEEKDAYS[subscriber.digest_weekday]}s"
-    return form_context(None, subscriber.time_zone, subscriber.digest_hour, subscriber.digest_weekday) | {
+def digest_context(time_zone: str, hour: int, weekday: int, frequencies: dict[int, str]) -> dict[str, Any]:
+    """What manage.html shows of digests: each alert's frequency and when digests arrive (values already read)."""
+    when = f"{hour:02d}:00, {time_zone}; weekly on {WEEKDAYS[weekday]}s"
+    return form_context(None, time_zone, hour, weekday) | {
         "frequencies": frequencies,
         "frequency_labels": FREQUENCY_LABELS,
         "digest_when": when,
     }
-
-
-def _subscriber_for(runtime: Runtime, token: str) -> int | None:
-    subscriber_id = runtime.signer.verify(Purpose.MANAGE, token) if len(token) <= MAX_TOKEN_LENGTH else 0
-    with transaction(runtime.engine) as session:
-        found = session.scalar(select(Subscriber.id).where(Subscriber.id == subscriber_id))
-    return int(found) if found is not None else None
 
 
 @router.post("/manage/{token}/digest", include_in_schema=False, response_class=HTMLResponse)
@@ -187,7 +170,7 @@ def _manage_digest(request: Request, token: str, runtime: Runtime, form: FormDat
     from alerts.web.links import render_manage_page
 
     try:
-        subscriber_id = _subscriber_for(runtime, token)
+        subscriber_id = linktokens.subscriber_id(runtime, token)
     except TokenError:
         return pages.invalid_link(request)
     if subscriber_id is None:

@@ -227,3 +227,51 @@ def test_a_digest_too_long_for_one_email_links_to_its_whole_page(
         subscriptions.erase(session, subscriber_id)
     gone = client.get(path)
     assert gone.status_code == 404 and "no longer valid" in gone.text
+
+
+def test_one_click_and_unsubscribe_all_drop_what_the_alerts_still_hold(
+    client: TestClient, runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """The link pages' POST (its own statements on PostgreSQL) drops held items as subscriptions.unsubscribe and
+    unsubscribe_all do: what is still held goes, what a closed digest window already carries stays."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import func
+
+    from alerts.digests.preferences import DigestPreferences
+    from alerts.models import HeldItem, Subscription
+    from alerts.tokens import Purpose
+
+    record, other = study(TRIAL), study("NCT00763412")
+    ingest(runtime, changed_event(record), inline, source="test")
+    ingest(runtime, changed_event(other), inline, source="test")
+    # kept@'s digest hour comes first; the others' two hours later.
+    hour = (utcnow().hour + 1) % 24
+    later = DigestPreferences.parse("UTC", f"{(hour + 2) % 24:02d}:00", "Monday")
+    one = follow(runtime, "one@example.org", trial=TRIAL, frequency="daily", preferences=later)
+    every = [
+        follow(runtime, "all@example.org", trial=t, frequency="daily", preferences=later)
+        for t in (TRIAL, "NCT00763412")
+    ]
+    first = DigestPreferences.parse("UTC", f"{hour:02d}:00", "Monday")
+    kept = follow(runtime, "kept@example.org", trial=TRIAL, frequency="daily", preferences=first)
+    ingest(runtime, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"), inline, source="t")
+    ingest(runtime, changed_event(open_recruitment(other), occurred_at="2026-12-01T09:00:00Z"), inline, source="t")
+
+    def held() -> dict[int, int]:
+        with transaction(runtime.engine) as session:
+            rows = session.execute(select(HeldItem.subscription_id, func.count()).group_by(HeldItem.subscription_id))
+            return {int(s): int(n) for s, n in rows}
+
+    assert held() == {one: 1, every[0]: 1, every[1]: 1, kept: 1}
+    # kept@'s window closes: its item is now carried by a digest (and stays, like every carried item).
+    digest_tick(runtime, inline.send_digests, now=next_close(utcnow(), ZoneInfo("UTC"), hour, 0, DAILY))
+    token = {s: runtime.signer.sign(Purpose.UNSUBSCRIBE, s) for s in (one, every[0], kept)}
+    one_click = {"List-Unsubscribe": "One-Click"}
+    assert client.post(f"/unsubscribe/{token[one]}", data=one_click).status_code == 200
+    assert client.post(f"/unsubscribe/{token[every[0]]}", data={"scope": "all"}).status_code == 200
+    assert client.post(f"/unsubscribe/{token[kept]}", data=one_click).status_code == 200
+    assert held() == {kept: 1}
+    with transaction(runtime.engine) as session:
+        statuses = {s.id: s.status for s in session.scalars(select(Subscription))}
+    assert set(statuses.values()) == {SubscriptionStatus.UNSUBSCRIBED}
