@@ -195,22 +195,28 @@ def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> 
     parts = {variant: split(variant) for variant in wanted}
     needed = {label for label, _ in parts.values()} | {outcome for _, outcome in parts.values()} | {NO_PLACE}
     found = contents_for(session, event_id, needed)
-    # A label none of whose readers in this batch has a place: everyone gets the same fragments, so they
-    # go into the rendering once here instead of into each of up to 1,000 recipients' substitutions
-    # (which made every request of a fan-out without places larger and slower to build and to read).
-    placed = {label for label, outcome in parts.values() if outcome != NO_PLACE}
-    filled: dict[str | None, Content] = {}
-    prepared: dict[str | None, Prepared] = {}
+    # Fragment values that are the same for every reader of a label in this batch (all of them for readers
+    # without a place; the empty "changes near you" of most placed readers) go into the rendering once here,
+    # instead of into each of up to 1,000 recipients' substitutions, which made every request larger and
+    # slower to build and to read.
+    values: dict[str | None, dict[str, str]] = {}
+    subjects: dict[str | None, str | None] = {}
+    by_label: dict[str | None, list[str | None]] = {}
     for variant, (label, outcome) in parts.items():
-        content = found.get(label)
-        fragments = found.get(outcome) or found.get(NO_PLACE)
-        if content is None:
+        if found.get(label) is None:
             continue
-        subject = fragments.subject if fragments is not None and fragments.subject else None
-        values = unpack(fragments)
-        if outcome == NO_PLACE and label not in placed:
-            if label not in filled:
-                filled[label] = Content(*(fill(part, values) for part in (content.subject, content.text, content.html)))
-            content, values = filled[label], {}
-        prepared[variant] = Prepared(label, content, values, subject)
+        fragments = found.get(outcome) or found.get(NO_PLACE)
+        subjects[variant] = fragments.subject if fragments is not None and fragments.subject else None
+        values[variant] = unpack(fragments)
+        by_label.setdefault(label, []).append(variant)
+    prepared: dict[str | None, Prepared] = {}
+    for label, members in by_label.items():
+        content = found[label]
+        first = values[members[0]]
+        common = {name: value for name, value in first.items() if all(values[v][name] == value for v in members)}
+        if common:
+            content = Content(*(fill(part, common) for part in (content.subject, content.text, content.html)))
+        for variant in members:
+            own = {name: value for name, value in values[variant].items() if name not in common}
+            prepared[variant] = Prepared(label, content, own, subjects[variant])
     return prepared
