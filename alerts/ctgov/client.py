@@ -21,6 +21,7 @@ from importlib.metadata import version as package_version
 from typing import Any, Final
 
 import httpx
+import orjson
 
 # What the service reads of a record (alerts.ctgov, alerts.vocabulary, alerts.matching): asking for these
 # pieces only keeps a page of 1,000 records a few MB instead of tens (results and documents are large).
@@ -94,6 +95,16 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _loads(response: httpx.Response) -> Any:
+    """The body as JSON: orjson (a page of 1,000 records parses ~3x faster), and Python's json for what orjson
+    refuses but json reads (lone surrogates in strings: the record is then rejected alone by the intake,
+    not the whole page). Raises json.JSONDecodeError for a body neither reads."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return json.loads(response.text)
 
 
 def _page(data: Any) -> Page:
@@ -181,7 +192,7 @@ class RegistryClient:
             else:
                 if response.status_code == 200:
                     try:
-                        return check(response.json())
+                        return check(_loads(response))
                     except ValueError as exc:  # json.JSONDecodeError is a ValueError
                         kind = "truncated or invalid JSON" if isinstance(exc, json.JSONDecodeError) else "wrong shape"
                         problem = f"{what}: {kind} ({str(exc)[:200]})"
