@@ -226,24 +226,41 @@ def apply_page(
     rows: dict[str, dict[str, Any]] = {}
     now = utcnow()
     settings = runtime.settings
+    # Each record's event (or why it is invalid), then what they all teach the vocabulary at once
+    # (intake.learn_ahead), then each one through the intake in page order.
+    parsed: list[tuple[RegistryRecord, bool, dict[str, Any] | None, TrialEvent | InvalidEvent | None]] = []
     for record in records:
-        work.counts["read"] += 1
-        if record.last_update_day is not None and (work.max_seen is None or record.last_update_day > work.max_seen):
-            work.max_seen = record.last_update_day
         if record.nct_id is not None and hashes.get(record.nct_id) == record.content_hash:
-            work.counts["unchanged"] += 1  # the version we already read (the day of overlap, a re-run)
+            parsed.append((record, False, None, None))  # the version we already read (overlap, a re-run)
             continue
         known = record.nct_id in stored
         condition = None
         if not bootstrap and not known and window is not None and record.first_posted is not None:
             condition = record.condition() if record.first_posted >= window else None
         payload = record.new_trial_event(seen_at, condition) if condition else record.changed_event(seen_at)
+        publish = not bootstrap and (known or condition is not None)
         try:
             event = parse_event(payload)
         except InvalidEvent as exc:
-            work.counts["rejected"] += _reject(session, payload, exc.errors)
+            parsed.append((record, publish, payload, exc))
         else:
-            if bootstrap or not (known or condition):
+            parsed.append((record, publish, payload, event))
+            stored.add(event.nct_id)
+        if record.nct_id is not None:
+            hashes[record.nct_id] = record.content_hash
+    intake.learn_ahead(session, [e for _, _, _, e in parsed if isinstance(e, TrialEvent)])
+    for record, publish, body, parsed_event in parsed:
+        work.counts["read"] += 1
+        if record.last_update_day is not None and (work.max_seen is None or record.last_update_day > work.max_seen):
+            work.max_seen = record.last_update_day
+        if body is None:
+            work.counts["unchanged"] += 1
+            continue
+        if isinstance(parsed_event, InvalidEvent):
+            work.counts["rejected"] += _reject(session, body, parsed_event.errors)
+        elif parsed_event is not None:
+            event = parsed_event
+            if not publish:
                 intake.store_baseline(session, event)
                 work.counts["stored"] += 1
             else:
@@ -252,9 +269,7 @@ def apply_page(
                 work.counts[f"published:{event.type}"] += 1
                 work.counts[str(outcome.status)] += 1
                 work.counts["recipients"] += outcome.recipients
-            stored.add(event.nct_id)
         if record.nct_id is not None:
-            hashes[record.nct_id] = record.content_hash
             rows[record.nct_id] = {
                 "nct_id": record.nct_id,
                 "content_hash": record.content_hash,
@@ -434,7 +449,8 @@ class Watcher:
                 if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
                     max_seen = work.max_seen
                 for event, outcome in work.accepted:
-                    if outcome.status != "no_op":
+                    # A no-op's catch-ups (its page taught a phrase more meaning) are queued as well.
+                    if outcome.status != "no_op" or outcome.caught_up:
                         pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
                 log.info(
                     "watch.chunk",
