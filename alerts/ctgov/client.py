@@ -11,6 +11,7 @@ the CLI.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,14 +98,26 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def _loads(response: httpx.Response) -> Any:
-    """The body as JSON: orjson (a page of 1,000 records parses ~3x faster), and Python's json for what orjson
-    refuses but json reads (lone surrogates in strings: the record is then rejected alone by the intake,
-    not the whole page). Raises json.JSONDecodeError for a body neither reads."""
+# An integer of 19 digits or more may not fit 64 bits: orjson would read it as a float, json as an int.
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")
+
+
+def loads(data: bytes) -> Any:
+    """JSON as Python's json reads it, mostly by orjson (~3x faster on a page of 1,000 records or a stored
+    snapshot): json reads what orjson refuses or would read differently (lone surrogates in strings,
+    integers beyond 64 bits). Raises json.JSONDecodeError for what neither reads."""
+    if _LONG_NUMBER.search(data):
+        return json.loads(data)
     try:
-        return orjson.loads(response.content)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(response.text)
+        return json.loads(data)
+
+
+def _loads(response: httpx.Response) -> Any:
+    """The body as JSON (``loads``): a record with a lone surrogate is then rejected alone by the intake,
+    not the whole page."""
+    return loads(response.content)
 
 
 def _page(data: Any) -> Page:

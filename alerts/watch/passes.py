@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 import structlog
+from psycopg.types.json import set_json_loads
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alerts import intake, pipeline
-from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused
+from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, loads
 from alerts.db import session_factory, transaction
 from alerts.events import (
     NEW_TRIAL_FOR_CONDITION,
@@ -283,6 +285,14 @@ def apply_page(
     return work
 
 
+def _fast_json(session: Session) -> None:
+    """Read JSON columns (a chunk's snapshots, 200 records of ~10 KB) with ``client.loads`` on this
+    PostgreSQL connection: the same values as psycopg's default json.loads, in a third of the time."""
+    dbapi = session.connection().connection.dbapi_connection
+    if isinstance(dbapi, psycopg.Connection):
+        set_json_loads(loads, dbapi)
+
+
 def _state(session: Session) -> WatchState:
     state = session.get(WatchState, lock.STATE, with_for_update=True)
     assert state is not None, "lock.ensure_state creates it"
@@ -496,6 +506,7 @@ class Watcher:
         for attempt in range(3):
             try:
                 with session_factory(self.runtime.engine)() as session, session.begin():
+                    _fast_json(session)
                     if not dry_run:
                         lock.renew(session, owner, settings.watch_lock_s)
                     work = apply_page(
