@@ -105,6 +105,11 @@ def _deliveries_tables(status: Any) -> list[Table]:
     facts.add_row("stuck in sending", str(status.stuck_sending))
     facts.add_row("ambiguous re-sends (all time)", str(status.ambiguous_retries))
     facts.add_row("suppressed addresses", str(status.suppressions))
+    signup_age = status.oldest_signup_s
+    facts.add_row(
+        "sign-ups waiting for a worker",
+        str(status.signups_waiting) + ("" if signup_age is None else f" (oldest {signup_age:.0f} s)"),
+    )
     failures = Table(title="Top failure reasons")
     failures.add_column("code")
     failures.add_column("error", overflow="fold")

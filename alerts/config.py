@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     # and the producers' endpoints (POST /api/events, /webhooks/sendgrid), which carry whole trial records.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_ingest_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # PostgreSQL connections of each web process's link-page pool (alerts.web.linkstore), besides the ORM's
+    # pool: a page holds one for a single statement, so a few serve hundreds of pages a second.
+    web_link_pool_size: int = Field(default=4, ge=1, le=100)
 
     @field_validator("base_url")
     @classmethod

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from alerts.models import Delivery, Event, EventContent
 from alerts.places import OUTCOME_SEPARATOR
 from alerts.rendering import SLOTS, Content
+from alerts.transports.base import fill
 
 FRAGMENT_JOIN = "\x1e"  # between the slots' fragments in one stored row (never in rendered text)
 NO_PLACE = OUTCOME_SEPARATOR  # the outcome of readers without a place
@@ -194,11 +195,22 @@ def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> 
     parts = {variant: split(variant) for variant in wanted}
     needed = {label for label, _ in parts.values()} | {outcome for _, outcome in parts.values()} | {NO_PLACE}
     found = contents_for(session, event_id, needed)
+    # A label none of whose readers in this batch has a place: everyone gets the same fragments, so they
+    # go into the rendering once here instead of into each of up to 1,000 recipients' substitutions
+    # (which made every request of a fan-out without places larger and slower to build and to read).
+    placed = {label for label, outcome in parts.values() if outcome != NO_PLACE}
+    filled: dict[str | None, Content] = {}
     prepared: dict[str | None, Prepared] = {}
     for variant, (label, outcome) in parts.items():
         content = found.get(label)
         fragments = found.get(outcome) or found.get(NO_PLACE)
-        if content is not None:
-            subject = fragments.subject if fragments is not None and fragments.subject else None
-            prepared[variant] = Prepared(label, content, unpack(fragments), subject)
+        if content is None:
+            continue
+        subject = fragments.subject if fragments is not None and fragments.subject else None
+        values = unpack(fragments)
+        if outcome == NO_PLACE and label not in placed:
+            if label not in filled:
+                filled[label] = Content(*(fill(part, values) for part in (content.subject, content.text, content.html)))
+            content, values = filled[label], {}
+        prepared[variant] = Prepared(label, content, values, subject)
     return prepared

@@ -34,6 +34,7 @@ from sqlalchemy import (
     Executable,
     Float,
     Integer,
+    Select,
     String,
     bindparam,
     case,
@@ -42,6 +43,7 @@ from sqlalchemy import (
     insert,
     join,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -233,6 +235,22 @@ def _reachable(sites: Any, eligibility: tuple[bool, bool, bool]) -> list[ColumnE
     return clauses
 
 
+def _digest_audience(kind: SubscriptionKind) -> Select[tuple[int]]:
+    """Subscribers with an active digest subscription to one of ``:targets``, from its partial index.
+
+    Every subscriber who may get a held item has one (their own digest subscription matched); the
+    ranking in ``_candidates`` still decides which of their subscriptions owns the news. The index's
+    predicate is repeated as literals: a planner only uses a partial index when the query implies it.
+    """
+    digest = aliased(Subscription)
+    return select(digest.subscriber_id).where(
+        digest.kind == kind.value,
+        digest.target.in_(bindparam("targets", expanding=True)),
+        digest.frequency != literal_column(f"'{IMMEDIATELY}'"),
+        digest.status == literal_column(f"'{SubscriptionStatus.ACTIVE.value}'"),
+    )
+
+
 def _candidates(
     kind: SubscriptionKind,
     broader: bool,
@@ -273,6 +291,11 @@ def _candidates(
         where.append(
             or_(Subscription.target.in_(bindparam("direct", expanding=True)), Subscription.include_narrower.is_(True))
         )
+    if plain_variant:
+        # Held items: only subscribers with a digest subscription among the targets can get one. Without
+        # this, holding ranked every follower of the event (100,000 for a common condition) to find the
+        # few with a digest, in the event's transaction, before its first email could go.
+        where.append(Subscription.subscriber_id.in_(_digest_audience(kind)))
     condition = kind == SubscriptionKind.CONDITION
     show_open, changes = near if near is not None else (False, ())
     # The nearest sites of the trial to every chosen city, computed once per city (alerts.places).
@@ -565,6 +588,11 @@ def hold_lock(session: Session) -> None:
         session.execute(text(HOLD_LOCK_SQL.format(mode="_shared")), {"key": HOLD_LOCK})
 
 
+@functools.cache
+def _digest_probe(kind: SubscriptionKind) -> Executable:
+    return _digest_audience(kind).limit(1)
+
+
 def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:
     """One held item per subscriber whose matching subscription is a digest (daily or weekly).
 
@@ -576,6 +604,10 @@ def create_held_items(session: Session, event_id: int, plan: MatchPlan) -> int:
         event_id, plan.kind, plan.targets, plan.dedupe_key, plan.broader_targets, plan.facts, False, holding=True
     )
     if statement is None:
+        return 0
+    # Most events have no digest audience at all: one probe of the partial index, and no lock or INSERT.
+    probe = _digest_probe(plan.kind)
+    if session.connection().execute(probe, {"targets": params["targets"]}).first() is None:
         return 0
     # Before the first held item gets an id: the schedule tick closes windows at an id watermark and must
     # not see a transaction that holds ids below it uncommitted (alerts.digests.schedule).

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from alerts import counters
+from alerts import counters, signups
 from alerts.config import Settings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent
@@ -79,6 +79,12 @@ class AlertsCollector(Collector):
         )
         yield GaugeMetricFamily("alerts_stuck_sending", "Deliveries in sending past their lease", value=stuck)
         yield GaugeMetricFamily("alerts_suppressions", "Suppressed addresses", value=suppressions)
+        with transaction(self.engine) as session:
+            waiting, oldest_signup = signups.waiting(session)
+        yield GaugeMetricFamily("alerts_signups_waiting", "Sign-ups not yet decided by a worker", value=waiting)
+        yield GaugeMetricFamily(
+            "alerts_oldest_signup_seconds", "Age of the oldest undecided sign-up (0: none)", value=oldest_signup or 0.0
+        )
 
         buckets, count, total = latency_histogram(self.engine)
         histogram = HistogramMetricFamily(

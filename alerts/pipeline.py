@@ -204,15 +204,22 @@ def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> Sen
         event_id=event_id,
         after_id=after_id,
         upto_id=upto_id,
-        claimed=report.claimed,
-        sent=report.sent,
-        failed=report.failed,
-        retry=report.retry,
-        skipped=report.skipped,
-        suppressed=report.suppressed,
-        timings={k: round(v, 4) for k, v in report.timings.items()},
+        **_tally(report),
     )
     return report
+
+
+def _tally(report: SendReport | DigestReport) -> dict[str, Any]:
+    """What a batch of alerts and a batch of digests both report: the log lines an operator compares."""
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "failed": report.failed,
+        "retry": report.retry,
+        "skipped": report.skipped,
+        "suppressed": report.suppressed,
+        "timings": {k: round(v, 4) for k, v in report.timings.items()},
+    }
 
 
 def backoff_seconds(retries: int, retry_after_s: float | None = None, cap: float = 300.0, base: float = 2.0) -> float:
@@ -317,13 +324,25 @@ def digest_context(runtime: Runtime) -> DigestContext:
 def digest_tick(
     runtime: Runtime, enqueue_digests: Callable[[int, int], None], now: datetime | None = None
 ) -> schedule.TickReport:
-    """Close every digest window due ``now`` (default: the clock) and queue their sending after the commit."""
-    report = schedule.tick(runtime.engine, runtime.settings.batch_size, now)
-    for after_id, upto_id in report.ranges:
+    """Close every digest window due ``now`` (default: the clock); each chunk's sending is queued as soon as
+    that chunk commits, so the first digests leave while later chunks are still being closed."""
+    batches = 0
+
+    def enqueue(after_id: int, upto_id: int) -> None:
+        nonlocal batches
+        batches += 1
         enqueue_digests(after_id, upto_id)
-    if report.groups:
+
+    report = schedule.tick(runtime.engine, runtime.settings.batch_size, now, enqueue=enqueue)
+    if report.groups or report.skipped:
         log.info(
-            "digests.tick", groups=report.groups, due=report.due, digests=report.digests, batches=len(report.ranges)
+            "digests.tick",
+            groups=report.groups,
+            due=report.due,
+            digests=report.digests,
+            batches=batches,
+            chunks=report.chunks,
+            skipped=report.skipped,
         )
     return report
 
@@ -334,17 +353,13 @@ def send_digests(runtime: Runtime, after_id: int, upto_id: int) -> DigestReport:
         "digests.sent",
         after_id=after_id,
         upto_id=upto_id,
-        claimed=report.claimed,
-        sent=report.sent,
-        failed=report.failed,
-        retry=report.retry,
         empty=report.empty,
-        skipped=report.skipped,
-        suppressed=report.suppressed,
         shared_batches=report.shared_batches,
         packed=report.packed,
         alone=report.alone,
         content_chars=report.content_chars,
-        timings={k: round(v, 4) for k, v in report.timings.items()},
+        shortened=report.shortened,
+        omitted=report.omitted,
+        **_tally(report),
     )
     return report

@@ -52,6 +52,10 @@ class Links:
     def digest_unsubscribe(self, token: str) -> str:
         return f"{self.base_url}/unsubscribe/digest/{token}"
 
+    def digest_view(self, token: str) -> str:
+        # The whole digest, for an email that had to leave entries out (alerts.digests.assemble).
+        return f"{self.base_url}/digest/{token}"
+
     def confirm(self, token: str) -> str:
         return f"{self.base_url}/confirm/{token}"
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, Insert, bindparam, delete, func, select, update
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.orm import Session
 
 from alerts import places, preferences
 from alerts.addresses import AddressHasher
+from alerts.compiled import compiled
 from alerts.digests.preferences import DigestChoice, DigestPreferences
 from alerts.models import SignupRequest, SubscriptionKind, utcnow
 from alerts.preferences import Preferences
@@ -42,19 +45,67 @@ def record(
     ``chosen``: "Can I take part?" preferences sent with it (``preferences.offer``); ``digest``: how often
     and when (``DigestChoice``). Both are applied by the worker with the targets.
     """
+    row = SignupRequest(**_values(email, targets, chosen, digest))
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def insert(
+    connection: Connection,
+    email: str,
+    targets: Sequence[Target],
+    *,
+    chosen: Preferences | None = None,
+    digest: DigestChoice | None = None,
+) -> int:
+    """``record`` as one statement on a connection (the web's sign-up: no ORM unit of work for one row)."""
+    now = utcnow()
+    values = _values(email, targets, chosen, digest) | {"created_at": now, "queued_at": now}
+    return int(connection.execute(sql_insert(SignupRequest).values(values).returning(SignupRequest.id)).scalar_one())
+
+
+def _insert_statement() -> Insert:
+    columns = ("email", "targets", "options", "created_at", "queued_at")
+    return sql_insert(SignupRequest).values({c: bindparam(c) for c in columns}).returning(SignupRequest.id)
+
+
+# ``insert`` for the web's async path on PostgreSQL (alerts.web.linkstore): compiled once.
+INSERT_PG = compiled(_insert_statement())
+
+
+def insert_params(
+    email: str,
+    targets: Sequence[Target],
+    *,
+    chosen: Preferences | None = None,
+    digest: DigestChoice | None = None,
+) -> dict[str, Any]:
+    """``INSERT_PG``'s values, as ``record`` would store them (JSON columns wrapped for psycopg)."""
+    values = _values(email, targets, chosen, digest)
+    now = utcnow()
+    return INSERT_PG.params(
+        email=values["email"],
+        targets=Jsonb(values["targets"]),
+        options=Jsonb(values["options"]),  # None is JSON null, as the ORM stores it
+        created_at=now,
+        queued_at=now,
+    )
+
+
+def _values(
+    email: str, targets: Sequence[Target], chosen: Preferences | None, digest: DigestChoice | None
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if chosen is not None:
         options["preferences"] = dataclasses.asdict(chosen)
     if digest is not None and digest != DigestChoice():
         options["digest"] = digest.as_json()
-    row = SignupRequest(
-        email=email,
-        targets=[{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets],
-        options=options or None,
-    )
-    session.add(row)
-    session.flush()
-    return int(row.id)
+    return {
+        "email": email,
+        "targets": [{"kind": str(t.kind), "key": t.key, "label": t.label} for t in targets],
+        "options": options or None,
+    }
 
 
 @dataclass(frozen=True)
@@ -121,6 +172,16 @@ def stale(session: Session, older_than_s: int = REQUEUE_AFTER_S) -> list[int]:
             .execution_options(synchronize_session=False)
         )
     return ids
+
+
+def waiting(session: Session) -> tuple[int, float | None]:
+    """Undecided requests and the age in seconds of the oldest (None: none waiting), for operators."""
+    count, oldest = session.execute(select(func.count(), func.min(SignupRequest.created_at))).one()
+    if not count or oldest is None:
+        return 0, None
+    if oldest.tzinfo is None:  # SQLite hands aggregates back as naive UTC
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), max(0.0, (utcnow() - oldest).total_seconds())
 
 
 def expire(session: Session, days: int) -> int:

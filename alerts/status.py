@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
-from alerts import counters
+from alerts import counters, signups
 from alerts.config import Settings, startup_warnings
 from alerts.db import transaction
 from alerts.models import Delivery, DeliveryStatus, Event, RejectedEvent, Suppression, utcnow
@@ -78,6 +78,10 @@ class Status:
     quarantine: Quarantine | None = None
     warnings: list[str] = field(default_factory=list)  # settings that leave something off (config)
     watch: watch_status.WatchStatus | None = None  # the registry watcher (alerts.watch.status)
+    # Sign-ups recorded by the web and not yet decided by a worker (alerts.signups): people waiting for
+    # their confirmation email. A worker decides one in well under a second.
+    signups_waiting: int = 0
+    oldest_signup_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -141,6 +145,16 @@ def _mail_problems(status: Status) -> list[str]:
     return found
 
 
+def _signup_problems(status: Status) -> list[str]:
+    age = status.oldest_signup_s
+    if age is None or age <= signups.REQUEUE_AFTER_S:
+        return []
+    return [
+        f"{status.signups_waiting} sign-ups waiting for a worker, the oldest for {age / 60:.0f} min: "
+        "those people have no confirmation email yet"
+    ]
+
+
 def _event_problems(status: Status) -> list[str]:
     rejected = status.events["hour"].get("rejected")
     return [f"{rejected} events rejected in the last hour (alerts events rejected)"] if rejected else []
@@ -158,6 +172,7 @@ PROBLEM_SECTIONS: list[Callable[[Status], list[str]]] = [
     _broker_problems,
     _delivery_problems,
     _mail_problems,
+    _signup_problems,
     _event_problems,
     _watch_problems,
     _config_problems,
@@ -302,6 +317,8 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True, settings:
     )
     by_status, age, stuck, _per_row_retries, top, suppressions = delivery_figures(engine)
     ambiguous = ambiguous_resends_total(engine)
+    with transaction(engine) as session:
+        signups_waiting, oldest_signup = signups.waiting(session)
     return Status(
         generated_at=now.isoformat(),
         queues=depths,
@@ -321,6 +338,8 @@ def collect(engine: Engine, app: Celery, inspect_workers: bool = True, settings:
         quarantine=quarantine(settings) if settings is not None else None,
         warnings=startup_warnings(settings) if settings is not None else [],
         watch=watch_status.collect(engine, settings) if settings is not None else None,
+        signups_waiting=signups_waiting,
+        oldest_signup_s=oldest_signup,
     )
 
 

@@ -260,9 +260,15 @@ def describe(session: Session, subscription: Subscription) -> str:
     """How a subscription is named to its subscriber, in a sentence ("changes to study NCT…: title")."""
     what = shown(session, subscription)
     if what.kind == SubscriptionKind.TRIAL:
+        return sentence(what)
+    return sentence(what, filters_of(session, subscription.id), subscription.include_narrower)
+
+
+def sentence(what: Shown, filters: ConditionFilters | None = None, include_narrower: bool = False) -> str:
+    """``describe``'s sentence from what it read (``alerts.linkreads`` reads the same in one statement)."""
+    if what.kind == SubscriptionKind.TRIAL:
         return f"changes to study {what.name}" + (f": {what.title}" if what.title else "")
-    filters = filters_of(session, subscription.id)
-    return f"new studies for {what.name}" + describe_filters(filters, subscription.include_narrower)
+    return f"new studies for {what.name}" + describe_filters(filters or ConditionFilters(), include_narrower)
 
 
 def get_or_create_subscriber(session: Session, email: str, signer: Signer, hasher: AddressHasher) -> Subscriber:

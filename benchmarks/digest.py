@@ -21,6 +21,7 @@ recipients (counted by the stand-in), peak RSS of each worker process, worker ti
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import random
 import tempfile
@@ -41,8 +42,15 @@ from alerts.digests import held
 from alerts.rendering import Renderer
 from alerts.tasks.app import create_app
 from alerts.tokens import Purpose, Signer
-from benchmarks.fanout import bench_settings, start_worker, stop
-from benchmarks.support import SECRET, CpuMeter, pg_schema, pids_named, process_tree
+from benchmarks.support import (
+    SECRET,
+    bench_settings,
+    delivery_meter,
+    memory_figures,
+    pg_schema,
+    start_worker,
+    stop_worker,
+)
 from tests.support.sendgrid_standin import StandInProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +182,14 @@ def stages(log_path: Path) -> tuple[dict[str, float], dict[str, int]]:
                 counts[name] += int(entry.get(name) or 0)
         elif entry.get("event") == "digests.tick":
             counts["tick_groups"] += int(entry.get("groups") or 0)
+        elif entry.get("task") == "alerts.digests.send" and "succeeded in" in str(entry.get("event")):
+            # The task's own result (digests that left entries out to fit the byte budget, and how many).
+            try:
+                result = ast.literal_eval(str(entry["event"]).split("s: ", 1)[1])
+            except (ValueError, SyntaxError, IndexError):
+                continue
+            for name in ("shortened", "omitted"):
+                counts[name] += int(result.get(name) or 0)
     return dict(seconds), dict(counts)
 
 
@@ -224,17 +240,7 @@ def run(n: int, identical: bool, pack_limit: int | None, tmp: Path, timeout_s: f
         worker = start_worker(settings, log_path)
         try:
             producer = create_app(settings)
-            assert standin.process is not None
-            standin_pid = standin.process.pid
-            meter = CpuMeter(
-                {
-                    "worker": lambda: process_tree(worker.pid),
-                    "postgres": lambda: pids_named("postgres"),
-                    "standin": lambda: [standin_pid],
-                    "redis": lambda: pids_named("redis-server"),
-                }
-            )
-            meter.start()
+            meter = delivery_meter(worker, standin)
             published = time.perf_counter()
             producer.send_task("alerts.digests.tick", queue="maintenance")
             producer.send_task("alerts.digests.tick", queue="maintenance")  # a duplicated beat tick
@@ -244,7 +250,7 @@ def run(n: int, identical: bool, pack_limit: int | None, tmp: Path, timeout_s: f
             time.sleep(1.5)  # anything sent twice would show up now
             stats = standin.stats()
         finally:
-            peaks, pss = stop(worker)
+            peaks, pss = stop_worker(worker)
     seconds, counts = stages(log_path)
     return {
         "n": n,
@@ -259,9 +265,7 @@ def run(n: int, identical: bool, pack_limit: int | None, tmp: Path, timeout_s: f
         "duplicated": stats["recipients_with_duplicates"],
         "sends": counts,
         "tick_task_s": tick_seconds(log_path),
-        "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
-        "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
-        "worker_pss_total_mib": round(pss / 1024, 1),
+        **memory_figures(peaks, pss),
         "stages_s": {k: round(v, 3) for k, v in sorted(seconds.items())},
         "cpu_s": cpu,
         "log": str(log_path),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -26,22 +24,19 @@ import psycopg
 
 from alerts import places, vocabulary
 from alerts.conditions import condition_key
-from alerts.config import Settings, environment, load_settings
+from alerts.config import Settings
 from alerts.db import make_engine, transaction
-from alerts.tasks.app import ALL_QUEUES, create_app, worker_command
+from alerts.tasks.app import create_app
 from benchmarks.support import (
-    REDIS_URL,
-    SECRET,
-    CpuMeter,
+    bench_settings,
     bulk_subscribers,
+    delivery_meter,
+    memory_figures,
     pg_schema,
-    pids_named,
-    process_tree,
-    pss_kib,
-    rss_kib,
+    start_worker,
+    stop_worker,
 )
 from tests.support.sendgrid_standin import StandInProcess
-from tests.support.worker import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
@@ -76,57 +71,6 @@ def prepare_vocabulary(url: str) -> str:
         assert vocabulary.resolve(session, CONDITION) is not None
     engine.dispose()
     return condition_key(CONDITION)
-
-
-def bench_settings(url: str, standin_url: str, tmp: Path) -> Settings:
-    return load_settings(
-        env="test",
-        database_url=url,
-        broker_url=f"{REDIS_URL}/0",
-        broker_prefix=f"bench-{uuid.uuid4().hex[:8]}:",
-        email_backend="sendgrid",
-        sendgrid_api_key="SG.benchmark",
-        sendgrid_host=standin_url,
-        secret_key=SECRET,
-        base_url="https://alerts.example.org",
-        from_email="alerts@alerts.example.org",
-        outbox_dir=tmp / "outbox",
-        log_format="json",
-    )
-
-
-def start_worker(
-    settings: Settings,
-    log_path: Path,
-    app_module: str = "alerts.tasks.app",
-    queues: str = ALL_QUEUES,
-) -> subprocess.Popen[bytes]:
-    env = os.environ | environment(settings)
-    command = worker_command(
-        app_module=app_module,
-        queues=queues,
-        pool="prefork",
-        standalone=True,
-        hostname=f"bench-{uuid.uuid4().hex[:6]}@%h",
-    )
-    log = log_path.open("wb")
-    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    wait_ready(worker, log_path, timeout_s=60)
-    return worker
-
-
-def stop(worker: subprocess.Popen[bytes]) -> tuple[dict[int, int], int]:
-    """Peak resident memory of every process of the worker, and their proportional memory (PSS) summed,
-    read from the kernel before they exit."""
-    pids = process_tree(worker.pid)
-    peaks = {pid: rss_kib(pid) for pid in pids}
-    shared_once = sum(pss_kib(pid) for pid in pids)
-    worker.terminate()
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-    return peaks, shared_once
 
 
 def wait_accepted(standin: StandInProcess, n: int, timeout_s: float) -> tuple[float | None, float | None]:
@@ -242,18 +186,7 @@ def run_batched(n: int, tmp: Path, timeout_s: float, placed: bool = False) -> di
                 # Placed followers: a recruiting trial, so every email names the reader's nearest open site.
                 "trial": recruiting(record(TRIAL)) if placed else record(TRIAL),
             }
-            assert standin.process is not None
-            standin_pid = standin.process.pid
-            # Where the two cores went: the worker's processes, PostgreSQL's, the stand-in's, Redis's.
-            meter = CpuMeter(
-                {
-                    "worker": lambda: process_tree(worker.pid),
-                    "postgres": lambda: pids_named("postgres"),
-                    "standin": lambda: [standin_pid],
-                    "redis": lambda: pids_named("redis-server"),
-                }
-            )
-            meter.start()
+            meter = delivery_meter(worker, standin)
             published = time.perf_counter()
             producer.send_task("alerts.events.new_trial_for_condition", args=[event])
             first, last = wait_accepted(standin, n, timeout_s)
@@ -276,13 +209,11 @@ def run_batched(n: int, tmp: Path, timeout_s: float, placed: bool = False) -> di
                 time.sleep(0.5)
             time.sleep(1.0)
         finally:
-            peaks, pss = stop(worker)
+            peaks, pss = stop_worker(worker)
     quiet_times = task_seconds(log_path, "alerts.events.new_trial_for_condition")[1:]
     return delivery_figures(n, wall, first, stats) | {
         "placed": placed,
-        "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
-        "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
-        "worker_pss_total_mib": round(pss / 1024, 1),
+        **memory_figures(peaks, pss),
         "stages_s": {k: round(v, 3) for k, v in sorted(stages(log_path).items())},
         "cpu_s": cpu,
         "no_match_event_ms": [round(t * 1000, 1) for t in quiet_times],
@@ -306,7 +237,7 @@ def run_naive(n: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
             wall = time.perf_counter() - published if last is not None else None
             stats = standin.stats()
         finally:
-            peaks, _ = stop(worker)
+            peaks, _ = stop_worker(worker)
     return delivery_figures(n, wall, first, stats) | {"worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1)}
 
 

@@ -1,17 +1,26 @@
-"""Shared benchmark plumbing: a private PostgreSQL schema, bulk subscribers, process memory from /proc."""
+"""Shared benchmark plumbing: a private PostgreSQL schema, bulk subscribers, a real Celery worker (started,
+measured, stopped), process memory and CPU from /proc."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
+from alerts.config import Settings, environment, load_settings
 from alerts.db import upgrade
+from alerts.tasks.app import ALL_QUEUES, worker_command
 from alerts.tokens import Purpose, Signer
+from tests.support.sendgrid_standin import StandInProcess
+from tests.support.worker import wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PG_ADMIN = os.environ.get("ALERTS_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ALERTS_BENCH_REDIS", "redis://127.0.0.1:6379")
@@ -158,3 +167,85 @@ def pss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+# --- a real Celery worker for the delivery benchmarks (fan-out, digests) --------------------------------
+
+
+def bench_settings(url: str, standin_url: str, tmp: Path) -> Settings:
+    """Settings of a benchmark run: its schema, Redis with a private prefix, the SendGrid stand-in."""
+    return load_settings(
+        env="test",
+        database_url=url,
+        broker_url=f"{REDIS_URL}/0",
+        broker_prefix=f"bench-{uuid.uuid4().hex[:8]}:",
+        email_backend="sendgrid",
+        sendgrid_api_key="SG.benchmark",
+        sendgrid_host=standin_url,
+        secret_key=SECRET,
+        base_url="https://alerts.example.org",
+        from_email="alerts@alerts.example.org",
+        outbox_dir=tmp / "outbox",
+        log_format="json",
+    )
+
+
+def start_worker(
+    settings: Settings,
+    log_path: Path,
+    app_module: str = "alerts.tasks.app",
+    queues: str = ALL_QUEUES,
+) -> subprocess.Popen[bytes]:
+    """A real worker (prefork, its default concurrency), logging to ``log_path``, ready when this returns."""
+    env = os.environ | environment(settings)
+    command = worker_command(
+        app_module=app_module,
+        queues=queues,
+        pool="prefork",
+        standalone=True,
+        hostname=f"bench-{uuid.uuid4().hex[:6]}@%h",
+    )
+    log = log_path.open("wb")
+    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    wait_ready(worker, log_path, timeout_s=60)
+    return worker
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> tuple[dict[int, int], int]:
+    """Peak resident memory of every process of the worker, and their proportional memory (PSS) summed,
+    read from the kernel before they exit."""
+    pids = process_tree(worker.pid)
+    peaks = {pid: rss_kib(pid) for pid in pids}
+    shared_once = sum(pss_kib(pid) for pid in pids)
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    return peaks, shared_once
+
+
+def delivery_meter(worker: subprocess.Popen[bytes], standin: StandInProcess) -> CpuMeter:
+    """Where the two cores go during a delivery run: the worker's processes, PostgreSQL's, the stand-in's,
+    Redis's. Started; ``stop()`` it when the last recipient was accepted."""
+    assert standin.process is not None
+    standin_pid = standin.process.pid
+    meter = CpuMeter(
+        {
+            "worker": lambda: process_tree(worker.pid),
+            "postgres": lambda: pids_named("postgres"),
+            "standin": lambda: [standin_pid],
+            "redis": lambda: pids_named("redis-server"),
+        }
+    )
+    meter.start()
+    return meter
+
+
+def memory_figures(peaks: dict[int, int], pss: int) -> dict[str, Any]:
+    """What ``stop_worker`` read, in MiB, as both delivery benchmarks report it."""
+    return {
+        "worker_peak_rss_mib": {str(pid): round(kib / 1024, 1) for pid, kib in peaks.items()},
+        "worker_peak_rss_total_mib": round(sum(peaks.values()) / 1024, 1),
+        "worker_pss_total_mib": round(pss / 1024, 1),
+    }

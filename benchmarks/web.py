@@ -89,10 +89,13 @@ WRK_DIR = Path(__file__).resolve().parent / "wrk"
 def wrk_start(
     base: str, script: str, args: list[str], clients: int, threads: int, duration_s: float, tmp: Path
 ) -> subprocess.Popen[str]:
-    """Start wrk with ``script`` (after the shared report.lua); ``wrk_result`` reads its JSON summary line."""
-    # A file per run: two wrk processes may start from the same script at once.
+    """Start wrk with ``script`` after the shared files (report.lua: answers by status and the JSON summary line
+    ``wrk_result`` reads; lines.lua: each thread's share of a file of paths or tokens)."""
+    # One file per run (two wrk processes may start from the same script at once): wrk takes one script, and
+    # concatenating needs no search path for dofile/require in wrk's Lua.
     combined = tmp / f"{script}-{uuid.uuid4().hex[:8]}.lua"
-    combined.write_text((WRK_DIR / "report.lua").read_text() + "\n" + (WRK_DIR / f"{script}.lua").read_text())
+    parts = [(WRK_DIR / name).read_text() for name in ("report.lua", "lines.lua", f"{script}.lua")]
+    combined.write_text("\n".join(parts))
     command = [
         "wrk",
         f"--threads={threads}",

@@ -47,3 +47,20 @@ def test_fanout_benchmark_with_every_follower_placed_reaches_everyone_once(tmp_p
     result = run_batched(2500, tmp_path, timeout_s=120, placed=True)
     assert (result["missing"], result["duplicated"], result["requests"]) == (0, 0, 3)
     assert result["placed"] is True
+
+
+def test_digest_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
+    # 2,500 random digests (1-20 of 200 items each): the tick in chunks, every digest one personalization
+    # of a packed or shared request (none alone: the byte budget), the duplicated tick skipped or empty.
+    from benchmarks.digest import run
+
+    result = run(2500, identical=False, pack_limit=None, tmp=tmp_path, timeout_s=180)
+    assert (result["missing"], result["duplicated"]) == (0, 0) and result["wall_s"] is not None
+    sends = result["sends"]
+    assert sends["sent"] == 2500 and sends["alone"] == 0 and sends["failed"] == 0
+    assert 0 < sends["shortened"] < 2500, "long digests link to their page, most fit whole"
+    # Three batches of ≤ 1,000: one packed request each, plus one per group of identical digests in them.
+    assert result["requests"] == 3 + sends["shared_batches"]
+    assert {"claim_s", "plan_s", "assemble_s", "transport_s", "record_s"} <= set(result["stages_s"])
+    assert set(result["cpu_s"]) == {"worker", "postgres", "standin", "redis"}
+    assert 0 < result["worker_pss_total_mib"] <= result["worker_peak_rss_total_mib"]

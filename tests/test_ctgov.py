@@ -893,3 +893,14 @@ def test_summary_phases_and_enrollment_are_human() -> None:
     assert summary.phases == ["Phase 1", "Phase 2"]
     assert summary.enrollment == "120 participants (actual)"
     assert summary.start_date == "August 2012"
+
+
+def _suspend(r: Record) -> None:
+    ps(r)["statusModule"]["overallStatus"] = "SUSPENDED"
+
+
+def test_a_suspended_trial_is_paused_not_stopped() -> None:
+    # Suspended studies may start again: telling participants it "stopped early" would say it is over.
+    old, new = edited("NCT01339377", _suspend)
+    change = only(ctgov.diff(old, new))
+    assert change.headline == "Trial paused"

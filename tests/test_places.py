@@ -226,6 +226,26 @@ def test_a_new_site_near_a_follower_leads_their_change_alert_one_rendering_per_o
     assert sorted(v.count(places.OUTCOME_SEPARATOR) for v in stored) == [1, 1, 1]
 
 
+def test_a_batch_without_places_carries_the_fragments_in_the_rendering_not_per_recipient(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    old = recruiting(study("NCT00124774"))
+    new = copy.deepcopy(old)
+    new["protocolSection"]["statusModule"]["overallStatus"] = "ACTIVE_NOT_RECRUITING"
+    for n in range(3):
+        follow(runtime, f"reader{n}@example.org", trial="NCT00124774")
+    ingest(runtime, changed_event(new, previous=old), inline, "test")
+    assert len(memory.batches) == 1
+    # Only the links differ per reader: the fragments of readers without a place are the same for all.
+    assert {frozenset(r.values) for r in memory.batches[0].recipients} == {frozenset({"unsubscribe_url", "manage_url"})}
+    assert len(memory.messages) == 3
+    for message in memory.messages:
+        for part in ("plain", "html"):
+            body = message.get_body((part,))
+            assert body is not None and "%%" not in body.get_content()
+        assert "%%" not in str(message["Subject"])
+
+
 def place_follower_prefs(runtime: Runtime, email: str, city_id: int, distance: int) -> None:
     with transaction(runtime.engine) as session:
         subscriber = session.scalar(select(Subscriber).where(Subscriber.email == email))

@@ -155,3 +155,29 @@ def test_sendgrid_without_a_webhook_key_is_named_in_the_headline(runtime: Runtim
     status = collect(runtime.engine, create_app(settings), inspect_workers=False, settings=settings)
     assert any("bounces and spam reports will not be applied" in p for p in status.problems)
     assert status.as_dict()["warnings"] == status.warnings
+
+
+def test_sign_ups_left_undecided_are_counted_and_named_when_old(runtime: Runtime) -> None:
+    from datetime import timedelta
+
+    from alerts import signups, subscriptions
+    from alerts.models import SignupRequest
+
+    app = create_app(runtime.settings)
+    assert collect(runtime.engine, app, settings=runtime.settings).signups_waiting == 0
+    with transaction(runtime.engine) as session:
+        target = subscriptions.trial_target("NCT00124774")
+        fresh = signups.record(session, "fresh@example.org", [target])
+        old = signups.record(session, "old@example.org", [target])
+        session.execute(
+            update(SignupRequest).where(SignupRequest.id == old).values(created_at=utcnow() - timedelta(minutes=10))
+        )
+    status = collect(runtime.engine, app, settings=runtime.settings)
+    assert status.signups_waiting == 2 and fresh != old
+    assert status.oldest_signup_s is not None and 590 < status.oldest_signup_s < 700
+    assert "2 sign-ups waiting for a worker, the oldest for 10 min: those people have no confirmation email yet" in (
+        status.problems
+    )
+    families = {f.name: f for f in AlertsCollector(runtime.engine, app).collect()}
+    assert [s.value for s in families["alerts_signups_waiting"].samples] == [2]
+    assert not any("@" in p for p in status.problems)

@@ -73,7 +73,8 @@ _STATUS_HEADLINES: Final[Mapping[str, str]] = {
     "ACTIVE_NOT_RECRUITING": "Recruitment closed",
     "COMPLETED": "Trial completed",
     "TERMINATED": "Trial stopped early",
-    "SUSPENDED": "Trial stopped early",
+    # Suspended: paused, and it may start again (not "stopped early", which says it is over).
+    "SUSPENDED": "Trial paused",
     # Withdrawn: stopped before anyone took part (not "stopped early", which tells participants it ended on them).
     "WITHDRAWN": "Trial withdrawn before anyone took part",
     "AVAILABLE": "Now available",

@@ -15,17 +15,29 @@ first (``ctgov`` importance of their top change); then each followed condition's
 with a recruiting study first, recruiting studies first within a group. Per-recipient links stay
 placeholders (``%%stop_<n>%%``, ``%%unsubscribe_url%%``, ``%%manage_url%%``), so subscribers whose digests
 are the same entries share one assembled body (``Assembled.key``).
+
+**Byte budget.** An email digest carries the most important entries (the order above) that fit a byte
+budget (``Budget``, worked out by ``alerts.digests.send.budget``) that keeps its SendGrid substitutions under
+10,000 bytes with a margin; when entries are left out it says "N more changes did not fit in this email"
+with one link (``%%digest_url%%``) to the page of the whole digest (``alerts.digests.view``). The subject
+still counts every change. A plan depends only on the items' shapes, so one plan serves every subscriber
+whose digest has the same items (``Plan.bind`` adds their links).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from alerts.digests.held import NEW, change_key, group_key, parse_change_key
+from alerts.digests.held import CHANGED, NEW, change_key, group_key, parse_change_key
 from alerts.models import SubscriptionStatus
 
 STOP = "%%stop%%"
+# The link to the whole digest (``/digest/<token>``) in an email that left entries out; per recipient.
+DIGEST_URL = "%%digest_url%%"
+CHANGED_PREFIX = f"{CHANGED}:"
+NEW_PREFIX = f"{NEW}:"
 INTRO = {"daily": "static:intro:daily", "weekly": "static:intro:weekly"}
 CHANGES_SECTION = "static:section:changed"
 
@@ -49,16 +61,25 @@ class Fragment:
     title: str
     text: str
     html: str
+    size: int = 0  # bytes of text and html as SendGrid counts them (JSON), for the budget
 
 
 @dataclass
 class Entry:
     key: str
-    subscription_id: int
-    token: str
+    index: int  # the item (position in the digest's items) whose subscription and stop link the entry uses
 
 
-@dataclass(frozen=True)
+# What an item contributes to a digest's shape: dedupe key, variant, shown (its subscription is active), weekly.
+Shape = tuple[str, str | None, bool, bool]
+
+
+def shape(item: Item) -> Shape:
+    active = item.subscription_status == SubscriptionStatus.ACTIVE.value and item.unsubscribe_token is not None
+    return (item.dedupe_key, item.variant, active, item.weekly)
+
+
+@dataclass(slots=True)  # not frozen: made per recipient, and a frozen __init__ costs a setattr per field
 class Assembled:
     subject: str
     html: str
@@ -70,30 +91,74 @@ class Assembled:
     # one rendering of the body (only the links differ).
     key: tuple[str, ...]
     subscription_ids: list[int] = field(default_factory=list)
+    # Entries left out to keep the email within its byte budget (``Plan``); the email then says so and
+    # links to the whole digest (``%%digest_url%%``).
+    omitted: int = 0
+    budgeted: bool = False  # planned within a Budget (alerts.digests.send packs it without measuring)
 
 
-def entries(items: Sequence[Item]) -> tuple[list[Entry], dict[str, list[Entry]]]:
+@dataclass(frozen=True)
+class Plan:
+    """A digest assembled from its items' shapes only: the same for every subscriber whose items have the
+    same shapes, so a batch assembles each distinct digest once (``bind`` adds one subscriber's links)."""
+
+    subject: str
+    html: str
+    text: str
+    stops: tuple[tuple[str, int], ...]  # (stop_<n>, index of the item whose token it links)
+    entries: int  # entries shown
+    omitted: int
+    key: tuple[str, ...]
+    subscription_items: tuple[int, ...]  # indexes of the items whose subscriptions the entries show
+    # Planned within a Budget: with links no longer than the budget assumed, it fits without measuring.
+    budgeted: bool = False
+
+    def bind(self, tokens: Sequence[str | None], subscription_ids: Sequence[int] | None = None) -> Assembled:
+        """One subscriber's digest: its stop links' tokens (and, when given, the subscriptions it shows)."""
+        shown = [subscription_ids[i] for i in self.subscription_items] if subscription_ids is not None else []
+        return Assembled(
+            subject=self.subject,
+            html=self.html,
+            text=self.text,
+            stops={name: tokens[index] or "" for name, index in self.stops},
+            entries=self.entries,
+            key=self.key,
+            subscription_ids=list(dict.fromkeys(shown)),
+            omitted=self.omitted,
+            budgeted=self.budgeted,
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_change(key: str) -> tuple[str, str, str] | None:
+    # A batch's digests share a few hundred news keys among thousands of items.
+    return parse_change_key(key)
+
+
+Entries = tuple[list[Entry], dict[str, list[Entry]]]
+
+
+def entries(shapes: Sequence[Shape]) -> tuple[list[Entry], dict[str, list[Entry]]]:
     """(change entries, new-trial entries by followed label) before fragments are known; merges changes."""
-    active = SubscriptionStatus.ACTIVE.value
-    changes: dict[str, list[tuple[str, str, Item]]] = {}
+    changes: dict[str, list[tuple[str, str, int]]] = {}
     groups: dict[str, list[Entry]] = {}
-    for item in items:
-        if item.subscription_status != active or item.unsubscribe_token is None:
+    for index, (dedupe_key, variant, active, _weekly) in enumerate(shapes):
+        if not active:
             continue
-        parsed = parse_change_key(item.dedupe_key)
-        if parsed is not None:
-            nct, from_fp, to_fp = parsed
-            changes.setdefault(nct, []).append((from_fp, to_fp, item))
-        elif item.dedupe_key.startswith(f"{NEW}:"):
-            label = item.variant or ""
-            groups.setdefault(label, []).append(Entry(item.dedupe_key, item.subscription_id, item.unsubscribe_token))
+        if dedupe_key.startswith(CHANGED_PREFIX):
+            parsed = _parsed_change(dedupe_key)
+            if parsed is not None:
+                nct, from_fp, to_fp = parsed
+                changes.setdefault(nct, []).append((from_fp, to_fp, index))
+        elif dedupe_key.startswith(NEW_PREFIX):
+            groups.setdefault(variant or "", []).append(Entry(dedupe_key, index))
     merged: list[Entry] = []
     for nct, chain in changes.items():
         first_from, last_to, last = chain[0][0], chain[-1][1], chain[-1][2]
         if first_from == last_to:
             continue  # changed and changed back inside the window
-        key = chain[0][2].dedupe_key if len(chain) == 1 else change_key(nct, first_from, last_to)
-        merged.append(Entry(key, last.subscription_id, last.unsubscribe_token or ""))
+        key = shapes[chain[0][2]][0] if len(chain) == 1 else change_key(nct, first_from, last_to)
+        merged.append(Entry(key, last))
     return merged, groups
 
 
@@ -103,13 +168,29 @@ def needed_keys(change_entries: Sequence[Entry], groups: Mapping[str, Sequence[E
     return keys
 
 
-def assemble(
-    items: Sequence[Item],
+@dataclass(frozen=True)
+class Budget:
+    """How many bytes a digest's own parts may take (SendGrid substitutions, counted as JSON like
+    ``transports.sendgrid.json_bytes``), and what a stop link and the "N more changes" note add."""
+
+    bytes: int
+    stop_link_bytes: int  # one stop link written out (it replaces ``%%stop_<n>%%`` in both parts)
+    more_bytes: int  # the note and its link to the whole digest, in both parts
+
+
+def plan(
+    shapes: Sequence[Shape],
     fragments: Mapping[str, Fragment],
-    stop_url: Callable[[str], str] | None = None,
-) -> Assembled | None:
-    """The digest's subject and body (with link placeholders), or None when nothing is left to say."""
-    change_entries, groups = entries(items)
+    budget: Budget | None = None,
+    found: Entries | None = None,
+) -> Plan | None:
+    """The digest's subject and body (with link placeholders), or None when nothing is left to say.
+
+    With a ``budget``, entries are taken most important first while they fit (``Fragment.size``: a
+    fragment's bytes in both parts); the first that does not fit and every later one are left out and
+    counted in the note. ``found``: ``entries(shapes)`` when the caller has them already.
+    """
+    change_entries, groups = found if found is not None else entries(shapes)
     shown_changes = [e for e in change_entries if e.key in fragments and fragments[e.key].html]
     shown_changes.sort(key=lambda e: (-fragments[e.key].importance, fragments[e.key].title.casefold()))
     shown_groups: list[tuple[str, list[Entry]]] = []
@@ -120,47 +201,106 @@ def assemble(
             shown_groups.append((label, kept))
     shown_groups.sort(key=lambda g: (-max(fragments[e.key].importance for e in g[1]), g[0].casefold()))
     count_new = sum(len(g) for _, g in shown_groups)
-    if not shown_changes and not count_new:
+    total = len(shown_changes) + count_new
+    if not total:
         return None
-    weekly = all(i.weekly for i in items)
+    weekly = all(s[3] for s in shapes)
     cadence = "weekly" if weekly else "daily"
     html: list[str] = [fragments[INTRO[cadence]].html]
     text: list[str] = [fragments[INTRO[cadence]].text]
-    stops: dict[str, str] = {}
+    stops: list[tuple[str, int]] = []
     key: list[str] = [cadence]
-    subscription_ids: list[int] = []
+    subscription_items: list[int] = []
+    left = budget.bytes - fragments[INTRO[cadence]].size if budget is not None else 0
+    shown = 0
+    full = False
 
-    def add(fragment_key: str, entry: Entry | None) -> None:
+    link = 2 * budget.stop_link_bytes if budget is not None else 0  # a stop link in both parts
+
+    def fits(entry_key: str, entry_link: bool, heading_key: str | None, heading_link: bool) -> bool:
+        """Whether the entry (and the heading it opens) fits, keeping room for the note; takes the room."""
+        nonlocal left, full
+        if budget is None:
+            return True
+        if full:
+            return False
+        # + 2 per fragment: the newline joining HTML parts (two bytes in JSON).
+        cost = fragments[entry_key].size + 2 + (link if entry_link else 0)
+        if heading_key is not None:
+            cost += fragments[heading_key].size + 2 + (link if heading_link else 0)
+        # The note is needed unless this is the last entry.
+        if cost + (budget.more_bytes if shown + 1 < total else 0) > left:
+            full = True
+            return False
+        left -= cost
+        return True
+
+    def add(fragment_key: str, index: int | None) -> None:
         fragment = fragments[fragment_key]
         part_html, part_text = fragment.html, fragment.text
-        if entry is not None and STOP in part_html + part_text:
+        if index is not None and (STOP in part_html or STOP in part_text):
             name = f"stop_{len(stops) + 1}"
-            stops[name] = entry.token
+            stops.append((name, index))
             part_html = part_html.replace(STOP, f"%%{name}%%")
             part_text = part_text.replace(STOP, f"%%{name}%%")
         html.append(part_html)
         text.append(part_text)
         key.append(fragment_key)
 
-    if shown_changes:
-        add(CHANGES_SECTION, None)
-        for entry in shown_changes:
-            add(entry.key, entry)
-            subscription_ids.append(entry.subscription_id)
+    changes_heading = False
+    for entry in shown_changes:
+        # A change entry has its own stop link; the section heading none.
+        if not fits(entry.key, True, None if changes_heading else CHANGES_SECTION, False):
+            break
+        if not changes_heading:
+            add(CHANGES_SECTION, None)
+            changes_heading = True
+        add(entry.key, entry.index)
+        subscription_items.append(entry.index)
+        shown += 1
     for label, group in shown_groups:
-        add(group_key(label), group[0])
+        if full:
+            break
+        heading = False
         for entry in group:
+            # New studies share their group heading's stop link.
+            if not fits(entry.key, False, None if heading else group_key(label), True):
+                break
+            if not heading:
+                add(group_key(label), group[0].index)
+                heading = True
             add(entry.key, None)
-        subscription_ids.extend(dict.fromkeys(e.subscription_id for e in group))
-    return Assembled(
+            subscription_items.append(entry.index)
+            shown += 1
+    omitted = total - shown
+    if omitted:
+        note = f"{omitted} more change{'s' if omitted != 1 else ''}"
+        html.append(
+            f'<p><strong>{note}</strong> did not fit in this email. <a href="{DIGEST_URL}">See the whole digest</a></p>'
+        )
+        text.append(f"\n{note} did not fit in this email. See the whole digest: {DIGEST_URL}\n")
+        key.append(f"more:{omitted}")
+    return Plan(
         subject=subject_line(cadence, len(shown_changes), count_new),
         html="\n".join(html),
         text="".join(text),
-        stops=stops,
-        entries=len(shown_changes) + count_new,
+        stops=tuple(stops),
+        entries=shown,
+        omitted=omitted,
         key=tuple(key),
-        subscription_ids=list(dict.fromkeys(subscription_ids)),
+        subscription_items=tuple(dict.fromkeys(subscription_items)),
+        budgeted=budget is not None,
     )
+
+
+def assemble(
+    items: Sequence[Item], fragments: Mapping[str, Fragment], budget: Budget | None = None
+) -> Assembled | None:
+    """One subscriber's digest (``plan`` of their items' shapes, bound to their links)."""
+    planned = plan([shape(i) for i in items], fragments, budget)
+    if planned is None:
+        return None
+    return planned.bind([i.unsubscribe_token for i in items], [i.subscription_id for i in items])
 
 
 def subject_line(cadence: str, changes: int, new: int) -> str:

@@ -27,6 +27,8 @@ ranges of digest ids (``alerts.digests.send``); a lost send task is re-queued by
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,6 +64,9 @@ class TickReport:
     due: int = 0  # subscribers whose window closed
     digests: int = 0  # digests created (due subscribers holding something)
     ranges: list[tuple[int, int]] = field(default_factory=list)  # (after_id, upto_id] of the new digests
+    chunks: int = 0  # transactions (each closes the windows of about ``TICK_CHUNK`` subscribers)
+    skipped: bool = False  # another tick was running: it closes every window due (tick)
+    analyzed: bool = False  # the digests table's statistics were refreshed (tick)
 
 
 def _lock(session: Session) -> None:
@@ -105,10 +110,18 @@ def _insert_ignoring(session: Session) -> Any:
     return sqlite_insert(Digest).on_conflict_do_nothing(index_elements=["subscriber_id", "window_at"])
 
 
-def close_windows(session: Session, now: datetime) -> TickReport:
-    """Close every window due at ``now`` (one digest per subscriber and window). In the caller's transaction."""
+def close_windows(
+    session: Session, now: datetime, after_id: int | None = None, upto_id: int | None = None
+) -> TickReport:
+    """Close the windows due at ``now`` (one digest per subscriber and window) of the subscribers with
+    ``after_id < id <= upto_id`` (either bound optional). In the caller's transaction."""
     report = TickReport()
     _lock(session)
+    due = Subscriber.digest_due_at <= now
+    if after_id is not None:
+        due = and_(due, Subscriber.id > after_id)
+    if upto_id is not None:
+        due = and_(due, Subscriber.id <= upto_id)
     groups = session.execute(
         select(
             Subscriber.time_zone,
@@ -117,7 +130,7 @@ def close_windows(session: Session, now: datetime) -> TickReport:
             Subscriber.digest_cadence,
             func.count(),
         )
-        .where(Subscriber.digest_due_at <= now)
+        .where(due)
         .group_by(Subscriber.time_zone, Subscriber.digest_hour, Subscriber.digest_weekday, Subscriber.digest_cadence)
     ).all()
     if not groups:
@@ -141,7 +154,7 @@ def close_windows(session: Session, now: datetime) -> TickReport:
             Subscriber.digest_hour == g.c.hour,
             Subscriber.digest_weekday == g.c.weekday,
             Subscriber.digest_cadence.is_not_distinct_from(g.c.cadence),
-            Subscriber.digest_due_at <= now,
+            due,
         )
         holds_new = exists(
             select(HeldItem.id).where(
@@ -215,6 +228,23 @@ def close_windows(session: Session, now: datetime) -> TickReport:
     return report
 
 
+def _chunks(engine: Engine, now: datetime, size: int) -> list[tuple[int | None, int | None]]:
+    """(after_id, upto_id] ranges of about ``size`` due subscribers each, the last one open-ended (whoever
+    becomes due meanwhile is in one of them; each chunk checks who is due again under the lock)."""
+    with transaction(engine) as session:
+        numbered = (
+            select(Subscriber.id, func.row_number().over(order_by=Subscriber.id).label("rn"))
+            .where(Subscriber.digest_due_at <= now)
+            .subquery()
+        )
+        ends = [
+            int(i)
+            for i in session.scalars(select(numbered.c.id).where(numbered.c.rn % size == 0).order_by(numbered.c.id))
+        ]
+    bounds: list[int | None] = [None, *ends]
+    return [(bounds[i], bounds[i + 1] if i + 1 < len(bounds) else None) for i in range(len(bounds))]
+
+
 def _ranges(
     session: Session, after_id: int, batch_size: int, touched_at: datetime | None = None
 ) -> list[tuple[int, int]]:
@@ -237,14 +267,84 @@ def _ranges(
     return out
 
 
-def tick(engine: Engine, batch_size: int, now: datetime | None = None) -> TickReport:
-    """Close due windows in one transaction; returns the ranges of new digests for the caller to queue."""
+# Subscribers whose windows one transaction closes. Chunks keep the exclusive lock short (events wait for
+# it to hold items) and, with ``enqueue``, let sending start after the first chunk instead of after all.
+TICK_CHUNK = 5_000
+# A session-level advisory lock (PostgreSQL): one tick at a time closes windows; a second one (a duplicated
+# beat, a redelivered task) returns at once instead of queueing for the chunks' lock, since the running
+# one closes everything due. Its worker is free to send meanwhile.
+TICK_LOCK = 0x7469636B
+
+
+@contextmanager
+def _only_tick(engine: Engine) -> Iterator[bool]:
+    """True when this is the only tick running (always on SQLite, which serializes writers anyway)."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = text("SELECT pg_try_advisory_lock(hashtext(current_schema()), :key)")
+    with engine.connect() as guard:
+        mine = bool(guard.scalar(key, {"key": TICK_LOCK}))
+        guard.commit()
+        try:
+            yield mine
+        finally:
+            if mine:
+                # A killed worker's connection closes and PostgreSQL frees the lock with it.
+                guard.execute(text("SELECT pg_advisory_unlock(hashtext(current_schema()), :key)"), {"key": TICK_LOCK})
+                guard.commit()
+
+
+def _analyze(engine: Engine) -> None:
+    """Fresh planner statistics for digests once a tick has made many: sending reads each batch by an id
+    range, and on statistics that predate the new rows (a young table, a first big window) PostgreSQL
+    estimated one row for the range and scanned the whole (subscriber, window) index instead (measured:
+    30 ms instead of 12 for a 1,000-digest batch's items, 33 ms instead of 10 for its claim). ANALYZE
+    samples the table and blocks no reads or writes."""
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE digests"))
+        connection.commit()
+
+
+def tick(
+    engine: Engine,
+    batch_size: int,
+    now: datetime | None = None,
+    enqueue: Callable[[int, int], None] | None = None,
+    chunk: int = TICK_CHUNK,
+) -> TickReport:
+    """Close every window due ``now``, ``chunk`` subscribers per transaction.
+
+    With ``enqueue``, each chunk's ranges of new digests are queued as soon as it commits (sending starts
+    while later chunks are closed) and ``report.ranges`` stays empty; without it, the ranges of all chunks
+    are returned for the caller to queue. Each chunk is its own transaction: a tick killed between two
+    leaves the rest due for the next one, and chunks already committed are sent (or re-queued by
+    maintenance), never made twice (the window is the key).
+    """
     moment = now or utcnow()
-    with transaction(engine) as session:
-        newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
-        report = close_windows(session, moment)
-        if report.digests:
-            report.ranges = _ranges(session, newest_before, batch_size)
+    report = TickReport()
+    with _only_tick(engine) as mine:
+        if not mine:
+            report.skipped = True
+            return report
+        for after_id, upto_id in _chunks(engine, moment, chunk):
+            with transaction(engine) as session:
+                newest_before = int(session.scalar(select(func.max(Digest.id))) or 0)
+                part = close_windows(session, moment, after_id, upto_id)
+                if part.digests:
+                    part.ranges = _ranges(session, newest_before, batch_size)
+            if part.digests >= batch_size and not report.analyzed and engine.dialect.name == "postgresql":
+                _analyze(engine)
+                report.analyzed = True
+            report.chunks += 1
+            report.groups += part.groups
+            report.due += part.due
+            report.digests += part.digests
+            if enqueue is not None:
+                for after_id, upto_id in part.ranges:
+                    enqueue(after_id, upto_id)
+            else:
+                report.ranges += part.ranges
     return report
 
 

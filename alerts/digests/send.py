@@ -17,12 +17,20 @@ absent from the official OpenAPI description the stand-in validates against. So,
 2. Every other digest is packed: the batch's content is the digest shell (layout, CSS, footer) sent once
    per request, and each recipient's entries go in its own substitutions (``Recipient.parts``), 1,000
    digests per request. The entries repeat across recipients, which SendGrid leaves no way to avoid.
-3. A digest whose substitutions would exceed ``PACK_LIMIT_BYTES`` (SendGrid's 10,000 bytes, counted as
-   SendGrid counts them) is sent as a message of its own.
+3. **The byte budget** (the product's decision): every digest is planned (``assemble.plan``) to keep its
+   substitutions below SendGrid's 10,000 bytes with ``BUDGET_MARGIN_BYTES`` to spare (``budget``): the
+   most important entries that fit, then "N more changes did not fit in this email" and one link to the
+   whole digest's page (``/digest/<token>``, ``alerts.digests.view``). Before it, about half of the
+   random benchmark's digests (over ~10 entries) went alone, one request each, which made 100,000 digests
+   take minutes; now every digest is one personalization of a 1,000-recipient request. Entries are kept
+   compact (headings alone get inline CSS) so most digests fit whole.
+4. A digest whose substitutions would still exceed ``ctx.pack_limit_bytes`` (a link longer than the budget
+   assumed; ``ALERTS_DIGEST_PACK_LIMIT_BYTES`` set lower to compare designs) is sent as a message of its own.
 
-Measured on the benchmark's 100,000 random digests (1-20 of 200 entries) against one request per digest
-(what a digest that is "just an email" would cost): see benchmarks/README.md for the request counts, bytes
-and times that decided it.
+**The claim is set-based**: one ``UPDATE ... RETURNING`` claims the range, one query reads every held item
+of the batch (Core rows), and digests whose items have the same shapes (``assemble.Shape``: news, group,
+shown, weekly) are planned once per batch and only bound to each subscriber's links; 1,000 identical
+digests are one plan.
 """
 
 from __future__ import annotations
@@ -36,14 +44,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ARRAY, BigInteger, Engine, Table, and_, any_, bindparam, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from alerts import ctgov
 from alerts.db import transaction
 from alerts.digests import held
-from alerts.digests.assemble import CHANGES_SECTION, INTRO, Assembled, Fragment, Item, assemble, entries, needed_keys
+from alerts.digests.assemble import (
+    CHANGES_SECTION,
+    INTRO,
+    Assembled,
+    Budget,
+    Entries,
+    Fragment,
+    Shape,
+    entries,
+    needed_keys,
+    plan,
+)
 from alerts.models import (
     Digest,
     DigestFragment,
@@ -51,6 +70,7 @@ from alerts.models import (
     HeldItem,
     Subscriber,
     Subscription,
+    SubscriptionStatus,
     Suppression,
     TrialVersion,
     utcnow,
@@ -59,11 +79,17 @@ from alerts.rendering import Content, Renderer
 from alerts.sending import Links, alert_headers
 from alerts.tokens import Purpose, Signer
 from alerts.transports.base import PART_TAGS, Batch, Outcome, Recipient, Result, Transport
-from alerts.transports.sendgrid import substitution_bytes
+from alerts.transports.sendgrid import MAX_SUBSTITUTION_BYTES, json_bytes, substitution_bytes
 
 # SendGrid allows 10,000 bytes of substitutions per recipient (compact JSON, links included):
 # ALERTS_DIGEST_PACK_LIMIT_BYTES.
 PACK_LIMIT_BYTES = 10_000
+# The byte budget of a digest (``budget``) keeps this much below SendGrid's limit: estimates of link and
+# subject lengths can be a little short without any digest having to go alone.
+BUDGET_MARGIN_BYTES = 600
+TOKEN_BYTES = 48  # a signed token: an id of up to 9 digits in base64 (12), a dot, a 27-character signature
+SUBJECT_BYTES = 120  # "Your weekly digest: 20 updates to studies you follow and 20 new studies", with its tag
+MORE_NOTE_BYTES = 120  # "<p><strong>19 more changes</strong> did not fit in this email. <a href=..."
 CATEGORY = "digest"
 # Single-digest batches recorded together (see send_range).
 RECORD_EVERY = 50
@@ -81,6 +107,8 @@ class DigestReport:
     shared_batches: int = 0  # batches of identical digests (one rendering, links per recipient)
     packed: int = 0  # digests sent with their entries as substitutions
     alone: int = 0  # digests too large to pack: a message of their own
+    shortened: int = 0  # digests that left entries out (byte budget) and link to their whole page
+    omitted: int = 0  # entries left out of those emails
     # Characters of content handed to the transport (shared content once per batch, plus each recipient's
     # own parts): what the request design saves or repeats.
     content_chars: int = 0
@@ -115,33 +143,50 @@ def shell(renderer: Renderer, site: Mapping[str, Any]) -> Content:
     return found
 
 
-def _claim(session: Session, after_id: int, upto_id: int, lease_s: int) -> datetime | None:
-    lease = utcnow() + timedelta(seconds=lease_s)
-    result = session.execute(
-        update(Digest)
-        .where(Digest.id > after_id, Digest.id <= upto_id, Digest.status == DigestStatus.QUEUED.value)
-        .values(status=DigestStatus.SENDING.value, lease_until=lease, attempts=Digest.attempts + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return lease if int(getattr(result, "rowcount", 0) or 0) > 0 else None
+@dataclass(frozen=True)
+class _Claimed:
+    digest_id: int
+    email: str | None  # None: the subscriber was erased
+    manage_token: str | None
+    suppressed: bool
 
 
-def _claimed(session: Session, after_id: int, upto_id: int, lease: datetime) -> list[Any]:
-    mine = and_(
-        Digest.id > after_id,
-        Digest.id <= upto_id,
-        Digest.status == DigestStatus.SENDING.value,
-        Digest.lease_until == lease,
+def _claim(session: Session, after_id: int, upto_id: int, lease_s: int) -> tuple[datetime, list[_Claimed]]:
+    """Queued -> sending under a lease, for the whole range in one ``UPDATE ... RETURNING``; then one query
+    for the claimed digests' addresses, manage tokens and suppressions (Core rows, no ORM object per row).
+
+    (Not subqueries in the RETURNING clause: SQLite's compiler writes them unqualified, and ambiguous.)"""
+    now = utcnow()
+    lease = now + timedelta(seconds=lease_s)
+    table = cast(Table, Digest.__table__)
+    connection = session.connection()
+    returned = connection.execute(
+        update(table)
+        .where(table.c.id > after_id, table.c.id <= upto_id, table.c.status == DigestStatus.QUEUED.value)
+        .values(status=DigestStatus.SENDING.value, lease_until=lease, attempts=table.c.attempts + 1, updated_at=now)
+        .returning(table.c.id, table.c.subscriber_id)
+    ).all()
+    if not returned:
+        return lease, []
+    owners = (
+        select(Digest.subscriber_id)
+        .where(Digest.id > after_id, Digest.id <= upto_id, Digest.lease_until == lease)
+        .scalar_subquery()
     )
-    return list(
-        session.execute(
-            select(Digest.id, Subscriber.email, Subscriber.manage_token, Suppression.id)
-            .join(Subscriber, Subscriber.id == Digest.subscriber_id, isouter=True)
+    people = {
+        int(subscriber_id): (email, manage_token, suppression is not None)
+        for subscriber_id, email, manage_token, suppression in connection.execute(
+            select(Subscriber.id, Subscriber.email, Subscriber.manage_token, Suppression.id)
             .join(Suppression, Suppression.email_hash == Subscriber.email_hash, isouter=True)
-            .where(mine)
-            .order_by(Digest.id)
+            .where(Subscriber.id.in_(owners))
         )
-    )
+    }
+    claimed = []
+    for digest_id, subscriber_id in returned:
+        email, manage_token, suppressed = people.get(subscriber_id, (None, None, False))
+        claimed.append(_Claimed(int(digest_id), email, manage_token, suppressed))
+    claimed.sort(key=lambda c: c.digest_id)
+    return lease, claimed
 
 
 def carried_by() -> Any:
@@ -156,9 +201,10 @@ def carried_by() -> Any:
     )
 
 
-def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, list[Item]]:
-    """The held items each claimed digest carries."""
-    rows = session.execute(
+def items_query(*where: Any) -> Any:
+    """The held items of the digests matching ``where``, with their subscriptions' state, in digest order and
+    then in the order the service received the news (a net change runs from the first to the last)."""
+    return (
         select(
             Digest.id,
             HeldItem.dedupe_key,
@@ -170,18 +216,48 @@ def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> di
         )
         .join(HeldItem, carried_by())
         .join(Subscription, Subscription.id == HeldItem.subscription_id, isouter=True)
-        .where(
-            Digest.id > after_id,
-            Digest.id <= upto_id,
-            Digest.status == DigestStatus.SENDING.value,
-            Digest.lease_until == lease,
-        )
-        # The order the service received the news in: a net change runs from the first to the last.
+        .where(*where)
         .order_by(Digest.id, HeldItem.event_id, HeldItem.id)
     )
-    found: dict[int, list[Item]] = defaultdict(list)
-    for digest_id, key, variant, subscription_id, weekly, status, token in rows:
-        found[int(digest_id)].append(Item(key, variant, int(subscription_id), status, bool(weekly), token))
+
+
+@dataclass
+class _Carried:
+    """One digest's items, split into what decides its content (shapes) and its own links."""
+
+    shapes: list[Shape] = field(default_factory=list)
+    tokens: list[str | None] = field(default_factory=list)
+    key: tuple[Shape, ...] = ()  # the shapes as a dictionary key (digests of one key have one content)
+
+
+def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, _Carried]:
+    """The held items each claimed digest carries, for the whole batch in one query (the hot loop of a
+    batch: thousands of rows, so plain tuples and no object per row)."""
+    rows = (
+        session.connection()
+        .execute(
+            items_query(
+                Digest.id > after_id,
+                Digest.id <= upto_id,
+                Digest.status == DigestStatus.SENDING.value,
+                Digest.lease_until == lease,
+            )
+        )
+        .tuples()
+        .all()  # one fetch of the driver's rows, not a fetch per row
+    )
+    found: dict[int, _Carried] = {}
+    active = SubscriptionStatus.ACTIVE.value
+    current, shapes, tokens = -1, [], []
+    for digest_id, key, variant, _subscription_id, weekly, status, token in rows:
+        if digest_id != current:
+            current = digest_id
+            carried = found[int(digest_id)] = _Carried()
+            shapes, tokens = carried.shapes, carried.tokens
+        shapes.append((key, variant, status == active and token is not None, bool(weekly)))
+        tokens.append(token)
+    for carried in found.values():
+        carried.key = tuple(carried.shapes)
     return found
 
 
@@ -218,8 +294,8 @@ def _render_missing(session: Session, renderer: Renderer, site: Mapping[str, Any
         held.render_change(session, renderer, site, key, new, ctgov.diff(old, new))
 
 
-def _fragments(session: Session, keys: set[str]) -> dict[str, Fragment]:
-    rows = session.execute(
+def load_fragments(session: Session, keys: set[str]) -> dict[str, Fragment]:
+    rows = session.connection().execute(
         select(
             DigestFragment.key,
             DigestFragment.kind,
@@ -229,7 +305,10 @@ def _fragments(session: Session, keys: set[str]) -> dict[str, Fragment]:
             DigestFragment.html,
         ).where(DigestFragment.key.in_(sorted(keys)))
     )
-    return {key: Fragment(kind, importance, title, text, html) for key, kind, importance, title, text, html in rows}
+    return {
+        key: Fragment(kind, importance, title, text, html, json_bytes(text) + json_bytes(html))
+        for key, kind, importance, title, text, html in rows
+    }
 
 
 def _mark(session: Session, ids: Sequence[int], status: DigestStatus, error: str | None = None) -> None:
@@ -242,7 +321,7 @@ def _mark(session: Session, ids: Sequence[int], status: DigestStatus, error: str
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     digest_id: int
     email: str
@@ -251,24 +330,56 @@ class _Prepared:
 
 
 def _urls(ctx: Context, p: _Prepared) -> dict[str, str]:
+    token = ctx.signer.sign(Purpose.DIGEST, p.digest_id)
     values = {
-        "unsubscribe_url": ctx.links.digest_unsubscribe(ctx.signer.sign(Purpose.DIGEST, p.digest_id)),
+        "unsubscribe_url": ctx.links.digest_unsubscribe(token),
         "manage_url": ctx.links.manage(p.manage_token),
     }
+    if p.assembled.omitted:
+        # The whole digest's page: the same token as the one-click link (it names the digest, not a person).
+        values["digest_url"] = ctx.links.digest_view(token)
     prefix = ctx.links.unsubscribe("")
-    for name, token in p.assembled.stops.items():
-        values[name] = prefix + token
+    for name, stop_token in p.assembled.stops.items():
+        values[name] = prefix + stop_token
     return values
 
 
-_STOP = re.compile(r"%%(stop_[0-9]+)%%")
+_STOP = re.compile(r"%%(stop_[0-9]+|digest_url)%%")
 
 
 def _fill(text: str, values: Mapping[str, str], escape: bool) -> str:
-    """The stop links put into a digest's own text (one pass, whatever the number of stops)."""
+    """The stop links (and the whole digest's link) put into a digest's own text (one pass)."""
     if escape:
         return _STOP.sub(lambda m: html_module.escape(values[m.group(1)], quote=True), text)
     return _STOP.sub(lambda m: values[m.group(1)], text)
+
+
+_PLAIN_URL = re.compile(r"[A-Za-z0-9._~:/?#@!$()*+,;=%-]*")
+
+
+def _fits_unmeasured(ctx: Context, assembled: Assembled, p: _Prepared, values: Mapping[str, str]) -> bool:
+    """Whether a digest planned within its budget fits without measuring its filled parts: true when its
+    links are no longer than the budget assumed (ASCII, as signed tokens are). Measuring each digest's
+    10 KB of parts cost more than assembling it."""
+    if not assembled.budgeted or ctx.pack_limit_bytes < MAX_SUBSTITUTION_BYTES:
+        return False
+    prefixes = {
+        "unsubscribe_url": ctx.links.digest_unsubscribe(""),
+        "manage_url": ctx.links.manage(""),
+        "digest_url": ctx.links.digest_view(""),
+    }
+    stop = len(ctx.links.unsubscribe("")) + TOKEN_BYTES
+    for name, value in values.items():
+        allowed = len(prefixes[name]) + TOKEN_BYTES if name in prefixes else stop
+        # Plain URL characters only: as many JSON bytes as characters, and nothing for HTML to escape.
+        if len(value) > allowed or not _PLAIN_URL.fullmatch(value):
+            return False
+    return True
+
+
+def _measured_fits(ctx: Context, parts: Mapping[str, str], links: Mapping[str, str]) -> bool:
+    substitutions = {PART_TAGS[k]: v for k, v in parts.items()} | {f"%%{k}%%": v for k, v in links.items()}
+    return substitution_bytes(substitutions) <= ctx.pack_limit_bytes
 
 
 def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -> list[Batch]:
@@ -317,8 +428,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
         }
         links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
         message_id = f"{message_head}{p.digest_id}{message_tail}"
-        substitutions = {PART_TAGS[k]: v for k, v in parts.items()} | {f"%%{k}%%": v for k, v in links.items()}
-        if substitution_bytes(substitutions) <= ctx.pack_limit_bytes:
+        if _fits_unmeasured(ctx, first, p, values) or _measured_fits(ctx, parts, links):
             packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
             report.packed += 1
         else:
@@ -366,6 +476,14 @@ def _record_rows(
     session.connection().execute(statement, rows)
 
 
+def _among(session: Session, column: Any, ids: Sequence[int]) -> Any:
+    """``column IN ids``; on PostgreSQL as ``= ANY(array)``, one parameter: a list of 1,000 bound values cost
+    more to send and parse (client and server) than updating the rows did."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger())))
+    return column.in_(list(ids))
+
+
 def _record(engine: Engine, results: Sequence[Result], report: DigestReport) -> None:
     now = utcnow()
     groups: dict[tuple[Outcome, str | None, str | None], list[int]] = defaultdict(list)
@@ -396,14 +514,14 @@ def _record(engine: Engine, results: Sequence[Result], report: DigestReport) -> 
                     }
                     if outcome is Outcome.SENT:
                         values |= {"provider_message_id": message_id, "sent_at": now}
-                    session.execute(
-                        update(Digest)
+                    table = cast(Table, Digest.__table__)
+                    session.connection().execute(
+                        update(table)
                         .where(
-                            Digest.id.in_(ids),
-                            Digest.status.in_([DigestStatus.SENDING.value, DigestStatus.QUEUED.value]),
+                            _among(session, table.c.id, ids),
+                            table.c.status.in_([DigestStatus.SENDING.value, DigestStatus.QUEUED.value]),
                         )
                         .values(**values)
-                        .execution_options(synchronize_session=False)
                     )
             break
         except (OperationalError, InterfaceError):
@@ -422,53 +540,85 @@ def _record(engine: Engine, results: Sequence[Result], report: DigestReport) -> 
                 report.retry_after_s = max(report.retry_after_s or 0.0, r.retry_after_s)
 
 
+def budget(ctx: Context) -> Budget:
+    """The byte budget of a digest's own parts (``alerts.digests.assemble.plan``): what keeps a packed
+    digest's substitutions below SendGrid's 10,000 bytes with ``BUDGET_MARGIN_BYTES`` to spare, after the
+    subject and the links every digest carries (tokens counted at their longest)."""
+    links = (
+        len(ctx.links.digest_unsubscribe("")) + TOKEN_BYTES,
+        len(ctx.links.manage("")) + TOKEN_BYTES,
+    )
+    tags = sum(len(tag) + 6 for tag in PART_TAGS.values()) + len("%%unsubscribe_url%%%%manage_url%%") + 12
+    fixed = tags + SUBJECT_BYTES + sum(links)
+    digest_url = len(ctx.links.digest_view("")) + TOKEN_BYTES
+    return Budget(
+        bytes=MAX_SUBSTITUTION_BYTES - BUDGET_MARGIN_BYTES - fixed,
+        stop_link_bytes=len(ctx.links.unsubscribe("")) + TOKEN_BYTES,
+        more_bytes=2 * (MORE_NOTE_BYTES + digest_url),
+    )
+
+
 def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
     """Send the queued digests with after_id < id <= upto_id."""
     report = DigestReport()
     clock = time.perf_counter
     started = clock()
     with transaction(ctx.engine) as session:
-        lease = _claim(session, after_id, upto_id, ctx.lease_s)
-        if lease is None:
+        lease, claimed = _claim(session, after_id, upto_id, ctx.lease_s)
+        if not claimed:
             return report
-        claimed = _claimed(session, after_id, upto_id, lease)
         items = _items(session, after_id, upto_id, lease)
+        # Digests whose items have the same shapes have the same content: each distinct one is planned
+        # once per batch (identical digests: once), then bound to each subscriber's links.
+        found: dict[tuple[Shape, ...], Entries] = {}
+        for carried in items.values():
+            if carried.key not in found:
+                found[carried.key] = entries(carried.key)
         keys: set[str] = {CHANGES_SECTION, *INTRO.values()}
-        for digest_items in items.values():
-            keys |= needed_keys(*entries(digest_items))
-        fragments = _fragments(session, keys)
+        for these in found.values():
+            keys |= needed_keys(*these)
+        fragments = load_fragments(session, keys)
         absent = sorted(keys - fragments.keys())
         if absent:
             _render_missing(session, ctx.renderer, ctx.site, absent)
-            fragments |= _fragments(session, set(absent))
+            fragments |= load_fragments(session, set(absent))
+        limits = budget(ctx)
+        read = clock()
+        distinct = {shapes: plan(shapes, fragments, limits, these) for shapes, these in found.items()}
+        report.timings["plan_s"] = clock() - read
         report.claimed = len(claimed)
         prepared: list[_Prepared] = []
         skipped, suppressed, empty = [], [], []
-        for digest_id, email, manage_token, suppression_id in claimed:
-            if email is None:
-                skipped.append(digest_id)
+        nothing = _Carried()
+        for c in claimed:
+            if c.email is None or c.manage_token is None:
+                skipped.append(c.digest_id)
                 continue
-            if suppression_id is not None:
-                suppressed.append(digest_id)
+            if c.suppressed:
+                suppressed.append(c.digest_id)
                 continue
-            assembled = assemble(items.get(digest_id, []), fragments)
-            if assembled is None:
-                empty.append(digest_id)  # nothing material left: no email
+            carried = items.get(c.digest_id, nothing)
+            planned = distinct.get(carried.key)
+            if planned is None:
+                empty.append(c.digest_id)  # nothing material left: no email
                 continue
-            prepared.append(_Prepared(digest_id, email, manage_token, assembled))
+            assembled = planned.bind(carried.tokens)
+            prepared.append(_Prepared(c.digest_id, c.email, c.manage_token, assembled))
+            report.omitted += assembled.omitted
+            report.shortened += 1 if assembled.omitted else 0
         _mark(session, skipped, DigestStatus.SKIPPED, "subscriber erased before sending")
         _mark(session, suppressed, DigestStatus.SUPPRESSED, "address is suppressed")
         _mark(session, empty, DigestStatus.EMPTY)
     report.skipped, report.suppressed, report.empty = len(skipped), len(suppressed), len(empty)
     report.timings["claim_s"] = clock() - started
     started = clock()
-    planned = batches(ctx, prepared, report)
+    requests = batches(ctx, prepared, report)
     report.timings["assemble_s"] = clock() - started
     # Each batch's outcome is recorded as soon as the provider answered, so a crash later never re-sends an
     # accepted one; single-digest batches (too large to pack) are recorded a few at a time, since a
     # transaction per email would cost more than its request (a crash between re-sends at most those).
     unrecorded: list[Result] = []
-    for index, batch in enumerate(planned):
+    for index, batch in enumerate(requests):
         report.content_chars += len(batch.content.html) + len(batch.content.text)
         report.content_chars += sum(len(p) for r in batch.recipients if r.parts for p in r.parts.values())
         started = clock()
@@ -479,7 +629,7 @@ def send_range(ctx: Context, after_id: int, upto_id: int) -> DigestReport:
             results = [Result(r.delivery_id, Outcome.RETRY, error=error) for r in batch.recipients]
         report.timings["transport_s"] = report.timings.get("transport_s", 0.0) + clock() - started
         unrecorded += results
-        if len(batch.recipients) > 1 or len(unrecorded) >= RECORD_EVERY or index == len(planned) - 1:
+        if len(batch.recipients) > 1 or len(unrecorded) >= RECORD_EVERY or index == len(requests) - 1:
             started = clock()
             _record(ctx.engine, unrecorded, report)
             unrecorded = []

@@ -26,7 +26,13 @@ def tick(now: str | None = None) -> dict[str, int]:
     if instant is not None and instant.tzinfo is None:
         raise ValueError("now needs a UTC offset")
     report = pipeline.digest_tick(get_runtime(), CeleryEnqueue().send_digests, instant)
-    return {"groups": report.groups, "due": report.due, "digests": report.digests}
+    return {
+        "groups": report.groups,
+        "due": report.due,
+        "digests": report.digests,
+        "chunks": report.chunks,
+        "skipped": report.skipped,  # another tick was running (it closes everything due)
+    }
 
 
 @app.task(
@@ -47,4 +53,12 @@ def send(self: Task, after_id: int, upto_id: int) -> dict[str, Any]:
             self.request.retries, report.retry_after_s, base=runtime.settings.send_retry_base_s
         )
         raise self.retry(countdown=countdown)
-    return {"sent": report.sent, "empty": report.empty, "failed": report.failed, "retry": report.retry}
+    return {
+        "sent": report.sent,
+        "empty": report.empty,
+        "failed": report.failed,
+        "retry": report.retry,
+        # Digests that left entries out to fit SendGrid's limit (they link to their whole page), and how many.
+        "shortened": report.shortened,
+        "omitted": report.omitted,
+    }

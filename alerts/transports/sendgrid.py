@@ -92,17 +92,19 @@ class _Answer:
     errors: tuple[tuple[str, str | None], ...] = ()  # (message, field) from a 4xx body
 
 
-_JSON_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Control characters JSON writes as \u00XX (tab, newline and carriage return have short escapes).
+_JSON_CONTROL_BYTES = bytes(c for c in range(32) if c not in (9, 10, 13))
 
 
 def json_bytes(value: str) -> int:
     """Bytes of ``value`` as a compact UTF-8 JSON string without its quotes: how SendGrid (and the stand-in)
-    measure the 10,000-byte substitutions limit. Counted, not encoded: a digest's parts are checked per
-    recipient."""
-    if _JSON_CONTROL.search(value):
+    measure the 10,000-byte substitutions limit. Counted, not encoded as JSON: a digest's parts (kilobytes)
+    are checked per recipient, so the UTF-8 bytes are scanned in C (a control character or an escaped one is
+    never part of a multi-byte sequence), twice as fast as a regex over the text."""
+    raw = value.encode("utf-8")
+    if len(raw.translate(None, _JSON_CONTROL_BYTES)) != len(raw):
         return len(json.dumps(value, ensure_ascii=False).encode("utf-8")) - 2
-    size = len(value) if value.isascii() else len(value.encode("utf-8"))
-    return size + value.count("\n") + value.count('"') + value.count("\\") + value.count("\t") + value.count("\r")
+    return len(raw) + raw.count(b"\n") + raw.count(b'"') + raw.count(b"\\") + raw.count(b"\t") + raw.count(b"\r")
 
 
 def substitution_bytes(substitutions: Mapping[str, str]) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,6 +15,7 @@ from alerts import __version__
 from alerts import places as gazetteer_places
 from alerts.runtime import Runtime, get_runtime
 from alerts.web import api_events, conditions, digests, health, links, ops, pages, places, signup, webhooks
+from alerts.web.linkstore import LinkStore, conninfo
 from alerts.web.ratelimit import RateLimiter
 from alerts.web.security import BodyLimit, StrictTransport, body_limits
 from alerts.web.validation import request_validation_error
@@ -23,7 +26,28 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     runtime = runtime or get_runtime()
     settings = runtime.settings
     prod = settings.env == "prod"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # On PostgreSQL the link pages read through their own small async pool (alerts.web.linkstore), opened
+        # here, inside the server's event loop; on SQLite (and in an app never started) they take the ORM path.
+        database = conninfo(settings.database_url)
+        store = LinkStore(database, settings.web_link_pool_size) if database else None
+        if store is not None:
+            await store.open()
+            # The sign-up's rate limits on the same loop (one Lua script per sign-up, alerts.web.ratelimit).
+            app.state.limiter.open_async(settings.redis_url)
+        app.state.linkstore = store
+        try:
+            yield
+        finally:
+            app.state.linkstore = None
+            if store is not None:
+                await app.state.limiter.close_async()
+                await store.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Trial alerts",
         version=__version__,
         description="Email alerts for clinical-trial changes and new trials for a condition.",
@@ -35,6 +59,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
+    app.state.linkstore = None
     if enqueue is None:
         from alerts.tasks.enqueue import CeleryEnqueue
 
@@ -52,6 +77,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
         return {"status": "ok"}
 
     # The links in emails first: routes are tried in order, and a scanner burst is millions of these.
+    app.router.routes.extend(links.ROUTES)
     app.include_router(links.router)
     app.include_router(health.router)
     app.include_router(api_events.router)

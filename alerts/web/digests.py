@@ -1,4 +1,10 @@
-"""Digest links and choices: the RFC 8058 one-click link of a digest, and the manage page's digest forms.
+"""Digest links and choices: the RFC 8058 one-click link of a digest, the whole digest's page, and the
+manage page's digest forms.
+
+``/digest/{token}``: the whole digest (an email leaves out what does not fit its byte budget and links
+here, ``alerts.digests.assemble``). The token is the digest's own (the one its one-click link carries):
+it names a digest, never a person. GET only shows; the stop links it offers lead to the usual
+confirmation pages, and its "stop every alert in this digest" link to the one-click page below.
 
 ``/unsubscribe/digest/{token}``: a digest's ``List-Unsubscribe`` target. GET shows which alerts it would
 end (mail scanners open links; nothing changes); POST (one-click, or the page's button) ends every
@@ -30,16 +36,16 @@ from alerts.digests.preferences import (
     set_preferences,
 )
 from alerts.digests.send import carried_by
+from alerts.digests.view import whole_digest
 from alerts.models import Digest, HeldItem, Subscriber, Subscription, SubscriptionStatus
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
-from alerts.web import pages
+from alerts.web import linktokens, pages
 from alerts.web.deps import RuntimeDep
 
 log = structlog.get_logger("alerts.web.digests")
 
 router = APIRouter()
-MAX_TOKEN_LENGTH = 400
 
 
 async def _read_form(request: Request) -> FormData:
@@ -50,9 +56,7 @@ async def _read_form(request: Request) -> FormData:
 
 
 def _digest_id(runtime: Runtime, token: str) -> int:
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise TokenError("invalid")
-    return runtime.signer.verify(Purpose.DIGEST, token)
+    return linktokens.verify(runtime, Purpose.DIGEST, token)
 
 
 def _carried(session: Session, digest: Digest) -> list[Subscription]:
@@ -91,6 +95,27 @@ def digest_unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -
     return pages.render(request, "digest_unsubscribe.html", context)
 
 
+@router.api_route("/digest/{token}", methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
+def digest_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+    """Every entry of one digest, with the same stop links as the email; never changes anything."""
+    try:
+        digest_id = _digest_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    with transaction(runtime.engine) as session:
+        whole = whole_digest(session, digest_id, lambda stop: f"/unsubscribe/{stop}")
+    if whole is None:
+        return pages.gone_link(request)
+    context = {
+        "subject": whole.subject,
+        "entries_html": whole.html,
+        "entries": whole.entries,
+        "unsubscribe_url": f"/unsubscribe/digest/{token}",
+        "manage_url": f"/manage/{whole.manage_token}",
+    }
+    return pages.render(request, "digest.html", context)
+
+
 @router.post("/unsubscribe/digest/{token}", include_in_schema=False, response_class=HTMLResponse)
 async def digest_unsubscribe_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """One-click (RFC 8058) and the page's button: immediate, idempotent, 200 without a redirect."""
@@ -124,28 +149,14 @@ def _digest_unsubscribe(request: Request, token: str, runtime: Runtime, form: Fo
 # --- the manage page's digest choices -----------------------------------------------------------------
 
 
-def manage_context(session: Session, subscriber_id: int) -> dict[str, Any]:
-    """What manage.html shows of digests: each alert's frequency and when digests arrive."""
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        return {}
-    rows = session.execute(
-        select(Subscription.id, Subscription.frequency).where(Subscription.subscriber_id == subscriber_id)
-    )
-    frequencies = {subscription_id: frequency for subscription_id, frequency in rows}
-    when = f"{subscriber.digest_hour:02d}:00, {subscriber.time_zone}; weekly on {WEEKDAYS[subscriber.digest_weekday]}s"
-    return form_context(None, subscriber.time_zone, subscriber.digest_hour, subscriber.digest_weekday) | {
+def digest_context(time_zone: str, hour: int, weekday: int, frequencies: dict[int, str]) -> dict[str, Any]:
+    """What manage.html shows of digests: each alert's frequency and when digests arrive (values already read)."""
+    when = f"{hour:02d}:00, {time_zone}; weekly on {WEEKDAYS[weekday]}s"
+    return form_context(None, time_zone, hour, weekday) | {
         "frequencies": frequencies,
         "frequency_labels": FREQUENCY_LABELS,
         "digest_when": when,
     }
-
-
-def _subscriber_for(runtime: Runtime, token: str) -> int | None:
-    subscriber_id = runtime.signer.verify(Purpose.MANAGE, token) if len(token) <= MAX_TOKEN_LENGTH else 0
-    with transaction(runtime.engine) as session:
-        found = session.scalar(select(Subscriber.id).where(Subscriber.id == subscriber_id))
-    return int(found) if found is not None else None
 
 
 @router.post("/manage/{token}/digest", include_in_schema=False, response_class=HTMLResponse)
@@ -159,7 +170,7 @@ def _manage_digest(request: Request, token: str, runtime: Runtime, form: FormDat
     from alerts.web.links import render_manage_page
 
     try:
-        subscriber_id = _subscriber_for(runtime, token)
+        subscriber_id = linktokens.subscriber_id(runtime, token)
     except TokenError:
         return pages.invalid_link(request)
     if subscriber_id is None:

@@ -18,33 +18,27 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
-from alerts import preferences, subscriptions, text
+from alerts import preferences, subscriptions
 from alerts.db import transaction
+from alerts.linkreads import ConfirmView, ManageView, Named, UnsubscribeView
 from alerts.models import Subscriber, Subscription, SubscriptionKind, SubscriptionStatus
 from alerts.preferences import InvalidPreference
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
-from alerts.web import pages
+from alerts.web import linktokens, pages
 from alerts.web import places as place_form
 from alerts.web.deps import RuntimeDep
-from alerts.web.digests import manage_context
+from alerts.web.digests import digest_context
+from alerts.web.linkstore import LinkStore
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, RateLimited, RateLimiter
 
 log = structlog.get_logger("alerts.web.links")
 
 router = APIRouter()
 
-# Our tokens are well under this; anything longer is not worth verifying.
-MAX_TOKEN_LENGTH = 400
 GET_HEAD = ["GET", "HEAD"]
-
-
-def _verify(runtime: Runtime, purpose: Purpose, token: str) -> int:
-    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
-        raise TokenError("invalid")
-    max_age = runtime.settings.confirm_max_age_s if purpose is Purpose.CONFIRM else None
-    return runtime.signer.verify(purpose, token, max_age)
 
 
 def _days(runtime: Runtime) -> int:
@@ -82,15 +76,11 @@ def _no_longer_subscribed(request: Request) -> HTMLResponse:
 # and one click confirms those still waiting.
 
 
-@dataclass(frozen=True)
-class Pending:
-    ids: list[int]  # the token's subscriptions that still exist
-    status: str  # pending if any is; else active if any is; else unsubscribed
-    items: list[str]  # how each is named (alerts.subscriptions.describe)
-    manage_token: str
+Pending = ConfirmView  # the token's subscriptions that still exist, their status and names
 
 
 def _load(session: Session, subscription_ids: Sequence[int]) -> Pending | None:
+    """The ORM path of ``alerts.linkreads.confirm_view`` (SQLite; the POSTs, in their transaction)."""
     found = [s for s in (session.get(Subscription, i) for i in subscription_ids) if s is not None]
     if not found:
         return None
@@ -108,54 +98,63 @@ def _load(session: Session, subscription_ids: Sequence[int]) -> Pending | None:
     )
 
 
-def _verify_confirm(runtime: Runtime, token: str) -> tuple[int, ...]:
-    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
-        raise TokenError("invalid")
-    return runtime.signer.verify_ids(Purpose.CONFIRM, token, runtime.settings.confirm_max_age_s)
-
-
 def _confirmed_page(request: Request, runtime: Runtime, state: Pending, already: bool) -> HTMLResponse:
     context = {"items": state.items, "already": already, "manage_url": f"/manage/{state.manage_token}"}
     return pages.render(request, "confirmed.html", context)
 
 
-def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> HTMLResponse:
+def _confirm_answer(request: Request, runtime: Runtime, token: str, state: Pending | None, expired: bool) -> Response:
+    """The confirm page for what the token names (GET/HEAD: shows, never changes anything)."""
+    if state is None:
+        return pages.gone_link(request)
+    if state.status == SubscriptionStatus.ACTIVE:
+        return _confirmed_page(request, runtime, state, already=True)
+    if state.status == SubscriptionStatus.UNSUBSCRIBED:
+        return _no_longer_subscribed(request)
+    if expired:
+        context = {"items": state.items, "action": f"/confirm/{token}/resend", "days": _days(runtime)}
+        return pages.render(request, "confirm_expired.html", context, status_code=410)
+    return pages.render(request, "confirm.html", {"items": state.items, "action": f"/confirm/{token}"})
+
+
+def _expired_confirm(request: Request, runtime: Runtime, token: str, error: TokenError) -> Response:
     if error.reason != "expired" or not error.payload_ids:
         return pages.invalid_link(request)
     with transaction(runtime.engine) as session:
         state = _load(session, error.payload_ids)
-    if state is None:
-        return pages.gone_link(request)
-    if state.status == SubscriptionStatus.ACTIVE:
-        return _confirmed_page(request, runtime, state, already=True)
-    if state.status == SubscriptionStatus.UNSUBSCRIBED:
-        return _no_longer_subscribed(request)
-    context = {"items": state.items, "action": f"/confirm/{token}/resend", "days": _days(runtime)}
-    return pages.render(request, "confirm_expired.html", context, status_code=410)
+    return _confirm_answer(request, runtime, token, state, expired=True)
 
 
-@router.api_route("/confirm/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
-def confirm_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
-    """Shows what is being confirmed and a Confirm button; never changes anything."""
+def confirm_page(request: Request, token: str, runtime: Runtime) -> Response:
+    """Shows what is being confirmed and a Confirm button; never changes anything (the ORM path)."""
     try:
-        subscription_ids = _verify_confirm(runtime, token)
+        subscription_ids = linktokens.verify_confirm(runtime, token)
     except TokenError as exc:
         return _expired_confirm(request, runtime, token, exc)
     with transaction(runtime.engine) as session:
         state = _load(session, subscription_ids)
-    if state is None:
-        return pages.gone_link(request)
-    if state.status == SubscriptionStatus.ACTIVE:
-        return _confirmed_page(request, runtime, state, already=True)
-    if state.status == SubscriptionStatus.UNSUBSCRIBED:
-        return _no_longer_subscribed(request)
-    return pages.render(request, "confirm.html", {"items": state.items, "action": f"/confirm/{token}"})
+    return _confirm_answer(request, runtime, token, state, expired=False)
+
+
+async def confirm_get(request: Request) -> Response:
+    """``GET``/``HEAD /confirm/{token}``: one statement on PostgreSQL (``alerts.web.linkstore``)."""
+    runtime, store, token = _link_request(request)
+    if store is None:
+        return await run_in_threadpool(confirm_page, request, token, runtime)
+    expired = False
+    try:
+        subscription_ids = linktokens.verify_confirm(runtime, token)
+    except TokenError as exc:
+        if exc.reason != "expired" or not exc.payload_ids:
+            return pages.invalid_link(request)
+        subscription_ids, expired = exc.payload_ids, True
+    return _confirm_answer(request, runtime, token, await store.confirm(subscription_ids), expired)
 
 
 @router.post("/confirm/{token}", include_in_schema=False, response_class=HTMLResponse)
 def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
     try:
-        subscription_ids = _verify_confirm(runtime, token)
+        subscription_ids = linktokens.verify_confirm(runtime, token)
     except TokenError as exc:
         return _expired_confirm(request, runtime, token, exc)
     with transaction(runtime.engine) as session:
@@ -176,7 +175,7 @@ def confirm_submit(request: Request, token: str, runtime: RuntimeDep) -> Respons
 def confirm_resend(request: Request, token: str, runtime: RuntimeDep) -> Response:
     """A new confirmation email for the pending subscriptions of an expired link (per-address rate limit)."""
     try:
-        _verify_confirm(runtime, token)
+        linktokens.verify_confirm(runtime, token)
     except TokenError as exc:
         if exc.reason != "expired" or not exc.payload_ids:
             return pages.invalid_link(request)
@@ -226,55 +225,108 @@ def _other_active(session: Session, subscriber_id: int, subscription_id: int) ->
     )
 
 
-@router.api_route("/unsubscribe/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
-def unsubscribe_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+def _unsubscribe_answer(request: Request, token: str, view: UnsubscribeView | None) -> Response:
     """Offers 'this alert' and 'all alerts'; never changes anything (the POST does)."""
-    try:
-        subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
-    except TokenError:
-        return pages.invalid_link(request)
-    with transaction(runtime.engine) as session:
-        subscription = session.get(Subscription, subscription_id)
-        if subscription is None:
-            return pages.gone_link(request)
-        context = {
-            "what": subscriptions.describe(session, subscription),
-            "active": subscription.status != SubscriptionStatus.UNSUBSCRIBED,
-            "others": _other_active(session, subscription.subscriber_id, subscription_id),
-            "action": f"/unsubscribe/{token}",
-            "manage_url": f"/manage/{subscription.subscriber.manage_token}",
-        }
+    if view is None:
+        return pages.gone_link(request)
+    context = {
+        "what": view.subscription.what,
+        "active": view.subscription.status != SubscriptionStatus.UNSUBSCRIBED,
+        "others": view.others,
+        "action": f"/unsubscribe/{token}",
+        "manage_url": f"/manage/{view.manage_token}",
+    }
     return pages.render(request, "unsubscribe.html", context)
 
 
-@router.post("/unsubscribe/{token}", include_in_schema=False, response_class=HTMLResponse)
-async def unsubscribe_submit(request: Request, token: str, runtime: RuntimeDep) -> Response:
+def _named(session: Session, subscription: Subscription) -> Named:
+    what = subscriptions.shown(session, subscription)
+    return Named(
+        subscription.id,
+        subscription.status,
+        subscription.frequency,
+        what,
+        subscriptions.describe(session, subscription),
+    )
+
+
+def unsubscribe_page(request: Request, token: str, runtime: Runtime) -> Response:
+    """The ORM path of the unsubscribe page (SQLite)."""
+    try:
+        subscription_id = linktokens.verify(runtime, Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    with transaction(runtime.engine) as session:
+        subscription = session.get(Subscription, subscription_id)
+        view = None
+        if subscription is not None:
+            others = _other_active(session, subscription.subscriber_id, subscription_id)
+            view = UnsubscribeView(_named(session, subscription), subscription.subscriber.manage_token, others)
+    return _unsubscribe_answer(request, token, view)
+
+
+async def unsubscribe_get(request: Request) -> Response:
+    """``GET``/``HEAD /unsubscribe/{token}``: what a scanner fetches; one statement on PostgreSQL."""
+    runtime, store, token = _link_request(request)
+    if store is None:
+        return await run_in_threadpool(unsubscribe_page, request, token, runtime)
+    try:
+        subscription_id = linktokens.verify(runtime, Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    return _unsubscribe_answer(request, token, await store.unsubscribe(subscription_id))
+
+
+async def unsubscribe_post(request: Request) -> Response:
     """One-click (RFC 8058) and the page's buttons: immediate, idempotent, 200 without a redirect."""
+    runtime, store, token = _link_request(request)
     form = await _read_form(request)
-    return await run_in_threadpool(_unsubscribe, request, token, runtime, form)
+    if store is None:
+        return await run_in_threadpool(_unsubscribe, request, token, runtime, form)
+    try:
+        subscription_id = linktokens.verify(runtime, Purpose.UNSUBSCRIBE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    scope, via = _unsubscribe_scope(form)
+    view = await store.unsubscribe_now(subscription_id, everything=scope == "all")
+    return _unsubscribed_answer(request, subscription_id, scope, via, view)
+
+
+def _unsubscribe_scope(form: FormData) -> tuple[str, str]:
+    scope = "all" if _field(form, "scope") == "all" else "one"
+    via = "one-click" if _field(form, "List-Unsubscribe") == "One-Click" else "page"
+    return scope, via
+
+
+def _unsubscribed_answer(
+    request: Request, subscription_id: int, scope: str, via: str, view: UnsubscribeView | None
+) -> Response:
+    found = view is not None
+    log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=found)
+    if view is None:
+        # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
+        return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
+    context = {"scope": scope, "what": view.subscription.what, "manage_url": f"/manage/{view.manage_token}"}
+    return pages.render(request, "unsubscribed.html", context)
 
 
 def _unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
+    """The ORM path of the POST (SQLite)."""
     try:
-        subscription_id = _verify(runtime, Purpose.UNSUBSCRIBE, token)
+        subscription_id = linktokens.verify(runtime, Purpose.UNSUBSCRIBE, token)
     except TokenError:
         return pages.invalid_link(request)
-    scope = "all" if _field(form, "scope") == "all" else "one"
-    via = "one-click" if _field(form, "List-Unsubscribe") == "One-Click" else "page"
+    scope, via = _unsubscribe_scope(form)
     with transaction(runtime.engine) as session:
         subscription = session.get(Subscription, subscription_id)
-        if subscription is None:
-            # Erased or expired sign-up: nothing will be sent for this link, which is what was asked.
-            log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=False)
-            return pages.render(request, "unsubscribed.html", {"scope": scope, "what": None, "manage_url": None})
-        what = subscriptions.describe(session, subscription)
-        manage_url = f"/manage/{subscription.subscriber.manage_token}"
-        if scope == "all":
-            subscriptions.unsubscribe_all(session, subscription.subscriber_id)
-        else:
-            subscriptions.unsubscribe(session, subscription_id)
-    log.info("subscription.unsubscribed", subscription_id=subscription_id, scope=scope, via=via, found=True)
-    return pages.render(request, "unsubscribed.html", {"scope": scope, "what": what, "manage_url": manage_url})
+        view = None
+        if subscription is not None:
+            view = UnsubscribeView(_named(session, subscription), subscription.subscriber.manage_token, 0)
+            if scope == "all":
+                subscriptions.unsubscribe_all(session, subscription.subscriber_id)
+            else:
+                subscriptions.unsubscribe(session, subscription_id)
+    return _unsubscribed_answer(request, subscription_id, scope, via, view)
 
 
 # --- manage -------------------------------------------------------------------------------------------
@@ -295,17 +347,62 @@ class Item:
     status_label: str
 
 
-def _items(session: Session, subscriber_id: int) -> list[Item]:
+def _items(view: ManageView) -> list[Item]:
     items = []
-    for listed in subscriptions.list_subscriptions(session, subscriber_id):
-        sub = listed.subscription
-        what = subscriptions.shown(session, sub)
+    for sub in view.subscriptions:
+        what = sub.shown
         if what.kind == SubscriptionKind.TRIAL:
             name, detail = f"Changes to study {what.name}", what.title
         else:
             name, detail = f"New studies for {what.name}", None
         items.append(Item(sub.id, name, detail, sub.status, STATUS_LABELS.get(SubscriptionStatus(sub.status), "")))
     return items
+
+
+def _manage_view(session: Session, subscriber_id: int) -> ManageView | None:
+    """The ORM path of ``alerts.linkreads.manage_view`` (SQLite; the manage page's POSTs)."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return None
+    listed = subscriptions.list_subscriptions(session, subscriber_id)
+    return ManageView(
+        [_named(session, item.subscription) for item in listed],
+        preferences.of(subscriber),
+        subscriber.time_zone,
+        subscriber.digest_hour,
+        subscriber.digest_weekday,
+    )
+
+
+def _manage_answer(
+    request: Request,
+    token: str,
+    view: ManageView | None,
+    notice: str | None = None,
+    erase_error: str | None = None,
+    status_code: int = 200,
+    errors: dict[str, str] | None = None,
+    form: FormData | None = None,
+    digest_error: str | None = None,
+) -> HTMLResponse:
+    if view is None:
+        return pages.gone_link(request)
+    items = _items(view)
+    # Each alert's frequency and when digests arrive (alerts.web.digests).
+    frequencies = {sub.id: sub.frequency for sub in view.subscriptions}
+    digests = digest_context(view.time_zone, view.digest_hour, view.digest_weekday, frequencies)
+    context = {
+        "items": items,
+        "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
+        "base_action": f"/manage/{token}",
+        "notice": notice,
+        "erase_error": erase_error,
+        "errors": errors or {},
+        "summary": view.chosen.describe(),
+        "digest_error": digest_error,
+        **digests,
+    } | place_form.form_context(request, view.chosen, form)
+    return pages.render(request, "manage.html", context, status_code=status_code)
 
 
 def _manage_page(
@@ -321,48 +418,50 @@ def _manage_page(
     digest_error: str | None = None,
 ) -> HTMLResponse:
     with transaction(runtime.engine) as session:
-        items = _items(session, subscriber_id)
-        subscriber = session.get(Subscriber, subscriber_id)
-        chosen = preferences.of(subscriber) if subscriber is not None else None
-        # Each alert's frequency and when digests arrive (alerts.web.digests).
-        digests = manage_context(session, subscriber_id)
-    context = {
-        "items": items,
-        "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
-        "base_action": f"/manage/{token}",
-        "notice": notice,
-        "erase_error": erase_error,
-        "errors": errors or {},
-        "summary": chosen.describe() if chosen is not None else [],
-        "digest_error": digest_error,
-        **digests,
-    } | place_form.form_context(request, chosen, form)
-    return pages.render(request, "manage.html", context, status_code=status_code)
+        view = _manage_view(session, subscriber_id)
+    return _manage_answer(request, token, view, notice, erase_error, status_code, errors, form, digest_error)
 
 
 render_manage_page = _manage_page
 
 
-def _subscriber_id(runtime: Runtime, token: str) -> int | None:
-    """The subscriber behind a manage token, or None when the token is fine but the person was erased.
-
-    Raises TokenError for a bad token.
-    """
-    subscriber_id = _verify(runtime, Purpose.MANAGE, token)
-    with transaction(runtime.engine) as session:
-        found = session.scalar(select(Subscriber.id).where(Subscriber.id == subscriber_id))
-    return int(found) if found is not None else None
-
-
-@router.api_route("/manage/{token}", methods=GET_HEAD, include_in_schema=False, response_class=HTMLResponse)
-def manage_page(request: Request, token: str, runtime: RuntimeDep) -> Response:
+def manage_page(request: Request, token: str, runtime: Runtime) -> Response:
+    """The ORM path of the manage page (SQLite)."""
     try:
-        subscriber_id = _subscriber_id(runtime, token)
+        subscriber_id = linktokens.subscriber_id(runtime, token)
     except TokenError:
         return pages.invalid_link(request)
     if subscriber_id is None:
         return pages.gone_link(request)
     return _manage_page(request, runtime, token, subscriber_id)
+
+
+async def manage_get(request: Request) -> Response:
+    """``GET``/``HEAD /manage/{token}``: the token alone names the subscriber; one statement reads the page."""
+    runtime, store, token = _link_request(request)
+    if store is None:
+        return await run_in_threadpool(manage_page, request, token, runtime)
+    try:
+        subscriber_id = linktokens.verify(runtime, Purpose.MANAGE, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    return _manage_answer(request, token, await store.manage(subscriber_id))
+
+
+# What a scanner burst and one-click unsubscribes hit: plain Starlette routes, matched before every FastAPI route
+# (a FastAPI route with a dependency cost ~10 times the routing of a plain one, benchmarks/README.md).
+# Installed by alerts.web.app; the other link routes (the pages' forms) stay on ``router``.
+ROUTES = [
+    Route("/confirm/{token}", confirm_get, methods=GET_HEAD, include_in_schema=False),
+    Route("/unsubscribe/{token}", unsubscribe_get, methods=GET_HEAD, include_in_schema=False),
+    Route("/unsubscribe/{token}", unsubscribe_post, methods=["POST"], include_in_schema=False),
+    Route("/manage/{token}", manage_get, methods=GET_HEAD, include_in_schema=False),
+]
+
+
+def _link_request(request: Request) -> tuple[Runtime, LinkStore | None, str]:
+    state = request.app.state
+    return state.runtime, getattr(state, "linkstore", None), request.path_params["token"]
 
 
 @router.post("/manage/{token}/unsubscribe", include_in_schema=False, response_class=HTMLResponse)
@@ -373,7 +472,7 @@ async def manage_unsubscribe(request: Request, token: str, runtime: RuntimeDep) 
 
 def _manage_unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
     try:
-        subscriber_id = _subscriber_id(runtime, token)
+        subscriber_id = linktokens.subscriber_id(runtime, token)
     except TokenError:
         return pages.invalid_link(request)
     if subscriber_id is None:
@@ -403,7 +502,7 @@ async def manage_preferences(request: Request, token: str, runtime: RuntimeDep) 
 def _manage_preferences(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
     """Replace the subscriber's place, distance, age and sex (every field optional; blank clears it)."""
     try:
-        subscriber_id = _subscriber_id(runtime, token)
+        subscriber_id = linktokens.subscriber_id(runtime, token)
     except TokenError:
         return pages.invalid_link(request)
     if subscriber_id is None:
@@ -428,7 +527,7 @@ async def manage_erase(request: Request, token: str, runtime: RuntimeDep) -> Res
 
 def _manage_erase(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
     try:
-        subscriber_id = _subscriber_id(runtime, token)
+        subscriber_id = linktokens.subscriber_id(runtime, token)
     except TokenError:
         return pages.invalid_link(request)
     if subscriber_id is None:

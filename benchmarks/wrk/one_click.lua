@@ -1,16 +1,8 @@
 -- RFC 8058 one-click unsubscribe as Gmail sends it: a form-encoded POST, no cookies.
--- args: the file of unsubscribe tokens (one per line) and the number of wrk threads; thread k takes
--- lines k, k + threads, ... so no two threads click the same link.
+-- args: the file of unsubscribe tokens (one per line) and the number of wrk threads (each thread takes its
+-- own share of the lines, so no two threads click the same link: thread_lines in lines.lua).
 function init(args)
-  tokens = {}
-  local threads = tonumber(args[2])
-  local line_number = 0
-  for line in io.lines(args[1]) do
-    if line_number % threads == id - 1 then
-      table.insert(tokens, line)
-    end
-    line_number = line_number + 1
-  end
+  tokens = thread_lines(args[1], tonumber(args[2]))
   n = 0
 end
 

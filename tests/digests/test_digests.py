@@ -137,9 +137,15 @@ def test_redelivered_send_task_sends_nothing_twice(
     publish(runtime, inline, changed_event(record))
     follow(runtime, "pat@example.org", trial=TRIAL, frequency="daily")  # UTC, 08:00
     publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
-    report = digest_tick(runtime, inline.send_digests, now=close_after())
-    assert report.digests == 1
-    for after_id, upto_id in report.ranges:  # the broker hands the same send task out again
+    queued: list[tuple[int, int]] = []
+
+    def enqueue(after_id: int, upto_id: int) -> None:
+        queued.append((after_id, upto_id))
+        inline.send_digests(after_id, upto_id)
+
+    report = digest_tick(runtime, enqueue, now=close_after())
+    assert report.digests == 1 and len(queued) == 1
+    for after_id, upto_id in queued:  # the broker hands the same send task out again
         inline.send_digests(after_id, upto_id)
     assert per_recipient(memory) == {"pat@example.org": 1}
     assert [status for _, status, _ in digest_rows(runtime)] == [DigestStatus.SENT]
@@ -384,3 +390,57 @@ def test_outcomes_with_a_message_id_each_are_recorded_for_every_digest(
     assert len(rows) == 8
     assert all(status == DigestStatus.SENT and message_id and sent_at for status, message_id, sent_at in rows)
     assert len({message_id for _, message_id, _ in rows}) == 8
+
+
+def test_a_tick_closes_windows_chunk_by_chunk_and_queues_each_chunk_at_once(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """Five due subscribers, two per transaction: three chunks, each queued as soon as it commits."""
+    from alerts.digests import schedule
+
+    record = study(TRIAL)
+    publish(runtime, inline, changed_event(record))
+    addresses = [f"reader{i}@example.org" for i in range(5)]
+    for address in addresses:
+        follow(runtime, address, trial=TRIAL, frequency="daily")
+    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    queued: list[tuple[int, int]] = []
+    sent_when_queued: list[int] = []
+
+    def enqueue(after_id: int, upto_id: int) -> None:
+        queued.append((after_id, upto_id))
+        sent_when_queued.append(sum(per_recipient(memory).values()))
+        inline.send_digests(after_id, upto_id)
+
+    report = schedule.tick(runtime.engine, 1000, close_after(), enqueue=enqueue, chunk=2)
+    assert (report.chunks, report.due, report.digests, report.ranges) == (3, 5, 5, [])
+    assert len(queued) == 3 and sent_when_queued == [0, 2, 4], "each chunk was sent before the next was closed"
+    assert per_recipient(memory) == dict.fromkeys(addresses, 1)
+    again = schedule.tick(runtime.engine, 1000, close_after(), enqueue=enqueue, chunk=2)
+    assert (again.chunks, again.digests) == (1, 0)
+    assert per_recipient(memory) == dict.fromkeys(addresses, 1)
+
+
+def test_a_second_tick_while_one_runs_leaves_the_windows_to_it(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """PostgreSQL: a duplicated tick does not wait for the running one's chunks (it closes everything due)."""
+    import pytest
+    from sqlalchemy import text
+
+    from alerts.digests import schedule
+
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes writers: a second tick waits, then finds nothing due")
+    record = study(TRIAL)
+    publish(runtime, inline, changed_event(record))
+    follow(runtime, "pat@example.org", trial=TRIAL, frequency="daily")
+    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    lock = "SELECT pg_{}(hashtext(current_schema()), :key)"
+    with runtime.engine.connect() as running:  # the running tick
+        assert running.scalar(text(lock.format("try_advisory_lock")), {"key": schedule.TICK_LOCK})
+        skipped = digest_tick(runtime, inline.send_digests, now=close_after())
+        assert skipped.skipped and skipped.digests == 0 and per_recipient(memory) == {}
+        running.execute(text(lock.format("advisory_unlock")), {"key": schedule.TICK_LOCK})
+    assert digest_tick(runtime, inline.send_digests, now=close_after()).digests == 1
+    assert per_recipient(memory) == {"pat@example.org": 1}

@@ -292,3 +292,24 @@ def test_fragments_and_a_recipients_own_subject_travel_in_their_personalization(
     assert placed.subject == "A new site opened 3 km from you: A study"
     assert placed.substitutions["%%near_site_html%%"] == "<p>3 km &amp; open</p>"  # our own HTML, as it is
     assert by_email["person1@example.org"].subject == "New trial for Herniated Disc"
+
+
+def test_json_bytes_counts_what_json_encoding_writes() -> None:
+    # The substitutions limit is measured this way for every recipient: it must equal compact UTF-8 JSON.
+    import json as json_module
+
+    from alerts.transports.sendgrid import json_bytes
+
+    for value in [
+        "",
+        "plain",
+        "é → x",
+        "a\x01b\x1f",
+        'tab\tquote"back\\',
+        "é\r\n",
+        "\x7f",
+        "\u2028",
+        "x" * 9000 + '\n"',
+    ]:
+        encoded = json_module.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        assert json_bytes(value) == len(encoded) - 2, repr(value)

@@ -335,6 +335,11 @@ def test_digest_journey_frequency_and_time_zone(site: Site, browser: Browser, re
 
     # The digest's own unsubscribe link (List-Unsubscribe), opened in the browser.
     header = "".join(str(digest["List-Unsubscribe"]).split()).strip("<>")
+    # First the whole digest's page (where a digest too long for one email links; same token).
+    page.goto(header.replace("/unsubscribe/digest/", "/digest/"))
+    expect(page.locator(".digest")).to_contain_text(TRIAL)
+    expect(page.get_by_role("link", name="Stop following this study")).to_be_visible()
+    shots.take(page, "digest-page-desktop")
     page.goto(header)
     expect(page.get_by_role("heading", name="Stop the alerts in this digest?")).to_be_visible()
     shots.take(page, "digest-unsubscribe-desktop")

@@ -150,3 +150,128 @@ def test_sign_up_form_offers_frequency_and_time_zone(client: TestClient) -> None
     )
     assert answer.status_code == 422 and "IANA" in answer.text
     assert 'value="weekly" checked' in answer.text, "the choice is kept when the form comes back"
+
+
+def a_long_digest(runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport, email: str) -> list[str]:
+    """Pat follows 16 studies daily and all of them change: more than one email's byte budget. Returns the
+    studies' ids."""
+    import json
+    from pathlib import Path
+
+    paths = sorted(Path(__file__).resolve().parents[1].joinpath("fixtures", "ctgov", "studies").glob("NCT*.json"))
+    records = [json.loads(p.read_text()) for p in paths[:16]]
+    ncts = [r["protocolSection"]["identificationModule"]["nctId"] for r in records]
+    for record in records:
+        ingest(runtime, changed_event(record), inline, source="test")
+    for nct in ncts:
+        follow(runtime, email, trial=nct, frequency="daily")
+    for record in records:
+        changed = open_recruitment(record)
+        if record["protocolSection"].get("statusModule", {}).get("overallStatus") == "RECRUITING":
+            changed["protocolSection"]["statusModule"]["overallStatus"] = "COMPLETED"
+        ingest(runtime, changed_event(changed, occurred_at="2026-12-01T09:00:00Z"), inline, source="t")
+    memory.clear()
+    from zoneinfo import ZoneInfo
+
+    digest_tick(runtime, inline.send_digests, now=next_close(utcnow(), ZoneInfo("UTC"), 8, 0, DAILY))
+    return ncts
+
+
+def test_a_digest_too_long_for_one_email_links_to_its_whole_page(
+    client: TestClient, runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    from alerts.digests.send import MAX_SUBSTITUTION_BYTES
+    from alerts.transports.sendgrid import substitution_bytes
+
+    ncts = a_long_digest(runtime, inline, memory, "pat@example.org")
+    [batch] = memory.batches
+    [recipient] = batch.recipients
+    [message] = memory.messages
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = str(body.get_content())
+    shown = [nct for nct in ncts if f"({nct})" in text]
+    assert 0 < len(shown) < len(ncts)
+    more = len(ncts) - len(shown)
+    assert f"{more} more change{'s' if more != 1 else ''} did not fit in this email" in text
+    # Every personalization stays under SendGrid's substitutions limit, with room to spare.
+    assert recipient.parts is not None, "sent packed: its own entries as substitutions"
+    substitutions = {f"%%part_{k}%%": v for k, v in recipient.parts.items()} | {
+        f"%%{k}%%": v for k, v in recipient.values.items()
+    }
+    assert substitution_bytes(substitutions) <= MAX_SUBSTITUTION_BYTES - 500
+    [url] = [w for w in text.split() if "/digest/" in w and "/unsubscribe/" not in w]
+    path = url.removeprefix(BASE)
+    assert path.startswith("/digest/") and "pat" not in path
+    # The page shows every entry, with the email's stop links and the digest's own one-click page.
+    statuses = [s.status for s in subscriptions_of(runtime, "pat@example.org")]
+    page = client.get(path)
+    assert page.status_code == 200
+    assert all(f"({nct})" in page.text for nct in ncts)
+    assert page.text.count('href="/unsubscribe/') == len(ncts) + 1
+    assert "/unsubscribe/digest/" in page.text and "/manage/" in page.text
+    assert ' style="' not in page.text.split('<div class="digest">', 1)[1]
+    assert client.head(path).status_code == 200
+    assert [s.status for s in subscriptions_of(runtime, "pat@example.org")] == statuses, "GET changes nothing"
+    # A stopped alert leaves the page; a bad link is a clear page; an erased subscriber's digest is gone.
+    first_stop = page.text.split('href="/unsubscribe/', 1)[1].split('"', 1)[0]
+    client.post(f"/unsubscribe/{first_stop}")
+    assert client.get(path).text.count('href="/unsubscribe/') == len(ncts)
+    bad = client.get(path[:-3] + ("xyz" if not path.endswith("xyz") else "abc"))
+    assert bad.status_code == 400 and "This link doesn" in bad.text
+    from alerts import subscriptions
+
+    with transaction(runtime.engine) as session:
+        subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == "pat@example.org"))
+        assert subscriber_id is not None
+        subscriptions.erase(session, subscriber_id)
+    gone = client.get(path)
+    assert gone.status_code == 404 and "no longer valid" in gone.text
+
+
+def test_one_click_and_unsubscribe_all_drop_what_the_alerts_still_hold(
+    client: TestClient, runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """The link pages' POST (its own statements on PostgreSQL) drops held items as subscriptions.unsubscribe and
+    unsubscribe_all do: what is still held goes, what a closed digest window already carries stays."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import func
+
+    from alerts.digests.preferences import DigestPreferences
+    from alerts.models import HeldItem, Subscription
+    from alerts.tokens import Purpose
+
+    record, other = study(TRIAL), study("NCT00763412")
+    ingest(runtime, changed_event(record), inline, source="test")
+    ingest(runtime, changed_event(other), inline, source="test")
+    # kept@'s digest hour comes first; the others' two hours later.
+    hour = (utcnow().hour + 1) % 24
+    later = DigestPreferences.parse("UTC", f"{(hour + 2) % 24:02d}:00", "Monday")
+    one = follow(runtime, "one@example.org", trial=TRIAL, frequency="daily", preferences=later)
+    every = [
+        follow(runtime, "all@example.org", trial=t, frequency="daily", preferences=later)
+        for t in (TRIAL, "NCT00763412")
+    ]
+    first = DigestPreferences.parse("UTC", f"{hour:02d}:00", "Monday")
+    kept = follow(runtime, "kept@example.org", trial=TRIAL, frequency="daily", preferences=first)
+    ingest(runtime, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"), inline, source="t")
+    ingest(runtime, changed_event(open_recruitment(other), occurred_at="2026-12-01T09:00:00Z"), inline, source="t")
+
+    def held() -> dict[int, int]:
+        with transaction(runtime.engine) as session:
+            rows = session.execute(select(HeldItem.subscription_id, func.count()).group_by(HeldItem.subscription_id))
+            return {int(s): int(n) for s, n in rows}
+
+    assert held() == {one: 1, every[0]: 1, every[1]: 1, kept: 1}
+    # kept@'s window closes: its item is now carried by a digest (and stays, like every carried item).
+    digest_tick(runtime, inline.send_digests, now=next_close(utcnow(), ZoneInfo("UTC"), hour, 0, DAILY))
+    token = {s: runtime.signer.sign(Purpose.UNSUBSCRIBE, s) for s in (one, every[0], kept)}
+    one_click = {"List-Unsubscribe": "One-Click"}
+    assert client.post(f"/unsubscribe/{token[one]}", data=one_click).status_code == 200
+    assert client.post(f"/unsubscribe/{token[every[0]]}", data={"scope": "all"}).status_code == 200
+    assert client.post(f"/unsubscribe/{token[kept]}", data=one_click).status_code == 200
+    assert held() == {kept: 1}
+    with transaction(runtime.engine) as session:
+        statuses = {s.id: s.status for s in session.scalars(select(Subscription))}
+    assert set(statuses.values()) == {SubscriptionStatus.UNSUBSCRIBED}

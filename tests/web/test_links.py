@@ -394,3 +394,39 @@ def test_erase_leaves_no_trace_of_the_address(
     assert "no longer valid" in gone.text
     # A second click on "delete" (or a reload) is harmless.
     assert client.post(f"/manage/{token}/erase", data={"confirm": "yes"}).status_code == 200
+
+
+def test_link_pages_read_through_the_async_store_on_postgresql_only(client: TestClient, runtime: Runtime) -> None:
+    # SQLite, the embedded default, keeps the ORM path; PostgreSQL reads each link page in one statement.
+    store = getattr(client.app, "state").linkstore  # noqa: B009
+    assert (store is not None) == (runtime.engine.dialect.name == "postgresql")
+    subscription_id = follow(runtime, "store@example.org", trial=TRIAL)
+    token = runtime.signer.sign(Purpose.UNSUBSCRIBE, subscription_id)
+    for method in ("GET", "HEAD"):
+        answer = client.request(method, f"/unsubscribe/{token}")
+        assert answer.status_code == 200
+        assert answer.headers["content-security-policy"].endswith("frame-ancestors 'none'")
+    assert f"Changes to study {TRIAL}</p>" in client.get(f"/unsubscribe/{token}").text
+    assert client.get(f"/unsubscribe/{token}x").status_code == 400
+
+
+def test_link_pages_survive_their_connections_being_cut(client: TestClient, runtime: Runtime) -> None:
+    """PostgreSQL restarted (its backends gone): the next page still answers, on a new connection."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("the async store exists on PostgreSQL only")
+    from sqlalchemy import text
+
+    from alerts.web.linkstore import application_name
+
+    subscription_id = follow(runtime, "cut@example.org", trial=TRIAL)
+    token = runtime.signer.sign(Purpose.UNSUBSCRIBE, subscription_id)
+    assert client.get(f"/unsubscribe/{token}").status_code == 200
+    with runtime.engine.connect() as connection:
+        cut = connection.execute(
+            text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": application_name()},
+        ).scalar_one()
+        connection.commit()
+    assert cut >= 1
+    assert client.get(f"/unsubscribe/{token}").status_code == 200
+    assert client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200

@@ -185,3 +185,51 @@ def test_limits_are_validated_settings() -> None:
     with pytest.raises(ConfigError, match="ALERTS_SIGNUP_PER_IP"):
         load_settings(env="test", secret_key=SECRET, signup_per_ip="twenty an hour")
     assert load_settings(env="test", secret_key=SECRET, confirm_per_address="5 per 2 days").confirm_per_address
+
+
+@pytest.mark.parametrize("redis_url", [REDIS_URL, None], ids=["redis", "memory"])
+def test_several_limits_in_one_call_count_as_one_by_one(redis_url: str | None) -> None:
+    """``hit_all`` (one Lua script in Redis) stops at the first limit that is over, having counted the ones
+    before it, and says when that limit's window frees; the same lists ``hit`` reads and writes."""
+    import uuid
+
+    settings = load_settings(
+        env="test", secret_key=SECRET, redis_url=redis_url, ratelimit_prefix=f"test-rl-{uuid.uuid4().hex}"
+    )
+    limiter = RateLimiter.from_settings(settings)
+    try:
+        hits = [("ip", "2/minute", "client"), ("address", "1/hour", "someone")]
+        limiter.hit_all(hits)
+        with pytest.raises(RateLimited) as second:
+            limiter.hit_all(hits)  # the IP takes it (its 2nd of 2), the address is over
+        assert second.value.scope == "address" and 3500 < second.value.retry_after_s <= 3600
+        with pytest.raises(RateLimited) as third:
+            limiter.hit_all(hits)
+        assert third.value.scope == "ip" and 0 < third.value.retry_after_s <= 60
+        # The IP's window is full from the calls above (hit reads the same list); another address is not.
+        with pytest.raises(RateLimited):
+            limiter.hit("ip", "2/minute", "client")
+        limiter.hit("address", "1/hour", "someone else")
+    finally:
+        limiter.reset()
+
+
+def test_a_started_app_limits_sign_ups_in_redis_too(runtime: Runtime, inline: InlineEnqueue) -> None:
+    """Started as uvicorn starts it: on PostgreSQL the sign-up counts its limits with the asyncio client and
+    records through the link store; the limits and the answers are the same as on the threadpool path."""
+    app = limited_app(runtime, inline, signup_per_ip="2/minute", confirm_per_address="5/day")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as started:
+            on_postgresql = runtime.engine.dialect.name == "postgresql"
+            assert (app.state.linkstore is not None) == on_postgresql
+            answers = [
+                started.post("/api/subscriptions", json={"email": f"s{i}@example.org", "trial": TRIAL})
+                for i in range(3)
+            ]
+            assert [a.status_code for a in answers] == [202, 202, 429]
+            assert 0 < int(answers[2].headers["Retry-After"]) <= 60
+            assert answers[2].json()["retry_after_s"] == int(answers[2].headers["Retry-After"])
+        assert {s.status for s in subscriptions_of(runtime, "s0@example.org")} == {SubscriptionStatus.PENDING}
+        assert subscriptions_of(runtime, "s2@example.org") == []
+    finally:
+        app.state.limiter.reset()

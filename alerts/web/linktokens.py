@@ -1,0 +1,45 @@
+"""The link tokens of our pages, checked: the length and text checks every link page applies, then the signature.
+
+One place for what ``alerts.web.links`` and ``alerts.web.digests`` both need (they import each other, so
+neither can hold it): a manage token's subscriber, read once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from alerts import text
+from alerts.db import autocommit
+from alerts.models import Subscriber
+from alerts.runtime import Runtime
+from alerts.tokens import Purpose, TokenError
+
+# Our tokens are well under this; anything longer is not worth verifying.
+MAX_TOKEN_LENGTH = 400
+
+
+def verify(runtime: Runtime, purpose: Purpose, token: str) -> int:
+    """The one id a token carries (confirm tokens: within their age). Raises TokenError."""
+    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
+        raise TokenError("invalid")
+    max_age = runtime.settings.confirm_max_age_s if purpose is Purpose.CONFIRM else None
+    return runtime.signer.verify(purpose, token, max_age)
+
+
+def verify_confirm(runtime: Runtime, token: str) -> tuple[int, ...]:
+    """The subscriptions a confirm token names (one sign-up may name several). Raises TokenError."""
+    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
+        raise TokenError("invalid")
+    return runtime.signer.verify_ids(Purpose.CONFIRM, token, runtime.settings.confirm_max_age_s)
+
+
+def subscriber_id(runtime: Runtime, token: str) -> int | None:
+    """The subscriber behind a manage token, or None when the token is fine but the person was erased.
+
+    Raises TokenError for a bad token (no database read for those).
+    """
+    wanted = verify(runtime, Purpose.MANAGE, token)
+    # One statement, no transaction: a read of one row needs no BEGIN/COMMIT round trips.
+    with autocommit(runtime.engine).connect() as connection:
+        found = connection.scalar(select(Subscriber.id).where(Subscriber.id == wanted))
+    return int(found) if found is not None else None
