@@ -10,7 +10,7 @@ by chunk, so that sending starts early.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,17 +51,27 @@ class Prefetched:
 
     Put in ``session.info[PREFETCHED]``. Outcomes are those of accepting each event alone: the snapshots
     are locked (FOR UPDATE) by the caller in the same transaction, a key read as absent that another
-    producer inserts meanwhile still hits the unique constraint at flush, and ``trial_audience`` only
-    skips a matching INSERT that would insert nothing.
+    producer inserts meanwhile still hits the unique constraint at flush, and ``trial_audience``,
+    ``trial_digest_audience`` and ``condition_digests`` only skip a matching or holding INSERT that would
+    insert nothing.
     """
 
     snapshots: dict[str, Trial | None] = field(default_factory=dict)  # NCT ID -> locked snapshot (or none)
     absent_keys: set[str] = field(default_factory=set)  # idempotency keys not in the events table
     trial_audience: set[str] | None = None  # NCT IDs with an active trial subscription; None: unknown
+    # Of those, the NCT IDs some active digest (daily / weekly) subscription follows; None: unknown.
+    trial_digest_audience: set[str] | None = None
+    # Whether any active condition subscription is a digest; None: unknown. Without digest followers the
+    # holding statement (an advisory lock, an INSERT ... SELECT and a count) would hold nothing.
+    condition_digests: bool | None = None
     # Ids taken from the events' sequence for this batch (``reserve_event_ids``): an event row nothing
     # reads at once (a no-op, a change nobody follows) then goes out with the batch's next flush, in one
     # statement with the others, instead of an INSERT ... RETURNING round trip of its own.
     event_ids: list[int] = field(default_factory=list)
+    # Filled by ``learn_ahead``: what each event's trial teaches (by idempotency key), and the concepts
+    # phrases gained from the whole batch, for the next accepted event to catch their followers up on.
+    learned: dict[str, vocabulary.Learned] = field(default_factory=dict)
+    gained: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 PREFETCHED = "alerts.intake.prefetched"
@@ -76,6 +86,39 @@ def reserve_event_ids(session: Session, count: int) -> list[int]:
         text("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, :n)"), {"n": count}
     )
     return sorted(int(n) for n in taken.scalars())
+
+
+def learn_ahead(session: Session, events: Sequence[TrialEvent]) -> None:
+    """Learn the vocabulary of a batch of events at once, before accepting them one by one (the registry
+    watcher's page; ``session.info[PREFETCHED]`` holds the batch's snapshots).
+
+    The same counts as ``accept`` / ``store_baseline`` learning each one (only versions newer than the
+    stored snapshot teach), in one set-based pass (``vocabulary.learn_many``) instead of a dozen round
+    trips per new trial; each accepted event then finds its trial learned. Every event of the batch
+    matches with what the whole batch taught, and the followers of phrases whose meaning grew are caught
+    up by the batch's next accepted event (``Prefetched.gained``): what learning one by one would have
+    reached through catch-ups.
+    """
+    pre = _prefetched(session)
+    if pre is None:
+        return
+    versions: dict[str, vocabulary.Learned] = {}
+    for event in events:
+        if event.nct_id not in pre.snapshots or not _is_newest(pre.snapshots[event.nct_id], event):
+            continue
+        learned = vocabulary.extract(event.trial)
+        pre.learned[event.idempotency_key] = learned
+        versions.pop(event.nct_id, None)  # the last version of a trial is the one it ends with
+        versions[event.nct_id] = learned
+    for change in vocabulary.learn_many(session, versions):
+        if change.gained:
+            pre.gained[change.key] = pre.gained.get(change.key, frozenset()) | change.gained
+
+
+def _learned(session: Session, event: TrialEvent) -> vocabulary.Learned:
+    pre = _prefetched(session)
+    found = pre.learned.pop(event.idempotency_key, None) if pre is not None else None
+    return found if found is not None else vocabulary.extract(event.trial)
 
 
 def _prefetched(session: Session) -> Prefetched | None:
@@ -99,7 +142,7 @@ def _store_version(session: Session, snapshot: Trial | None, event: TrialEvent, 
     """Remember the newest version seen; an event older than the stored one never overwrites it."""
     record = dict(event.trial)
     if snapshot is None or snapshot.version_at <= event.occurred_at:
-        places.store_sites(session, event.nct_id, record)
+        places.store_sites(session, event.nct_id, record, snapshot.record if snapshot is not None else None)
     if snapshot is None:
         session.add(
             Trial(
@@ -136,7 +179,7 @@ def store_baseline(session: Session, event: TrialEvent) -> None:
     """
     snapshot = _snapshot(session, event.nct_id)
     if _is_newest(snapshot, event):
-        vocabulary.learn(session, event.nct_id, vocabulary.extract(event.trial))
+        vocabulary.learn(session, event.nct_id, _learned(session, event))
     _store_version(session, snapshot, event)
 
 
@@ -204,14 +247,22 @@ def accept(
     )
     if pre is not None and pre.event_ids:
         row.id = pre.event_ids.pop(0)
-    learned = vocabulary.extract(event.trial)
+    learned = _learned(session, event)
     caught_up: list[CaughtUp] = []
+    gained: dict[str, frozenset[str]] = {}
     if _is_newest(snapshot, event):
         # What NLM's indexing of this version teaches about condition phrases: every subscription following
         # a phrase whose meaning changed follows the new meaning in the matching below, and catches up on
-        # the recent new trials it missed while the phrase meant less.
+        # the recent new trials it missed while the phrase meant less. (Learned already when the caller
+        # learned its batch ahead: nothing changes here then.)
         meanings = vocabulary.learn_changes(session, event.nct_id, learned)
         gained = {change.key: change.gained for change in meanings}
+    if pre is not None and pre.gained:
+        # What the caller's batch taught (learn_ahead): caught up once, by the batch's first accepted event.
+        for key, concepts in pre.gained.items():
+            gained[key] = gained.get(key, frozenset()) | concepts
+        pre.gained = {}
+    if gained:
         caught_up = catchup.catch_up(session, gained, _render_earlier(session, renderer, site), catch_up_days)
     template: str
     context: Callable[[], dict[str, Any]]  # built only when someone is listening
@@ -264,6 +315,11 @@ def accept(
         listening = event.nct_id in pre.trial_audience
     else:
         listening = True
+    holding = listening
+    if pre is not None and kind == SubscriptionKind.TRIAL and pre.trial_digest_audience is not None:
+        holding = holding and event.nct_id in pre.trial_digest_audience
+    elif pre is not None and kind == SubscriptionKind.CONDITION and pre.condition_digests is not None:
+        holding = holding and pre.condition_digests
     if row.id is None or (reason is None and listening):
         # Only the event row (deliveries refer to it): the snapshot's UPDATE goes out with the transaction's
         # next flush, batched with those of the other events a caller accepts in the same transaction.
@@ -280,7 +336,7 @@ def accept(
         chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk) if listening else NO_ONE
         row.recipients = chunk.created
         # Digest subscribers: the same match becomes held items, with the entry rendered once for all.
-        held_count = create_held_items(session, row.id, plan) if listening else 0
+        held_count = create_held_items(session, row.id, plan) if holding else 0
         if chunk.complete:
             row.status = EventStatus.FANNED_OUT
         else:

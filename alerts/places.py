@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy import Float, Integer, String, and_, bindparam, case, cast, func, literal, or_, select
+from sqlalchemy import Float, Integer, String, and_, bindparam, case, cast, delete, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import CTE
@@ -311,14 +311,54 @@ def sites(record: Mapping[str, Any]) -> list[Site]:
     return found
 
 
-def store_sites(session: Session, nct_id: str, record: Mapping[str, Any]) -> None:
-    """Replace a trial's rows in ``trial_sites`` with the sites of ``record`` that have coordinates."""
-    session.query(TrialSite).filter(TrialSite.nct_id == nct_id).delete(synchronize_session=False)
-    session.add_all(
-        TrialSite(nct_id=nct_id, seq=s.seq, lat=s.lat, lon=s.lon, recruiting=s.recruiting)
-        for s in sites(record)
-        if s.lat is not None and s.lon is not None
-    )
+SiteRow = tuple[int, float, float, bool]  # a ``trial_sites`` row of one trial: seq, lat, lon, recruiting
+
+
+def site_rows(record: Mapping[str, Any]) -> list[SiteRow]:
+    """What ``store_sites`` stores for ``record``: the sites with coordinates, in order (as ``sites`` reads
+    them, without building their texts)."""
+    section = record.get("protocolSection")
+    module = section.get("contactsLocationsModule") if isinstance(section, Mapping) else None
+    raw = module.get("locations") if isinstance(module, Mapping) else None
+    rows: list[SiteRow] = []
+    for seq, item in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(item, Mapping):
+            continue
+        point = item.get("geoPoint")
+        if not isinstance(point, Mapping):
+            continue
+        lat, lon = _coordinate(point.get("lat"), 90), _coordinate(point.get("lon"), 180)
+        if lat is None or lon is None:
+            continue
+        status = _text(item.get("status"))
+        code = status.upper().replace(" ", "_") if status else None
+        rows.append((seq, lat, lon, code in ("RECRUITING", "NOT_YET_RECRUITING")))
+    return rows
+
+
+def store_sites(
+    session: Session, nct_id: str, record: Mapping[str, Any], stored: Mapping[str, Any] | None = None
+) -> None:
+    """Replace a trial's rows in ``trial_sites`` with the sites of ``record`` that have coordinates.
+
+    ``stored``: the trial's version whose sites the table holds now (its stored snapshot); when ``record``
+    has the same rows (most updates touch no site), nothing is written. Plain statements on the session's
+    connection: they do not flush the session's pending changes (a caller accepting a page of events
+    flushes those in batches), and the rows are in place for the matching that follows (distances).
+    """
+    rows = site_rows(record)
+    if stored is not None and site_rows(stored) == rows:
+        return
+    connection = session.connection()
+    connection.execute(delete(TrialSite).where(TrialSite.nct_id == nct_id))
+    if rows:
+        connection.execute(
+            insert(TrialSite),
+            [
+                {"nct_id": nct_id, "seq": seq, "lat": lat, "lon": lon, "recruiting": open_}
+                for seq, lat, lon, open_ in rows
+            ],
+        )
 
 
 # --- distance in SQL -----------------------------------------------------------------------------------

@@ -287,31 +287,84 @@ def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Chang
     contributed and only the difference is applied. Then every phrase whose evidence changed is resolved
     again (``condition_meanings``, with the reason in ``condition_resolutions``): the subscriptions that
     follow it move with it. Returns the phrases whose meaning changed. Works inside the caller's
-    transaction; call it once per record (``learn_record``), for any number of records.
+    transaction; call it once per record (``learn_record``), for any number of records, or once for many
+    (``learn_many``).
     """
-    row = session.get(TrialVocabulary, nct_id)
-    state = learned.as_json()
-    if row is not None and row.learned == state:
-        return []
-    old = Learned.from_json(row.learned) if row is not None else Learned()
-    # Rows written before revision 0011 did not count ancestry: their ancestry is counted now, once.
-    old_ancestry = _ancestry(old) if row is not None and row.learned.get("v") == _VERSION else {}
-    if row is None:
-        session.add(TrialVocabulary(nct_id=nct_id, learned=state, updated_at=utcnow()))
-    else:
-        row.learned = state
-        row.updated_at = utcnow()
+    return learn_many(session, {nct_id: learned})
 
-    # Every phrase to count or to make known, before and now: the trial's phrases and the terms of all its
+
+def learn_many(session: Session, versions: Mapping[str, Learned]) -> list[Change]:
+    """``learn_changes`` for several trials at once (a page of registry records): the same counts and
+    meanings as learning them one by one, in the same statements for all of them (set-based: a dozen
+    round trips per batch instead of per trial), and one re-resolution of the phrases whose evidence
+    changed. Each trial's new version replaces what its stored row taught.
+    """
+    ids = list(versions)  # in the caller's order (labels); statements below run in sorted order
+    if not ids:
+        return []
+    # Rows already in the session (a caller that read them for a page) cost no query.
+    rows: dict[str, TrialVocabulary] = {}
+    for nct_id in ids:
+        found = session.identity_map.get(session.identity_key(TrialVocabulary, nct_id))
+        if isinstance(found, TrialVocabulary):
+            rows[nct_id] = found
+    missing = sorted(set(ids) - set(rows))
+    if missing:
+        rows |= {
+            r.nct_id: r for r in session.scalars(select(TrialVocabulary).where(TrialVocabulary.nct_id.in_(missing)))
+        }
+    now = utcnow()
+    befores: list[Learned] = []
+    afters: list[Learned] = []
+    learned_from: list[str] = []
+    old_ancestry: dict[tuple[str, str], tuple[int, int]] = {}
+    for nct_id in ids:
+        learned, row = versions[nct_id], rows.get(nct_id)
+        state = learned.as_json()
+        if row is not None and row.learned == state:
+            continue
+        old = Learned.from_json(row.learned) if row is not None else Learned()
+        # Rows written before revision 0011 did not count ancestry: their ancestry is counted now, once.
+        if row is not None and row.learned.get("v") == _VERSION:
+            for pair, (together, as_ancestor) in _ancestry(old).items():
+                was = old_ancestry.get(pair, (0, 0))
+                old_ancestry[pair] = (was[0] + together, was[1] + as_ancestor)
+        if row is None:
+            session.add(TrialVocabulary(nct_id=nct_id, learned=state, updated_at=now))
+        else:
+            row.learned = state
+            row.updated_at = now
+        befores.append(old)
+        afters.append(learned)
+        learned_from.append(nct_id)
+    if not afters:
+        return []
+
+    # Every phrase to count or to make known, before and now: the trials' phrases and the terms of all their
     # concepts (ancestors' too: "Spinal Diseases" is something one can follow).
-    terms = {**old.ancestors, **old.concepts, **learned.ancestors, **learned.concepts}
-    labels = {condition_key(t): t for t in terms.values()} | dict(old.phrases) | dict(learned.phrases)
+    # As learning them one by one would leave them: a concept's term as the last trial names it, a new
+    # phrase labelled as the first trial to use it writes it.
+    terms: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    for old, learned in zip(befores, afters, strict=True):
+        own = {**old.ancestors, **old.concepts, **learned.ancestors, **learned.concepts}
+        terms |= own
+        for key, label in {**{condition_key(t): t for t in own.values()}, **old.phrases, **learned.phrases}.items():
+            labels.setdefault(key, label)
     labels.pop("", None)
-    phrase_delta = _delta(learned.phrases, old.phrases)
-    direct = _delta(learned.concepts, old.concepts)
-    broad = _delta({*learned.concepts, *learned.ancestors}, {*old.concepts, *old.ancestors})
-    pair_delta = _delta(learned.pairs, old.pairs)
-    new_ancestry = _ancestry(learned)
+    phrase_delta: dict[str, int] = {}
+    direct: dict[str, int] = {}
+    broad: dict[str, int] = {}
+    pair_delta: dict[tuple[str, str], int] = {}
+    new_ancestry: dict[tuple[str, str], tuple[int, int]] = {}
+    for old, learned in zip(befores, afters, strict=True):
+        _add(phrase_delta, _delta(learned.phrases, old.phrases))
+        _add(direct, _delta(learned.concepts, old.concepts))
+        _add(broad, _delta({*learned.concepts, *learned.ancestors}, {*old.concepts, *old.ancestors}))
+        _add(pair_delta, _delta(learned.pairs, old.pairs))
+        for pair, (together, as_ancestor) in _ancestry(learned).items():
+            was = new_ancestry.get(pair, (0, 0))
+            new_ancestry[pair] = (was[0] + together, was[1] + as_ancestor)
     ancestry_delta = {
         pair: (new_ancestry.get(pair, (0, 0))[0] - before[0], new_ancestry.get(pair, (0, 0))[1] - before[1])
         for pair in sorted(set(new_ancestry) | set(old_ancestry))
@@ -321,7 +374,7 @@ def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Chang
 
     known_phrases = set(session.scalars(select(ConditionPhrase.key).where(ConditionPhrase.key.in_(list(labels)))))
     known_concepts = set(session.scalars(select(ConditionConcept.id).where(ConditionConcept.id.in_(list(terms)))))
-    # Concepts whose broader concepts may change with this record: compared before and after counting.
+    # Concepts whose broader concepts may change with these records: compared before and after counting.
     filed = sorted({c for c, d in direct.items() if d} | {b for b, _ in ancestry_delta})
     broader_before = _broader(session, filed)
     # Only rows that change, each statement executed once per row in sorted order: concurrent learners
@@ -352,7 +405,7 @@ def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Chang
     ]
     if concept_rows:
         session.execute(_UPSERT_CONCEPT, concept_rows)
-    changed_pairs = {p: d for p, d in pair_delta.items() if d}
+    changed_pairs = {p: d for p, d in sorted(pair_delta.items()) if d}
     if changed_pairs:
         session.execute(
             _UPSERT_PAIR, [{"phrase_key": k, "concept_id": c, "trials": d} for (k, c), d in changed_pairs.items()]
@@ -370,7 +423,13 @@ def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Chang
     if regrouped:
         stale |= _phrases_spanning(session, regrouped)
     stale.discard("")
-    return _resolve_again(session, sorted(stale), why="a record of " + nct_id)
+    why = "a record of " + learned_from[0] if len(learned_from) == 1 else f"records of {len(learned_from)} trials"
+    return _resolve_again(session, sorted(stale), why=why)
+
+
+def _add(total: dict[Any, int], more: Mapping[Any, int]) -> None:
+    for key, n in more.items():
+        total[key] = total.get(key, 0) + n
 
 
 def learn_record(session: Session, record: Mapping[str, Any]) -> list[Change]:

@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 import redis
 
-from alerts import ctgov, vocabulary
+from alerts import ctgov, places, vocabulary
 from alerts.config import Settings, environment, load_settings
 from alerts.ctgov.client import WATCH_FIELDS
 from alerts.ctgov.standin import PIECES, RegistryStandIn, project
@@ -104,7 +104,8 @@ def the_day(n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[di
 
 
 def seed(url: str, day0: list[dict[str, Any]], subscribers: int) -> dict[str, int]:
-    """The state a finished bootstrap leaves, written in bulk; then subscribers. Returns who follows what."""
+    """The state a finished bootstrap leaves (snapshots, their sites, vocabulary, content hashes), written in
+    bulk; then subscribers. Returns who follows what."""
     engine = make_engine(url)
     with transaction(engine) as session:
         for record in base_records():
@@ -135,6 +136,10 @@ def seed(url: str, day0: list[dict[str, Any]], subscribers: int) -> dict[str, in
             for record in day0:
                 state = vocabulary.extract(project(record, paths)).as_json()
                 learned.write_row((ctgov.nct_id(record), json.dumps(state), DAY0 + "Z"))
+        with cur.copy("COPY trial_sites (nct_id, seq, lat, lon, recruiting) FROM STDIN") as sites:
+            for record in day0:
+                for row in places.site_rows(project(record, paths)):
+                    sites.write_row((ctgov.nct_id(record), *row))
         with cur.copy("COPY watch_records (nct_id, content_hash, last_update, seen_at) FROM STDIN") as hashes:
             for record in day0:
                 facts = RegistryRecord.of(project(record, paths))
@@ -189,35 +194,79 @@ def settings_for(
     )
 
 
-def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> tuple[float, int, bool, float]:
-    """``alerts watch`` in its own process: (wall seconds, its peak RSS in KiB, killed, its CPU seconds).
+def _local_ports(pid: int) -> set[int]:
+    """Local TCP ports of a process's sockets (Linux /proc): how its PostgreSQL backends are found."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[9] in inodes:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _backends(conn: psycopg.Connection[Any], pid: int) -> list[int]:
+    """PIDs of the PostgreSQL backends serving process ``pid`` (matched by its client ports)."""
+    ports = sorted(_local_ports(pid))
+    if not ports:
+        return []
+    rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", (ports,)).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> tuple[float, int, bool, float, float]:
+    """``alerts watch`` in its own process: (wall seconds, its peak RSS in KiB, killed, its CPU seconds, the CPU
+    seconds of its PostgreSQL backends).
 
     The peak is the child's VmHWM read from /proc while it runs (not the rusage of wait4: across the
     fork + exec that starts it, that carries this process's own size, the stand-in's 10,000 records).
-    With ``kill_at``: SIGKILL once the pass has committed that many records (read from its state row).
+    Its backends are found by the client ports of its sockets and read from /proc like it (last reading
+    at most one poll before they exit). With ``kill_at``: SIGKILL once the pass has committed that many
+    records (read from its state row).
     """
     alerts = Path(sys.executable).parent / "alerts"
     env = os.environ | environment(settings)
-    engine = make_engine(settings.database_url) if kill_at else None
+    plain = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
     started = time.perf_counter()
     with log_path.open("ab") as log:
         child = subprocess.Popen([str(alerts), "watch"], env=env, stdout=log, stderr=log, cwd=ROOT)
     killed, peak, cpu = False, 0, 0.0
-    while child.poll() is None:
-        # Both read from the kernel while it runs (the last reading is at most one poll before it exits).
-        peak, cpu = max(peak, rss_kib(child.pid)), max(cpu, cpu_seconds(child.pid))
-        if kill_at and engine is not None:
-            with engine.connect() as conn:
-                counts = conn.exec_driver_sql("SELECT pass_counts FROM watch_state WHERE name = 'ctgov'").scalar()
-            if counts and int(counts.get("read", 0)) >= kill_at:
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-                killed = True
-                break
-        time.sleep(0.05)
-    if engine is not None:
-        engine.dispose()
-    return time.perf_counter() - started, peak, killed, cpu
+    backend_cpu: dict[int, float] = {}
+    polls = 0
+    with psycopg.connect(plain, autocommit=True) as conn:
+        while child.poll() is None:
+            # Both read from the kernel while it runs (the last reading is at most one poll before it exits).
+            peak, cpu = max(peak, rss_kib(child.pid)), max(cpu, cpu_seconds(child.pid))
+            if polls % 10 == 0:
+                for backend in _backends(conn, child.pid):
+                    backend_cpu.setdefault(backend, 0.0)
+            for backend in backend_cpu:
+                backend_cpu[backend] = max(backend_cpu[backend], cpu_seconds(backend))
+            polls += 1
+            if kill_at:
+                counts = conn.execute("SELECT pass_counts FROM watch_state WHERE name = 'ctgov'").fetchone()
+                if counts and counts[0] and int(counts[0].get("read", 0)) >= kill_at:
+                    child.send_signal(signal.SIGKILL)
+                    child.wait()
+                    killed = True
+                    break
+            time.sleep(0.05)
+    return time.perf_counter() - started, peak, killed, cpu, sum(backend_cpu.values())
 
 
 def totals(url: str) -> dict[str, Any]:
@@ -282,6 +331,9 @@ def one_run(
             # machine, PostgreSQL's share aside.
             "pass_cpu_s": [round(r[3], 1) for r in runs],
             "pass_cpu_ms_per_record": round(1000 * sum(r[3] for r in runs) / n, 2),
+            # CPU of the PostgreSQL backends serving the pass (the pass waits on them).
+            "postgres_cpu_s": [round(r[4], 1) for r in runs],
+            "postgres_cpu_ms_per_record": round(1000 * sum(r[4] for r in runs) / n, 2),
             "requests to the stand-in": len(registry.requests),
             "log": str(log_path),
         }

@@ -322,3 +322,24 @@ def test_how_to_take_part_names_a_contact_the_central_one_else_the_nearest_sites
     bare = recruiting(study("NCT00124774"))
     text = emails.near_fragments(renderer, bare, nearest, emails.trial_changed(bare, []))["near_site"][0]
     assert "The record lists no contact yet." in text
+
+
+def test_sites_are_written_only_when_they_changed(runtime: Runtime) -> None:
+    record = study("NCT00124774")
+    with transaction(runtime.engine) as session:
+        places.store_sites(session, "NCT00124774", record)
+    moved = copy.deepcopy(record)
+    site = moved["protocolSection"]["contactsLocationsModule"]["locations"][0]
+    site["status"] = "RECRUITING"
+    # Given the stored version: unchanged rows are not rewritten (a stray row would survive), changed ones are.
+    with transaction(runtime.engine) as session:
+        session.add(TrialSite(nct_id="NCT00124774", seq=99, lat=1.0, lon=1.0, recruiting=False))
+    with transaction(runtime.engine) as session:
+        places.store_sites(session, "NCT00124774", copy.deepcopy(record), record)
+    with transaction(runtime.engine) as session:
+        assert 99 in session.scalars(select(TrialSite.seq).where(TrialSite.nct_id == "NCT00124774")).all()
+    with transaction(runtime.engine) as session:
+        places.store_sites(session, "NCT00124774", moved, record)
+    with transaction(runtime.engine) as session:
+        rows = session.execute(select(TrialSite.seq, TrialSite.recruiting).where(TrialSite.nct_id == "NCT00124774"))
+        assert sorted(rows) == [(s.seq, s.recruiting) for s in places.sites(moved) if s.lat is not None]

@@ -380,3 +380,47 @@ def test_a_subscription_still_pinned_to_a_concept_follows_that_concept(runtime: 
     ingest(runtime, new_trial_event(study("NCT03340545"), "Intervertebral Disc Herniation"), inline, "test")
     with transaction(runtime.engine) as session:
         assert session.scalars(select(Delivery.subscription_id)).all() == [pinned]
+
+
+def test_learning_many_at_once_counts_and_resolves_as_one_by_one(runtime: Runtime) -> None:
+    """vocabulary.learn_many (the watcher's pages) ends where learn_changes one record at a time ends:
+    the same counts, ancestry, labels and meanings, also when versions replace earlier ones."""
+    from tests.conftest import _truncate
+
+    records = all_studies()[:60]
+    edited = copy.deepcopy(records[0])
+    edited["derivedSection"]["conditionBrowseModule"]["meshes"] = [{"id": "D000006547", "term": "Hernia"}]
+
+    def state() -> dict[str, Any]:
+        with transaction(runtime.engine) as session:
+            return counts(runtime) | {
+                "ancestry": {
+                    (a.concept_id, a.ancestor_id): (a.together, a.as_ancestor)
+                    for a in session.scalars(select(vocabulary.ConditionAncestry))
+                },
+                # The main concept among a phrase's meanings is left out: one by one, it is chosen when the
+                # phrase's own evidence last changed, with the trial counts of that moment as tie-breaker
+                # ("cystic fibrosis related diabetes" between two concepts with as much evidence); at once,
+                # with the counts of the end.
+                "labels": {p.key: p.label for p in session.scalars(select(ConditionPhrase))},
+                "meanings": sorted(
+                    (m.phrase_key, m.concept_id) for m in session.scalars(select(vocabulary.ConditionMeaning))
+                ),
+            }
+
+    def learned(record: dict[str, Any]) -> tuple[str, vocabulary.Learned]:
+        return record["protocolSection"]["identificationModule"]["nctId"], vocabulary.extract(record)
+
+    with transaction(runtime.engine) as session:
+        for record in records:
+            vocabulary.learn_changes(session, *learned(record))
+        vocabulary.learn_changes(session, *learned(edited))
+    one_by_one = state()
+
+    _truncate(runtime.engine)
+    with transaction(runtime.engine) as session:
+        vocabulary.learn_many(session, dict(learned(r) for r in records[:30]))
+    with transaction(runtime.engine) as session:
+        # The rest, and a new version of a trial learned in the first batch.
+        vocabulary.learn_many(session, dict(learned(r) for r in [*records[30:], edited]))
+    assert state() == one_by_one

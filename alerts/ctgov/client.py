@@ -11,6 +11,7 @@ the CLI.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from importlib.metadata import version as package_version
 from typing import Any, Final
 
 import httpx
+import orjson
 
 # What the service reads of a record (alerts.ctgov, alerts.vocabulary, alerts.matching): asking for these
 # pieces only keeps a page of 1,000 records a few MB instead of tens (results and documents are large).
@@ -94,6 +96,28 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# An integer of 19 digits or more may not fit 64 bits: orjson would read it as a float, json as an int.
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")
+
+
+def loads(data: bytes) -> Any:
+    """JSON as Python's json reads it, mostly by orjson (~3x faster on a page of 1,000 records or a stored
+    snapshot): json reads what orjson refuses or would read differently (lone surrogates in strings,
+    integers beyond 64 bits). Raises json.JSONDecodeError for what neither reads."""
+    if _LONG_NUMBER.search(data):
+        return json.loads(data)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def _loads(response: httpx.Response) -> Any:
+    """The body as JSON (``loads``): a record with a lone surrogate is then rejected alone by the intake,
+    not the whole page."""
+    return loads(response.content)
 
 
 def _page(data: Any) -> Page:
@@ -181,7 +205,7 @@ class RegistryClient:
             else:
                 if response.status_code == 200:
                     try:
-                        return check(response.json())
+                        return check(_loads(response))
                     except ValueError as exc:  # json.JSONDecodeError is a ValueError
                         kind = "truncated or invalid JSON" if isinstance(exc, json.JSONDecodeError) else "wrong shape"
                         problem = f"{what}: {kind} ({str(exc)[:200]})"

@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 import structlog
+from psycopg.types.json import set_json_loads
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alerts import intake, pipeline
-from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused
+from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, loads
 from alerts.db import session_factory, transaction
 from alerts.events import (
     NEW_TRIAL_FOR_CONDITION,
@@ -50,6 +52,7 @@ from alerts.events import (
     parse_event,
 )
 from alerts.intake import Accepted
+from alerts.matching import IMMEDIATELY
 from alerts.models import (
     Event,
     RejectedEvent,
@@ -195,31 +198,71 @@ def apply_page(
             )
         )
         audience = set(session.scalars(followed))
+        # Who takes digests: most deployments have few digest followers, and an event none of them follows
+        # needs no holding statement (alerts.intake.Prefetched).
+        digests = Subscription.frequency != IMMEDIATELY
+        digest_audience = set(session.scalars(followed.where(digests))) if audience else set()
+        condition_digests = (
+            session.scalar(
+                select(Subscription.id)
+                .where(
+                    Subscription.kind == SubscriptionKind.CONDITION.value,
+                    Subscription.status == SubscriptionStatus.ACTIVE.value,
+                    digests,
+                )
+                .limit(1)
+            )
+            is not None
+        )
         # At most one event per changed record.
         ids = intake.reserve_event_ids(session, 0 if bootstrap else len(changed))
-        session.info[intake.PREFETCHED] = intake.Prefetched(dict(snapshots), keys - present, audience, ids)
+        session.info[intake.PREFETCHED] = intake.Prefetched(
+            snapshots=dict(snapshots),
+            absent_keys=keys - present,
+            trial_audience=audience,
+            trial_digest_audience=digest_audience,
+            condition_digests=condition_digests,
+            event_ids=ids,
+        )
     stored = {nct for nct, trial in snapshots.items() if trial is not None}
     rows: dict[str, dict[str, Any]] = {}
     now = utcnow()
     settings = runtime.settings
+    # Each record's event (or why it is invalid), then what they all teach the vocabulary at once
+    # (intake.learn_ahead), then each one through the intake in page order.
+    parsed: list[tuple[RegistryRecord, bool, dict[str, Any] | None, TrialEvent | InvalidEvent | None]] = []
     for record in records:
-        work.counts["read"] += 1
-        if record.last_update_day is not None and (work.max_seen is None or record.last_update_day > work.max_seen):
-            work.max_seen = record.last_update_day
         if record.nct_id is not None and hashes.get(record.nct_id) == record.content_hash:
-            work.counts["unchanged"] += 1  # the version we already read (the day of overlap, a re-run)
+            parsed.append((record, False, None, None))  # the version we already read (overlap, a re-run)
             continue
         known = record.nct_id in stored
         condition = None
         if not bootstrap and not known and window is not None and record.first_posted is not None:
             condition = record.condition() if record.first_posted >= window else None
         payload = record.new_trial_event(seen_at, condition) if condition else record.changed_event(seen_at)
+        publish = not bootstrap and (known or condition is not None)
         try:
             event = parse_event(payload)
         except InvalidEvent as exc:
-            work.counts["rejected"] += _reject(session, payload, exc.errors)
+            parsed.append((record, publish, payload, exc))
         else:
-            if bootstrap or not (known or condition):
+            parsed.append((record, publish, payload, event))
+            stored.add(event.nct_id)
+        if record.nct_id is not None:
+            hashes[record.nct_id] = record.content_hash
+    intake.learn_ahead(session, [e for _, _, _, e in parsed if isinstance(e, TrialEvent)])
+    for record, publish, body, parsed_event in parsed:
+        work.counts["read"] += 1
+        if record.last_update_day is not None and (work.max_seen is None or record.last_update_day > work.max_seen):
+            work.max_seen = record.last_update_day
+        if body is None:
+            work.counts["unchanged"] += 1
+            continue
+        if isinstance(parsed_event, InvalidEvent):
+            work.counts["rejected"] += _reject(session, body, parsed_event.errors)
+        elif parsed_event is not None:
+            event = parsed_event
+            if not publish:
                 intake.store_baseline(session, event)
                 work.counts["stored"] += 1
             else:
@@ -228,9 +271,7 @@ def apply_page(
                 work.counts[f"published:{event.type}"] += 1
                 work.counts[str(outcome.status)] += 1
                 work.counts["recipients"] += outcome.recipients
-            stored.add(event.nct_id)
         if record.nct_id is not None:
-            hashes[record.nct_id] = record.content_hash
             rows[record.nct_id] = {
                 "nct_id": record.nct_id,
                 "content_hash": record.content_hash,
@@ -242,6 +283,14 @@ def apply_page(
     if rows:
         session.execute(_UPSERT_RECORD, list(rows.values()))
     return work
+
+
+def _fast_json(session: Session) -> None:
+    """Read JSON columns (a chunk's snapshots, 200 records of ~10 KB) with ``client.loads`` on this
+    PostgreSQL connection: the same values as psycopg's default json.loads, in a third of the time."""
+    dbapi = session.connection().connection.dbapi_connection
+    if isinstance(dbapi, psycopg.Connection):
+        set_json_loads(loads, dbapi)
 
 
 def _state(session: Session) -> WatchState:
@@ -410,7 +459,8 @@ class Watcher:
                 if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
                     max_seen = work.max_seen
                 for event, outcome in work.accepted:
-                    if outcome.status != "no_op":
+                    # A no-op's catch-ups (its page taught a phrase more meaning) are queued as well.
+                    if outcome.status != "no_op" or outcome.caught_up:
                         pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
                 log.info(
                     "watch.chunk",
@@ -456,6 +506,7 @@ class Watcher:
         for attempt in range(3):
             try:
                 with session_factory(self.runtime.engine)() as session, session.begin():
+                    _fast_json(session)
                     if not dry_run:
                         lock.renew(session, owner, settings.watch_lock_s)
                     work = apply_page(

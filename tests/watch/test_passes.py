@@ -372,3 +372,26 @@ def test_a_limited_bootstrap_keeps_the_most_recently_updated_trials(
     )
     assert min(d for d, n in dates if n in stored) >= max(d for d, n in dates if n not in stored)
     assert memory.batches == []
+
+
+def test_digest_followers_hold_what_the_watcher_finds(
+    runtime: Runtime, registry: RegistryStandIn, watch: Watch, memory: MemoryTransport
+) -> None:
+    """A page skips the holding statement only for events no digest subscription follows
+    (alerts.intake.Prefetched): digest followers of a changed trial and of a new trial's condition hold
+    their items, immediate followers get their emails, on the same page."""
+    from alerts.models import HeldItem
+
+    follow(runtime, "changes@example.org", trial=CHANGES)
+    follow(runtime, "daily@example.org", trial=CHANGES, frequency="daily")
+    follow(runtime, "noise@example.org", trial=NOISE, frequency="weekly")
+    follow(runtime, "weekly@example.org", condition="NASH", frequency="weekly")
+    watch()
+    _a_day_of_edits(registry)
+    report = watch()
+    assert report.counts["published:trial.new_for_condition"] == 1
+    assert per_recipient(memory) == {"changes@example.org": 1}
+    with transaction(runtime.engine) as session:
+        held = session.execute(select(HeldItem.dedupe_key, HeldItem.weekly)).all()
+    # The noise holds nothing; the material change and the new trial one item each.
+    assert sorted((key.split(":")[0], weekly) for key, weekly in held) == [("changed", False), ("new", True)]
