@@ -21,6 +21,7 @@ Sending calls ``prepare`` with the variants of the deliveries it claimed.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -146,13 +147,45 @@ def fall_back_to_main(session: Session, event_id: int, after_id: int) -> None:
             )
 
 
-def contents_for(session: Session, event_id: int, variants: Iterable[str | None]) -> dict[str | None, Content]:
-    """The rendering for each variant (None: ``Event.content``), in one or two queries.
+class Renderings:
+    """Stored renderings already read, kept by one process (``Runtime.renderings``): they never change once
+    written (``render_variants`` only adds; retention deletes whole events), and every batch of a fan-out
+    asks for the same ones: a fan-out to placed readers names hundreds of nearby-site outcomes per batch.
+
+    Bounded: the oldest entries go first. Only renderings found are kept, so one stored later is read then.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[tuple[int, str | None], Content] = OrderedDict()
+
+    def get(self, event_id: int, variant: str | None) -> Content | None:
+        return self._kept.get((event_id, variant))
+
+    def keep(self, event_id: int, found: Mapping[str | None, Content]) -> None:
+        for variant, content in found.items():
+            self._kept[(event_id, variant)] = content
+        while len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+
+def contents_for(
+    session: Session, event_id: int, variants: Iterable[str | None], known: Renderings | None = None
+) -> dict[str | None, Content]:
+    """The rendering for each variant (None: ``Event.content``), in one or two queries (none for those
+    ``known`` already holds).
 
     A variant with no stored rendering is absent from the result: the caller must not send it.
     """
-    wanted = set(variants)
     found: dict[str | None, Content] = {}
+    wanted: set[str | None] = set()
+    for variant in variants:
+        held = known.get(event_id, variant) if known is not None else None
+        if held is not None:
+            found[variant] = held
+        else:
+            wanted.add(variant)
+    read: dict[str | None, Content] = {}
     named = sorted(v for v in wanted if v is not None)
     if named:
         rows = session.execute(
@@ -161,12 +194,14 @@ def contents_for(session: Session, event_id: int, variants: Iterable[str | None]
             )
         )
         for variant, subject, text, html in rows:
-            found[variant] = Content(subject=subject, text=text, html=html)
+            read[variant] = Content(subject=subject, text=text, html=html)
     if None in wanted:
         data: dict[str, Any] | None = session.scalar(select(Event.content).where(Event.id == event_id))
         if data is not None:
-            found[None] = Content.from_dict(data)
-    return found
+            read[None] = Content.from_dict(data)
+    if known is not None:
+        known.keep(event_id, read)
+    return found | read
 
 
 def content_for(session: Session, event_id: int, variant: str | None) -> Content | None:
@@ -184,7 +219,9 @@ class Prepared:
     subject: str | None = None  # the outcome's own subject (a change alert leading with a site near them)
 
 
-def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> dict[str | None, Prepared]:
+def prepare(
+    session: Session, event_id: int, variants: Iterable[str | None], known: Renderings | None = None
+) -> dict[str | None, Prepared]:
     """For each variant: its label's rendering and its outcome's fragments, in one or two queries.
 
     An outcome without fragments (first met by a fan-out resumed without its record) gets those of
@@ -194,7 +231,7 @@ def prepare(session: Session, event_id: int, variants: Iterable[str | None]) -> 
     wanted = set(variants)
     parts = {variant: split(variant) for variant in wanted}
     needed = {label for label, _ in parts.values()} | {outcome for _, outcome in parts.values()} | {NO_PLACE}
-    found = contents_for(session, event_id, needed)
+    found = contents_for(session, event_id, needed, known)
     # Fragment values that are the same for every reader of a label in this batch (all of them for readers
     # without a place; the empty "changes near you" of most placed readers) go into the rendering once here,
     # instead of into each of up to 1,000 recipients' substitutions, which made every request larger and

@@ -198,6 +198,7 @@ def deliver(runtime: Runtime, event_id: int, after_id: int, upto_id: int) -> Sen
         after_id,
         upto_id,
         runtime.settings.send_lease_s,
+        runtime.renderings,
     )
     log.info(
         "batch.sent",

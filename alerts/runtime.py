@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from alerts.addresses import AddressHasher
 from alerts.config import Settings, get_settings
+from alerts.contents import Renderings
 from alerts.db import make_engine
 from alerts.rendering import Renderer
 from alerts.sending import Links
@@ -36,6 +37,11 @@ class Runtime:
     @cached_property
     def renderer(self) -> Renderer:
         return Renderer()
+
+    @cached_property
+    def renderings(self) -> Renderings:
+        # Stored renderings this process has read (alerts.contents): immutable once written.
+        return Renderings()
 
     @cached_property
     def signer(self) -> Signer:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from alerts import counters
-from alerts.contents import Prepared, prepare
+from alerts.contents import Prepared, Renderings, prepare
 from alerts.db import transaction
 from alerts.models import (
     Delivery,
@@ -398,8 +398,10 @@ def send_range(
     after_id: int,
     upto_id: int,
     lease_s: int,
+    known: Renderings | None = None,
 ) -> SendReport:
-    """Send the queued deliveries of ``event_id`` with after_id < id <= upto_id."""
+    """Send the queued deliveries of ``event_id`` with after_id < id <= upto_id (``known``: the process's
+    renderings already read, ``contents.Renderings``)."""
     report = SendReport()
     clock = time.perf_counter
     started = clock()
@@ -413,7 +415,7 @@ def send_range(
         _mark(session, skipped, DeliveryStatus.SKIPPED, "subscription ended before sending")
         _mark(session, suppressed, DeliveryStatus.SUPPRESSED, "address is suppressed")
         # One shared rendering per followed label (alerts.contents), and each outcome's fragments.
-        prepared = prepare(session, event_id, variants)
+        prepared = prepare(session, event_id, variants, known)
     report.skipped = len(skipped)
     report.suppressed = len(suppressed)
     report.timings["claim_s"] = clock() - started
