@@ -316,6 +316,7 @@ def near_fragments(
     return {
         "near_changes": renderer.fragment("near_changes", context),
         "near_site": renderer.fragment("near_site", context),
+        "near_contact": renderer.fragment("near_contact", context),
     }
 
 

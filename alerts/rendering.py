@@ -29,8 +29,11 @@ def placeholder(name: str) -> str:
 # Parts of an email that differ between groups of its recipients (what their emails say about sites near
 # them, alerts.contents): the shared rendering carries one placeholder per part and slot, ``%%near_site_text%%``
 # in the text and ``%%near_site_html%%`` in the HTML, filled per recipient at send time like the links. The
-# fragments are our own renderings, written with inline styles (premailer never sees them).
-SLOTS = ("near_changes", "near_site")
+# fragments are our own renderings, written with inline styles (premailer never sees them). The nearest
+# site's sentence and the contact line are separate slots: the contact line is often the same for every
+# reader of a batch (a central contact, or none), and then it goes into the rendering once
+# (alerts.contents.prepare). New slots go last: fragments stored before them unpack with the new ones empty.
+SLOTS = ("near_changes", "near_site", "near_contact")
 FRAGMENT_SUFFIXES = ("_text", "_html")
 
 

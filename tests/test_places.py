@@ -300,16 +300,22 @@ def test_sites_without_valid_coordinates_are_not_stored(runtime: Runtime) -> Non
 
 def test_how_to_take_part_names_a_contact_the_central_one_else_the_nearest_sites() -> None:
     renderer = Renderer()
+
+    def said(record: dict[str, Any], outcome: places.Outcome | None, shared: dict[str, Any]) -> str:
+        """The text the nearest-site and contact slots put under "How to take part", in order."""
+        fragments = emails.near_fragments(renderer, record, outcome, shared)
+        return fragments["near_site"][0] + fragments["near_contact"][0]
+
     record = recruiting(study("NCT00124774"))
     site = record["protocolSection"]["contactsLocationsModule"]["locations"][0]
     site["contacts"] = [{"name": "Research desk", "phone": "+31 88 005 8888", "email": "trials@example.org"}]
     shared = emails.trial_changed(record, [])
     nearest = places.Outcome("km", {"open": (0, 16)})
-    text = emails.near_fragments(renderer, record, nearest, shared)["near_site"][0]
+    text = said(record, nearest, shared)
     assert "The nearest open site is 16 km from you:" in text
     assert "Contact at this site: Research desk, +31 88 005 8888, trials@example.org" in text
     # Without a place: the first open site that lists a contact, named.
-    text = emails.near_fragments(renderer, record, None, shared)["near_site"][0]
+    text = said(record, None, shared)
     assert "Contact at Rijnstate Hospital, Arnhem, Netherlands: Research desk" in text
     # With a central contact, that one is in the shared part and the fragment adds none.
     record["protocolSection"]["contactsLocationsModule"]["centralContacts"] = [
@@ -317,10 +323,10 @@ def test_how_to_take_part_names_a_contact_the_central_one_else_the_nearest_sites
     ]
     shared = emails.trial_changed(record, [])
     assert shared["trial"]["take_part"]["contact"] == "Study office, +31 26 000 0000"
-    assert "Contact" not in emails.near_fragments(renderer, record, nearest, shared)["near_site"][0]
+    assert "Contact" not in said(record, nearest, shared)
     # No contact anywhere: said so.
     bare = recruiting(study("NCT00124774"))
-    text = emails.near_fragments(renderer, bare, nearest, emails.trial_changed(bare, []))["near_site"][0]
+    text = said(bare, nearest, emails.trial_changed(bare, []))
     assert "The record lists no contact yet." in text
 
 
