@@ -49,3 +49,14 @@ def test_only_renderings_found_are_kept_and_the_oldest_go_first(runtime: Runtime
         }
     known.keep(outcome.event_id, {"a": Content("1", "1", "1"), "b": Content("2", "2", "2")})
     assert known.get(outcome.event_id, "later") is None and known.get(outcome.event_id, "b") is not None
+
+
+def test_fragments_stored_before_a_new_slot_unpack_with_it_empty() -> None:
+    # Stored by a release with two slots (near_changes, near_site): the contact line was inside near_site.
+    older = Content(
+        subject="", text=contents.FRAGMENT_JOIN.join(["c", "s"]), html=contents.FRAGMENT_JOIN.join(["C", "S"])
+    )
+    values = contents.unpack(older)
+    assert (values["near_site_text"], values["near_site_html"]) == ("s", "S")
+    assert (values["near_contact_text"], values["near_contact_html"]) == ("", "")
+    assert contents.unpack(contents.pack({"near_site": ("s", "S")}))["near_contact_text"] == ""
