@@ -51,19 +51,13 @@ class Prefetched:
 
     Put in ``session.info[PREFETCHED]``. Outcomes are those of accepting each event alone: the snapshots
     are locked (FOR UPDATE) by the caller in the same transaction, a key read as absent that another
-    producer inserts meanwhile still hits the unique constraint at flush, and ``trial_audience``,
-    ``trial_digest_audience`` and ``condition_digests`` only skip a matching or holding INSERT that would
-    insert nothing.
+    producer inserts meanwhile still hits the unique constraint at flush, and ``trial_audience`` only skips
+    a matching INSERT that would insert nothing (holding asks its own index: ``create_held_items``).
     """
 
     snapshots: dict[str, Trial | None] = field(default_factory=dict)  # NCT ID -> locked snapshot (or none)
     absent_keys: set[str] = field(default_factory=set)  # idempotency keys not in the events table
     trial_audience: set[str] | None = None  # NCT IDs with an active trial subscription; None: unknown
-    # Of those, the NCT IDs some active digest (daily / weekly) subscription follows; None: unknown.
-    trial_digest_audience: set[str] | None = None
-    # Whether any active condition subscription is a digest; None: unknown. Without digest followers the
-    # holding statement (an advisory lock, an INSERT ... SELECT and a count) would hold nothing.
-    condition_digests: bool | None = None
     # Ids taken from the events' sequence for this batch (``reserve_event_ids``): an event row nothing
     # reads at once (a no-op, a change nobody follows) then goes out with the batch's next flush, in one
     # statement with the others, instead of an INSERT ... RETURNING round trip of its own.
@@ -315,11 +309,6 @@ def accept(
         listening = event.nct_id in pre.trial_audience
     else:
         listening = True
-    holding = listening
-    if pre is not None and kind == SubscriptionKind.TRIAL and pre.trial_digest_audience is not None:
-        holding = holding and event.nct_id in pre.trial_digest_audience
-    elif pre is not None and kind == SubscriptionKind.CONDITION and pre.condition_digests is not None:
-        holding = holding and pre.condition_digests
     if row.id is None or (reason is None and listening):
         # Only the event row (deliveries refer to it): the snapshot's UPDATE goes out with the transaction's
         # next flush, batched with those of the other events a caller accepts in the same transaction.
@@ -335,8 +324,9 @@ def accept(
         # Nobody follows this trial (the caller asked once for its whole batch): the INSERT would add nothing.
         chunk = create_deliveries_chunk(session, row.id, plan, 0, first_chunk) if listening else NO_ONE
         row.recipients = chunk.created
-        # Digest subscribers: the same match becomes held items, with the entry rendered once for all.
-        held_count = create_held_items(session, row.id, plan) if holding else 0
+        # Digest subscribers: the same match becomes held items, with the entry rendered once for all (an
+        # event without a digest audience costs one probe of its index there).
+        held_count = create_held_items(session, row.id, plan) if listening else 0
         if chunk.complete:
             row.status = EventStatus.FANNED_OUT
         else:

@@ -52,7 +52,6 @@ from alerts.events import (
     parse_event,
 )
 from alerts.intake import Accepted
-from alerts.matching import IMMEDIATELY
 from alerts.models import (
     Event,
     RejectedEvent,
@@ -198,30 +197,12 @@ def apply_page(
             )
         )
         audience = set(session.scalars(followed))
-        # Who takes digests: most deployments have few digest followers, and an event none of them follows
-        # needs no holding statement (alerts.intake.Prefetched).
-        digests = Subscription.frequency != IMMEDIATELY
-        digest_audience = set(session.scalars(followed.where(digests))) if audience else set()
-        condition_digests = (
-            session.scalar(
-                select(Subscription.id)
-                .where(
-                    Subscription.kind == SubscriptionKind.CONDITION.value,
-                    Subscription.status == SubscriptionStatus.ACTIVE.value,
-                    digests,
-                )
-                .limit(1)
-            )
-            is not None
-        )
         # At most one event per changed record.
         ids = intake.reserve_event_ids(session, 0 if bootstrap else len(changed))
         session.info[intake.PREFETCHED] = intake.Prefetched(
             snapshots=dict(snapshots),
             absent_keys=keys - present,
             trial_audience=audience,
-            trial_digest_audience=digest_audience,
-            condition_digests=condition_digests,
             event_ids=ids,
         )
     stored = {nct for nct, trial in snapshots.items() if trial is not None}
