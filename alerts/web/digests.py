@@ -169,12 +169,9 @@ def _manage_digest(request: Request, token: str, runtime: Runtime, form: FormDat
     """Either one alert's frequency (``subscription`` + ``frequency``) or the digest time (zone, hour, weekday)."""
     from alerts.web.links import render_manage_page
 
-    try:
-        subscriber_id = linktokens.subscriber_id(runtime, token)
-    except TokenError:
-        return pages.invalid_link(request)
-    if subscriber_id is None:
-        return pages.gone_link(request)
+    subscriber_id = linktokens.manage_subscriber(request, runtime, token)
+    if isinstance(subscriber_id, Response):
+        return subscriber_id
     subscription_field = form.get("subscription")
     try:
         with transaction(runtime.engine) as session:

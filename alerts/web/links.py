@@ -427,12 +427,9 @@ render_manage_page = _manage_page
 
 def manage_page(request: Request, token: str, runtime: Runtime) -> Response:
     """The ORM path of the manage page (SQLite)."""
-    try:
-        subscriber_id = linktokens.subscriber_id(runtime, token)
-    except TokenError:
-        return pages.invalid_link(request)
-    if subscriber_id is None:
-        return pages.gone_link(request)
+    subscriber_id = linktokens.manage_subscriber(request, runtime, token)
+    if isinstance(subscriber_id, Response):
+        return subscriber_id
     return _manage_page(request, runtime, token, subscriber_id)
 
 
@@ -471,12 +468,9 @@ async def manage_unsubscribe(request: Request, token: str, runtime: RuntimeDep) 
 
 
 def _manage_unsubscribe(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
-    try:
-        subscriber_id = linktokens.subscriber_id(runtime, token)
-    except TokenError:
-        return pages.invalid_link(request)
-    if subscriber_id is None:
-        return pages.gone_link(request)
+    subscriber_id = linktokens.manage_subscriber(request, runtime, token)
+    if isinstance(subscriber_id, Response):
+        return subscriber_id
     notice = None
     with transaction(runtime.engine) as session:
         if _field(form, "scope") == "all":
@@ -501,12 +495,9 @@ async def manage_preferences(request: Request, token: str, runtime: RuntimeDep) 
 
 def _manage_preferences(request: Request, token: str, runtime: Runtime, form: FormData) -> Response:
     """Replace the subscriber's place, distance, age and sex (every field optional; blank clears it)."""
-    try:
-        subscriber_id = linktokens.subscriber_id(runtime, token)
-    except TokenError:
-        return pages.invalid_link(request)
-    if subscriber_id is None:
-        return pages.gone_link(request)
+    subscriber_id = linktokens.manage_subscriber(request, runtime, token)
+    if isinstance(subscriber_id, Response):
+        return subscriber_id
     try:
         chosen = place_form.from_form(form)
     except InvalidPreference as exc:

@@ -6,6 +6,8 @@ neither can hold it): a manage token's subscriber, read once.
 
 from __future__ import annotations
 
+from fastapi import Request
+from fastapi.responses import Response
 from sqlalchemy import select
 
 from alerts import text
@@ -13,6 +15,7 @@ from alerts.db import autocommit
 from alerts.models import Subscriber
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
+from alerts.web import pages
 
 # Our tokens are well under this; anything longer is not worth verifying.
 MAX_TOKEN_LENGTH = 400
@@ -43,3 +46,13 @@ def subscriber_id(runtime: Runtime, token: str) -> int | None:
     with autocommit(runtime.engine).connect() as connection:
         found = connection.scalar(select(Subscriber.id).where(Subscriber.id == wanted))
     return int(found) if found is not None else None
+
+
+def manage_subscriber(request: Request, runtime: Runtime, token: str) -> int | Response:
+    """The subscriber a manage form acts for, or the page to answer instead: "this link doesn't work" for a
+    bad token, "no longer valid" for an erased subscriber."""
+    try:
+        found = subscriber_id(runtime, token)
+    except TokenError:
+        return pages.invalid_link(request)
+    return pages.gone_link(request) if found is None else found
