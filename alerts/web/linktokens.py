@@ -21,18 +21,22 @@ from alerts.web import pages
 MAX_TOKEN_LENGTH = 400
 
 
-def verify(runtime: Runtime, purpose: Purpose, token: str) -> int:
-    """The one id a token carries (confirm tokens: within their age). Raises TokenError."""
+def _check_text(token: str) -> None:
+    """Too long, or characters no token of ours has: refused before any signature work."""
     if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
         raise TokenError("invalid")
+
+
+def verify(runtime: Runtime, purpose: Purpose, token: str) -> int:
+    """The one id a token carries (confirm tokens: within their age). Raises TokenError."""
+    _check_text(token)
     max_age = runtime.settings.confirm_max_age_s if purpose is Purpose.CONFIRM else None
     return runtime.signer.verify(purpose, token, max_age)
 
 
 def verify_confirm(runtime: Runtime, token: str) -> tuple[int, ...]:
     """The subscriptions a confirm token names (one sign-up may name several). Raises TokenError."""
-    if len(token) > MAX_TOKEN_LENGTH or text.problem(token):
-        raise TokenError("invalid")
+    _check_text(token)
     return runtime.signer.verify_ids(Purpose.CONFIRM, token, runtime.settings.confirm_max_age_s)
 
 
