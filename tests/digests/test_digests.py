@@ -373,16 +373,22 @@ def test_a_digest_whose_worker_died_is_sent_once_by_maintenance(
         assert session.scalar(select(Digest.attempts)) == 2
 
 
+def readers_holding_a_change(runtime: Runtime, inline: InlineEnqueue, n: int) -> list[str]:
+    """``n`` daily followers of TRIAL (UTC, 08:00), each holding one material change; their addresses."""
+    record = study(TRIAL)
+    publish(runtime, inline, changed_event(record))
+    addresses = [f"reader{i}@example.org" for i in range(n)]
+    for address in addresses:
+        follow(runtime, address, trial=TRIAL, frequency="daily")
+    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    return addresses
+
+
 def test_outcomes_with_a_message_id_each_are_recorded_for_every_digest(
     runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
 ) -> None:
     """The memory transport answers one message id per recipient (like the file and SMTP transports)."""
-    record = study(TRIAL)
-    publish(runtime, inline, changed_event(record))
-    addresses = [f"reader{i}@example.org" for i in range(8)]
-    for address in addresses:
-        follow(runtime, address, trial=TRIAL, frequency="daily")
-    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    addresses = readers_holding_a_change(runtime, inline, 8)
     digest_tick(runtime, inline.send_digests, now=close_after())
     assert per_recipient(memory) == dict.fromkeys(addresses, 1)
     with transaction(runtime.engine) as session:
@@ -398,12 +404,7 @@ def test_a_tick_closes_windows_chunk_by_chunk_and_queues_each_chunk_at_once(
     """Five due subscribers, two per transaction: three chunks, each queued as soon as it commits."""
     from alerts.digests import schedule
 
-    record = study(TRIAL)
-    publish(runtime, inline, changed_event(record))
-    addresses = [f"reader{i}@example.org" for i in range(5)]
-    for address in addresses:
-        follow(runtime, address, trial=TRIAL, frequency="daily")
-    publish(runtime, inline, changed_event(open_recruitment(record), occurred_at="2026-12-01T09:00:00Z"))
+    addresses = readers_holding_a_change(runtime, inline, 5)
     queued: list[tuple[int, int]] = []
     sent_when_queued: list[int] = []
 
