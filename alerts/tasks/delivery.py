@@ -13,16 +13,21 @@ from alerts.sending import give_up
 from alerts.tasks.app import app
 
 MAX_SEND_RETRIES = 8
+# How a send task (a batch of alerts, a range of digests) retries when the database is away: the same
+# backoff for both, so they recover together.
+SEND_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": MAX_SEND_RETRIES,
+}
 
 
 @app.task(
     name="alerts.delivery.send_batch",
     bind=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=MAX_SEND_RETRIES,
+    **SEND_RETRY,
 )
 def send_batch(self: Task, event_id: int, after_id: int, upto_id: int) -> dict[str, Any]:
     runtime = get_runtime()

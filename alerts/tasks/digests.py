@@ -6,14 +6,12 @@ from datetime import datetime
 from typing import Any
 
 from celery import Task
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from alerts import pipeline
 from alerts.runtime import get_runtime
 from alerts.tasks.app import app
+from alerts.tasks.delivery import MAX_SEND_RETRIES, SEND_RETRY
 from alerts.tasks.enqueue import CeleryEnqueue
-
-MAX_SEND_RETRIES = 8
 
 
 @app.task(name="alerts.digests.tick", ignore_result=True)
@@ -38,11 +36,7 @@ def tick(now: str | None = None) -> dict[str, int]:
 @app.task(
     name="alerts.digests.send",
     bind=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=MAX_SEND_RETRIES,
+    **SEND_RETRY,
 )
 def send(self: Task, after_id: int, upto_id: int) -> dict[str, Any]:
     runtime = get_runtime()
