@@ -33,6 +33,7 @@ from benchmarks.support import (
     delivery_meter,
     memory_figures,
     pg_schema,
+    settle,
     start_worker,
     stop_worker,
 )
@@ -156,6 +157,7 @@ def followers(n: int, tmp: Path, placed: bool = False) -> Iterator[tuple[StandIn
         bulk_subscribers(url, n, "condition", target, CONDITION)
         if placed:
             place_everyone(url)
+        settle(url)
         yield standin, target, bench_settings(url, standin.url, tmp)
 
 
