@@ -48,6 +48,7 @@ from benchmarks.support import (
     delivery_meter,
     memory_figures,
     pg_schema,
+    settle,
     start_worker,
     stop_worker,
 )
@@ -232,6 +233,7 @@ def run(n: int, identical: bool, pack_limit: int | None, tmp: Path, timeout_s: f
         items = news(url)
         started = time.perf_counter()
         held_count = load(url, n, items, identical)
+        settle(url)
         setup_s = time.perf_counter() - started
         settings: Settings = bench_settings(url, standin.url, tmp)
         if pack_limit is not None:
