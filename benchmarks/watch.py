@@ -44,7 +44,7 @@ from alerts.ctgov.standin import PIECES, RegistryStandIn, project
 from alerts.db import make_engine, transaction
 from alerts.tokens import Purpose, Signer
 from alerts.watch.records import RegistryRecord
-from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, pg_schema, rss_kib
+from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, pg_schema, rss_kib, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
@@ -310,6 +310,7 @@ def one_run(
     with pg_schema() as url, broker_prefix() as prefix, RegistryStandIn(day0, data_timestamp=DAY0) as registry:
         started = time.perf_counter()
         followed = seed(url, day0, subscribers)
+        settle(url)
         setup_s = time.perf_counter() - started
         registry.advance_day(edited, new)
         settings = settings_for(url, registry, prefix, page_size, rate_per_s)
