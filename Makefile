@@ -39,7 +39,7 @@ chaos: $(STAMP) services
 bench: $(STAMP) services
 	./scripts/ensure-package.sh wrk wrk
 	$(BIN)/python -m benchmarks.fanout --n 100000 --naive --naive-n 1000
-	$(BIN)/python -m benchmarks.digest --n 100000 --identical
+	$(BIN)/python -m benchmarks.digest --n 100000 --identical --fanout
 	$(BIN)/python -m benchmarks.digest --n 100000
 	$(BIN)/python -m benchmarks.web --duration 30 --clients 100
 	$(BIN)/python -m benchmarks.watch --records 10000 --subscribers 1000 --kill

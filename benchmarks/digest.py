@@ -14,6 +14,7 @@ recipients (counted by the stand-in), peak RSS of each worker process, worker ti
 
     python -m benchmarks.digest --n 100000
     python -m benchmarks.digest --n 100000 --identical
+    python -m benchmarks.digest --n 100000 --identical --fanout   # and the immediate fan-out, same run
     python -m benchmarks.digest --n 5000 --pack-limit 0      # every digest as its own message, to compare
     python -m benchmarks.digest --n 1000000                  # flat memory (minutes of setup)
 """
@@ -42,6 +43,7 @@ from alerts.digests import held
 from alerts.rendering import Renderer
 from alerts.tasks.app import create_app
 from alerts.tokens import Purpose, Signer
+from benchmarks import fanout
 from benchmarks.support import (
     SECRET,
     bench_settings,
@@ -274,18 +276,38 @@ def run(n: int, identical: bool, pack_limit: int | None, tmp: Path, timeout_s: f
     }
 
 
+def compare(digests: dict[str, Any], alerts: dict[str, Any]) -> str:
+    """One line: the digests' wall time beside the immediate fan-out's of the same N, in the same run."""
+    fan_wall, wall = alerts["wall_s"], digests["wall_s"]
+    if not fan_wall or not wall:
+        return f"         immediate fan-out, same run: wall={fan_wall} s (a timeout: no ratio)"
+    return (
+        f"         immediate fan-out of N={alerts['n']:,}, same run: wall={fan_wall:.2f}s  "
+        f"requests={alerts['requests']}  missing={alerts['missing']}  duplicated={alerts['duplicated']}  "
+        f"digests / fan-out = {wall / fan_wall:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[100_000], help="subscribers (several: one run each)")
     parser.add_argument("--identical", action="store_true", help="every subscriber holds the same 5 items")
     parser.add_argument("--pack-limit", type=int, default=None, help="ALERTS_DIGEST_PACK_LIMIT_BYTES for the run")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--fanout",
+        action="store_true",
+        help="also run the immediate fan-out of the same N (benchmarks.fanout) in this run, and compare",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="alerts-digest-bench-"))
     results = [run(n, args.identical, args.pack_limit, tmp, args.timeout) for n in args.n]
+    # The issue's yardstick for identical digests is the speed immediate alerts reach: measured here, one
+    # after the other on the same machine and load, not copied from an older run.
+    immediate = {n: fanout.run_batched(n, tmp, args.timeout) for n in args.n} if args.fanout else {}
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"digests": results, "fanout": list(immediate.values())}, indent=2))
     for r in results:
         kind = "identical (5 items each)" if r["identical"] else "random (1-20 of 200 items)"
         wall = f"{r['wall_s']:.2f}s" if r["wall_s"] else "timeout"
@@ -299,6 +321,9 @@ def main() -> None:
         print(f"         sends: {r['sends']}  tick task: {r['tick_task_s']} s  setup: {r['setup_s']} s")
         print(f"         stages (worker seconds, both processes): {r['stages_s']}")
         print(f"         CPU seconds from tick to last acceptance: {r['cpu_s']}")
+        alerts = immediate.get(r["n"])
+        if alerts is not None:
+            print(compare(r, alerts))
     print(f"\nlogs in {tmp}")
 
 

@@ -64,3 +64,12 @@ def test_digest_benchmark_reaches_everyone_once(tmp_path: Path) -> None:
     assert {"claim_s", "plan_s", "assemble_s", "transport_s", "record_s"} <= set(result["stages_s"])
     assert set(result["cpu_s"]) == {"worker", "postgres", "standin", "redis"}
     assert 0 < result["worker_pss_total_mib"] <= result["worker_peak_rss_total_mib"]
+
+
+def test_digest_benchmark_compares_with_the_fanout_of_the_same_run() -> None:
+    # --fanout: the identical-digest figure beside the immediate fan-out measured in the same run.
+    from benchmarks.digest import compare
+
+    line = compare({"wall_s": 6.0}, {"n": 100_000, "wall_s": 4.0, "requests": 100, "missing": 0, "duplicated": 0})
+    assert "N=100,000" in line and "wall=4.00s" in line and "digests / fan-out = 1.50" in line
+    assert "no ratio" in compare({"wall_s": 6.0}, {"n": 10, "wall_s": None})
