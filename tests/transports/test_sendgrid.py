@@ -321,9 +321,8 @@ def test_the_body_travels_as_utf8_json_and_a_lone_surrogate_still_goes_out(
 ) -> None:
     # Serialized by orjson (plain UTF-8, declared as such); the one string it refuses, a lone surrogate
     # that an escaped registry text can carry, leaves the body to the library's json.dumps instead.
-    french = "Études sur la hernie discale"
     batch = make_batch(2)
-    batch = dataclasses.replace(batch, content=dataclasses.replace(batch.content, subject=french))
+    batch = dataclasses.replace(batch, content=dataclasses.replace(batch.content, subject="Études sur la hernie discale"))
     results = sendgrid.send(batch)
     assert outcomes(results) == {"sent": 2}
     assert standin.requests[-1].body["subject"] == "Études sur la hernie discale"
