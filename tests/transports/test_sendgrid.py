@@ -6,7 +6,6 @@ documented rules (limits, duplicates, sizes), so a request shape the real API wo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import socket
@@ -314,22 +313,3 @@ def test_json_bytes_counts_what_json_encoding_writes() -> None:
     ]:
         encoded = json_module.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         assert json_bytes(value) == len(encoded) - 2, repr(value)
-
-
-def test_the_body_travels_as_utf8_json_and_a_lone_surrogate_still_goes_out(
-    sendgrid: SendGridTransport, standin: SendGridStandIn
-) -> None:
-    # Serialized by orjson (plain UTF-8, declared as such); the one string it refuses, a lone surrogate
-    # that an escaped registry text can carry, leaves the body to the library's json.dumps instead.
-    batch = make_batch(2)
-    batch = dataclasses.replace(batch, content=dataclasses.replace(batch.content, subject="Études sur la hernie discale"))
-    results = sendgrid.send(batch)
-    assert outcomes(results) == {"sent": 2}
-    assert standin.requests[-1].body["subject"] == "Études sur la hernie discale"
-    text, headers = sendgrid_module._serialized({"subject": "Études"})
-    assert text == '{"subject":"Études"}' and headers["Content-Type"] == "application/json; charset=utf-8"
-    broken = {"subject": "half a pair: \ud83d"}
-    assert sendgrid_module._serialized(broken) == (broken, {"Content-Type": "application/json"})
-    batch = make_batch(1)
-    batch = dataclasses.replace(batch, content=dataclasses.replace(batch.content, subject="half a pair: \ud83d"))
-    assert outcomes(sendgrid.send(batch)) == {"sent": 1}
