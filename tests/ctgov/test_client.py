@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -9,7 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, retry_after_s
+from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, loads, retry_after_s
 from alerts.ctgov.standin import RegistryStandIn
 from tests.conftest import all_studies
 
@@ -99,3 +100,18 @@ def test_client_errors_are_not_retried(registry: RegistryStandIn) -> None:
         assert "HTTP 400" in caught.value.reason and c.requests == 1
         with pytest.raises(TokenRefused):
             c.studies_page(since=None, page_token="bm90LWEtdG9rZW4=")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"count": 18446744073709551616, "n": -9223372036854775809, "ok": 9223372036854775807}',
+        b'{"id": "1234567890123456789012", "x": 1.5, "y": [1e400]}',
+        b'{"short": 123456789012345678, "f": 2.5e-07}',
+        b'{"s": "\\ud800 lone"}',
+        b'{"nested": {"a": [0, 12345678901234567890123]}}',
+    ],
+)
+def test_loads_reads_what_json_reads(text: bytes) -> None:
+    # orjson reads integers beyond 64 bits as floats and refuses lone surrogates: json decides those.
+    assert repr(loads(text)) == repr(json.loads(text))
