@@ -11,6 +11,7 @@ the CLI.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ class RegistryClient:
         timeout_s: float = 30.0,
         retries: int = 5,
         retry_base_s: float = 2.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         alive: Callable[[], None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -160,7 +161,10 @@ class RegistryClient:
         self.min_interval_s = 1.0 / rate_per_s
         self.retries = retries
         self.retry_base_s = retry_base_s
-        self.sleep = sleep
+        # Closing wakes a wait in progress (the pass's next-page request, in its own thread, when the pass
+        # ends) and no request is sent after it: a finished or failed pass never waits out a backoff.
+        self._closed = threading.Event()
+        self.sleep = sleep or self._closed.wait
         self.alive = alive
         self.requests = 0  # sent, retries included (operators see it per pass)
         self.retried = 0
@@ -178,6 +182,7 @@ class RegistryClient:
         self.close()
 
     def close(self) -> None:
+        self._closed.set()
         self._http.close()
 
     def _wait(self, seconds: float) -> None:
@@ -200,6 +205,8 @@ class RegistryClient:
             if attempt:
                 self.retried += 1
             self._pace()
+            if self._closed.is_set():
+                raise RegistryError(f"{what}: not sent, the client was closed")
             self.requests += 1
             asked: float | None = None
             try:

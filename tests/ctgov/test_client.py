@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -91,6 +92,30 @@ def test_a_long_retry_after_ends_the_pass_instead_of_blocking(registry: Registry
     with client(registry, Waits()) as c, pytest.raises(RegistryError) as caught:
         c.studies_page(since=None)
     assert "Retry-After 3600 s" in caught.value.reason
+
+
+def test_closing_the_client_ends_a_request_waiting_to_retry(registry: RegistryStandIn) -> None:
+    # The watcher asks for the next page in a thread; a pass that ends closes the client, and that request
+    # must not wait out its backoff (here Retry-After 300 s) before the process can exit.
+    registry.inject("503", retry_after="300")
+    c = RegistryClient(registry.url, rate_per_s=1000.0, retries=3)
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            c.studies_page(since=None)
+        except BaseException as exc:
+            failed.append(exc)
+
+    asking = threading.Thread(target=ask)
+    started = time.monotonic()
+    asking.start()
+    time.sleep(0.3)
+    c.close()
+    asking.join(timeout=5)
+    assert not asking.is_alive() and time.monotonic() - started < 5
+    assert isinstance(failed[0], RegistryError) and "closed" in failed[0].reason
+    assert c.requests == 1
 
 
 def test_client_errors_are_not_retried(registry: RegistryStandIn) -> None:
