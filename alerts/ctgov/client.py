@@ -5,7 +5,8 @@ Polite means: a User-Agent naming us and a contact, at most ``rate_per_s`` reque
 the registry's ``Retry-After``. A page that arrives broken (truncated JSON, not the documented shape) is
 fetched again the same way; one that stays broken raises ``RegistryError`` with a reason an operator can
 read. Synchronous on purpose: a watcher pass is one sequential walk through pages, run by a Celery task or
-the CLI.
+the CLI (it asks for the next page from a thread of its own while it applies one: still one request at a
+time; ``close`` ends a wait in progress there).
 """
 
 from __future__ import annotations
