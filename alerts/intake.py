@@ -283,8 +283,9 @@ def accept(
         row.changes = emails.changes_as_dicts(changes)
         kind, targets = SubscriptionKind.TRIAL, [event.nct_id]
         dedupe = f"changed:{event.nct_id}:{old_fingerprint}:{new_fingerprint}"
-        if old is not None:
+        if old is not None and changes:
             # What a follower with a place is told first: sites near them that opened, started or stopped.
+            # (Without a material change nobody is told anything: not needed.)
             near = NearFacts(event.nct_id, open_study, **places.site_changes(old, event.trial))
         template, context = emails.TRIAL_CHANGED, lambda: emails.trial_changed(event.trial, changes)
     else:

@@ -179,11 +179,15 @@ def _code(value: Any) -> str | None:
     return text.upper().replace(" ", "_") if text else None
 
 
+_NOT_WORD: Final = re.compile(r"[\W_]+")
+
+
 def _key(value: Any) -> str:
     """Identity key: case, accents, punctuation and spacing do not make a different site or contact."""
-    text = unicodedata.normalize("NFKD", _squash(value) or "")
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
-    return " ".join(re.sub(r"[\W_]+", " ", text).split())
+    text = _squash(value) or ""
+    if not text.isascii():  # ASCII has no accents to strip (NFKD leaves it as it is): most names
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return " ".join(_NOT_WORD.sub(" ", text.casefold()).split())
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -40,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alerts import intake, pipeline
-from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, loads
+from alerts.ctgov.client import Page, RegistryClient, RegistryError, TokenRefused, loads
 from alerts.db import session_factory, transaction
 from alerts.events import (
     NEW_TRIAL_FOR_CONDITION,
@@ -404,56 +405,76 @@ class Watcher:
         # Only a limited bootstrap needs an order (keep the most recently active trials); unsorted pages are
         # the registry's cheapest.
         sort = BOOTSTRAP_SORT if limit else None
+
+        def fetch(page_token: str | None) -> Page:
+            return client.studies_page(
+                since=window,
+                page_token=page_token,
+                page_size=settings.watch_page_size,
+                sort=sort,
+                count_total=not page_token,
+            )
+
+        # The next page is asked for while this one is applied: the registry serves it (and it travels)
+        # meanwhile, instead of the pass waiting for it after every page. Still one request at a time (the
+        # client paces them), and a page is applied only after every chunk before it committed.
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-next-page")
+        pending: Future[Page] | None = None
         retried_token = False
-        while True:
-            try:
-                page = client.studies_page(
-                    since=window, page_token=token, page_size=settings.watch_page_size, sort=sort, count_total=not token
-                )
-            except TokenRefused:
-                if retried_token:
-                    raise
-                # Expired token of a resumed pass: walk the window from its start (re-reads are absorbed).
-                retried_token, token, offset = True, None, 0
-                continue
-            report.pages += 1
-            # The page in chunks, each committed with where the next one starts (this page's token and an
-            # offset into it, or the next page's token): a transaction (and its row locks, or SQLite's
-            # write lock) lasts a chunk, however large the page.
-            studies, step = page.studies, max(1, settings.watch_commit_every)
-            starts = range(min(offset, len(studies)), len(studies), step) if studies else range(0, 1)
-            for start in starts:
-                end = min(start + step, len(studies))
-                if limit:  # a limited bootstrap stops at exactly its limit
-                    end = min(end, start + max(0, limit - counts.get("read", 0)))
-                last = end >= len(studies)
-                work = self._apply(
-                    studies[start:end],
-                    owner,
-                    window=window,
-                    bootstrap=bootstrap,
-                    seen_at=seen_at,
-                    resume_at=(page.next_token, 0) if last else (token, end),
-                    dry_run=dry_run,
-                )
-                counts = report.counts = _merge(counts, work.counts)  # so far, even if the pass fails later
-                if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
-                    max_seen = work.max_seen
-                for event, outcome in work.accepted:
-                    # A no-op's catch-ups (its page taught a phrase more meaning) are queued as well.
-                    if outcome.status != "no_op" or outcome.caught_up:
-                        pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
-                log.info(
-                    "watch.chunk",
-                    page=report.pages,
-                    records=f"{start}-{end}",
-                    **{k.replace(":", "_"): v for k, v in work.counts.items()},
-                )
-                if limit and counts.get("read", 0) >= limit:
+        try:
+            while True:
+                try:
+                    page = pending.result() if pending is not None else fetch(token)
+                except TokenRefused:
+                    if retried_token:
+                        raise
+                    # Expired token of a resumed pass: walk the window from its start (re-reads are absorbed).
+                    retried_token, token, offset, pending = True, None, 0, None
+                    continue
+                pending = None
+                report.pages += 1
+                if page.next_token and not (limit and counts.get("read", 0) + len(page.studies) >= limit):
+                    pending = ahead.submit(fetch, page.next_token)
+                # The page in chunks, each committed with where the next one starts (this page's token and an
+                # offset into it, or the next page's token): a transaction (and its row locks, or SQLite's
+                # write lock) lasts a chunk, however large the page.
+                studies, step = page.studies, max(1, settings.watch_commit_every)
+                starts = range(min(offset, len(studies)), len(studies), step) if studies else range(0, 1)
+                for start in starts:
+                    end = min(start + step, len(studies))
+                    if limit:  # a limited bootstrap stops at exactly its limit
+                        end = min(end, start + max(0, limit - counts.get("read", 0)))
+                    last = end >= len(studies)
+                    work = self._apply(
+                        studies[start:end],
+                        owner,
+                        window=window,
+                        bootstrap=bootstrap,
+                        seen_at=seen_at,
+                        resume_at=(page.next_token, 0) if last else (token, end),
+                        dry_run=dry_run,
+                    )
+                    counts = report.counts = _merge(counts, work.counts)  # so far, even if the pass fails later
+                    if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
+                        max_seen = work.max_seen
+                    for event, outcome in work.accepted:
+                        # A no-op's catch-ups (its page taught a phrase more meaning) are queued as well.
+                        if outcome.status != "no_op" or outcome.caught_up:
+                            pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
+                    log.info(
+                        "watch.chunk",
+                        page=report.pages,
+                        records=f"{start}-{end}",
+                        **{k.replace(":", "_"): v for k, v in work.counts.items()},
+                    )
+                    if limit and counts.get("read", 0) >= limit:
+                        break
+                token, offset = page.next_token, 0
+                if not token or (limit and counts.get("read", 0) >= limit):
                     break
-            token, offset = page.next_token, 0
-            if not token or (limit and counts.get("read", 0) >= limit):
-                break
+        finally:
+            # A pass that failed or stopped leaves at most one request under way; its answer is not needed.
+            ahead.shutdown(wait=False, cancel_futures=True)
         report.counts = counts
         # Bootstrap read the registry as of its data timestamp; otherwise re-read the last day seen next time.
         cursor: date | None = datetime.fromisoformat(seen_at).date()

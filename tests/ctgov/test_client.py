@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -9,7 +11,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, retry_after_s
+from alerts.ctgov.client import RegistryClient, RegistryError, TokenRefused, loads, retry_after_s
 from alerts.ctgov.standin import RegistryStandIn
 from tests.conftest import all_studies
 
@@ -92,6 +94,30 @@ def test_a_long_retry_after_ends_the_pass_instead_of_blocking(registry: Registry
     assert "Retry-After 3600 s" in caught.value.reason
 
 
+def test_closing_the_client_ends_a_request_waiting_to_retry(registry: RegistryStandIn) -> None:
+    # The watcher asks for the next page in a thread; a pass that ends closes the client, and that request
+    # must not wait out its backoff (here Retry-After 300 s) before the process can exit.
+    registry.inject("503", retry_after="300")
+    c = RegistryClient(registry.url, rate_per_s=1000.0, retries=3)
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            c.studies_page(since=None)
+        except BaseException as exc:
+            failed.append(exc)
+
+    asking = threading.Thread(target=ask)
+    started = time.monotonic()
+    asking.start()
+    time.sleep(0.3)
+    c.close()
+    asking.join(timeout=5)
+    assert not asking.is_alive() and time.monotonic() - started < 5
+    assert isinstance(failed[0], RegistryError) and "closed" in failed[0].reason
+    assert c.requests == 1
+
+
 def test_client_errors_are_not_retried(registry: RegistryStandIn) -> None:
     with client(registry, Waits()) as c:
         with pytest.raises(RegistryError) as caught:
@@ -99,3 +125,18 @@ def test_client_errors_are_not_retried(registry: RegistryStandIn) -> None:
         assert "HTTP 400" in caught.value.reason and c.requests == 1
         with pytest.raises(TokenRefused):
             c.studies_page(since=None, page_token="bm90LWEtdG9rZW4=")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"count": 18446744073709551616, "n": -9223372036854775809, "ok": 9223372036854775807}',
+        b'{"id": "1234567890123456789012", "x": 1.5, "y": [1e400]}',
+        b'{"short": 123456789012345678, "f": 2.5e-07}',
+        b'{"s": "\\ud800 lone"}',
+        b'{"nested": {"a": [0, 12345678901234567890123]}}',
+    ],
+)
+def test_loads_reads_what_json_reads(text: bytes) -> None:
+    # orjson reads integers beyond 64 bits as floats and refuses lone surrogates: json decides those.
+    assert repr(loads(text)) == repr(json.loads(text))
