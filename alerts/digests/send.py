@@ -11,9 +11,10 @@ Section tags, the one feature that shared fragments between recipients with diff
 removed by SendGrid ("due to low usage, this setting has been deprecated and has been removed") and are
 absent from the official OpenAPI description the stand-in validates against. So, per batch of digests:
 
-1. Subscribers whose digests have the same entries in the same order (``Assembled.key``) share one
-   rendering: one transport batch whose content is the assembled digest, links per recipient as
-   substitutions, as immediate alerts are sent. Nothing is repeated; 1,000 such digests are one request.
+1. Subscribers whose digests have the same entries in the same order (``Assembled.key``), at least
+   ``SHARE_MIN`` of them in the batch, share one rendering: one transport batch whose content is the
+   assembled digest, links per recipient as substitutions, as immediate alerts are sent. Nothing is
+   repeated; 1,000 such digests are one request. Smaller groups are packed (2.) with the rest.
 2. Every other digest is packed: the batch's content is the digest shell (layout, CSS, footer) sent once
    per request, and each recipient's entries go in its own substitutions (``Recipient.parts``), 1,000
    digests per request. The entries repeat across recipients, which SendGrid leaves no way to avoid.
@@ -93,6 +94,11 @@ MORE_NOTE_BYTES = 120  # "<p><strong>19 more changes</strong> did not fit in thi
 CATEGORY = "digest"
 # Single-digest batches recorded together (see send_range).
 RECORD_EVERY = 50
+# Identical digests share one rendering (their own request) from this many on; fewer are packed with the
+# rest. Random digests have pairs and triples of one-entry digests: as requests of their own they were 506
+# of the random benchmark's 606 requests, each an HTTP round trip and a transaction to record it, to save
+# a few kilobytes each (measured: benchmarks/README.md, branch d15c).
+SHARE_MIN = 10
 
 
 @dataclass
@@ -411,7 +417,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
 
     for group in by_key.values():
         first = group[0].assembled
-        if len(group) > 1:
+        if len(group) >= SHARE_MIN:
             recipients = [
                 Recipient(p.digest_id, p.email, _urls(ctx, p), f"{message_head}{p.digest_id}{message_tail}")
                 for p in group
@@ -419,23 +425,25 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
             out.append(batch(whole(first), recipients))
             report.shared_batches += 1
             continue
-        p = group[0]
-        values = _urls(ctx, p)
-        parts = {
-            "subject": first.subject,
-            "html": _fill(first.html, values, escape=True),
-            "text": _fill(first.text, values, escape=False),
-        }
-        links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
-        message_id = f"{message_head}{p.digest_id}{message_tail}"
-        if _fits_unmeasured(ctx, first, p, values) or _measured_fits(ctx, parts, links):
-            packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
-            report.packed += 1
-        else:
-            content = whole(first)
-            content = Content(content.subject, _fill(content.text, values, False), _fill(content.html, values, True))
-            out.append(batch(content, [Recipient(p.digest_id, p.email, links, message_id)]))
-            report.alone += 1
+        for p in group:
+            values = _urls(ctx, p)
+            parts = {
+                "subject": first.subject,
+                "html": _fill(first.html, values, escape=True),
+                "text": _fill(first.text, values, escape=False),
+            }
+            links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
+            message_id = f"{message_head}{p.digest_id}{message_tail}"
+            if _fits_unmeasured(ctx, first, p, values) or _measured_fits(ctx, parts, links):
+                packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
+                report.packed += 1
+            else:
+                content = whole(first)
+                content = Content(
+                    content.subject, _fill(content.text, values, False), _fill(content.html, values, True)
+                )
+                out.append(batch(content, [Recipient(p.digest_id, p.email, links, message_id)]))
+                report.alone += 1
     if packed:
         out.append(batch(base, packed))
     return out

@@ -204,14 +204,30 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         args = {"delivery_id": str(r.delivery_id)} if alert else {"ref": ref_prefix + str(r.delivery_id)}
         email = r.email
         body = {"to": [{"email": email}], "substitutions": substitutions, "headers": headers, "custom_args": args}
-        chars = len(email) + sub_bytes + 2 * (joined_chars + fragment_bytes) + len(message_id)
+        if parts:
+            # A digest's parts (kilobytes each) are bounded from their exact SendGrid measure (sub_bytes:
+            # compact UTF-8 JSON) instead of 12 * chars: with that, 1,000 packed digests always looked
+            # "maybe over 30 MB" and ``plan`` encoded every personalization once more to measure it. The
+            # request's JSON (ensure_ascii, ", " and ": " separators) writes ASCII text in the same bytes
+            # plus one per separator; a non-ASCII character as \uXXXX (6 bytes for 2-3 UTF-8 bytes) or a
+            # surrogate pair (12 for 4): at most 4 bytes more per UTF-8 byte beyond its first.
+            exact = sub_bytes + 2 * len(substitutions)
+            for k, v in substitutions.items():
+                if not v.isascii():
+                    exact += 4 * (len(v.encode("utf-8")) - len(v))
+                if not k.isascii():
+                    exact += 4 * (len(k.encode("utf-8")) - len(k))
+            chars = len(email) + 2 * (joined_chars + fragment_bytes) + len(message_id)
+        else:
+            exact = 0
+            chars = len(email) + sub_bytes + 2 * (joined_chars + fragment_bytes) + len(message_id)
         if r.subject is not None:
             if _CONTROL.search(r.subject):
                 failed.append(_fail(r, "the subject would contain a control character"))
                 continue
             body["subject"] = r.subject  # SendGrid: a personalization's subject overrides the message's
             chars += len(r.subject)
-        items.append(_Item(r, body, email.lower(), 12 * chars + fixed_bound))
+        items.append(_Item(r, body, email.lower(), exact + 12 * chars + fixed_bound))
     return items, failed
 
 
