@@ -27,12 +27,14 @@ import logging
 import re
 import time
 import urllib.error
+import urllib.request
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import orjson
 import structlog
 
 from alerts.logs import redact
@@ -433,6 +435,26 @@ class SendGridTransport:
             return []
         return self._results(chunk, answer)
 
+    def _request(self, body: Mapping[str, Any]) -> Any:
+        """POST /v3/mail/send with the official client's URL, headers (key, user agent), request and error
+        mapping (its HTTPError subclasses), but not its ``http_request`` wrapper: that one formats the whole
+        payload into a DEBUG message whether or not DEBUG is on (``'PAYLOAD: {data}'.format(...)``), which
+        for a packed digest request (8-10 MB) cost about as much CPU as encoding it as JSON.
+
+        The body is encoded by orjson (3x faster than json on a packed request): compact UTF-8, never
+        longer than ``json.dumps``'s ASCII-escaped output that ``prepare`` and ``plan`` bound the size by."""
+        from python_http_client.client import Response
+
+        endpoint = self._client.client.mail.send
+        headers = {**endpoint.request_headers, "Content-Type": "application/json"}
+        try:
+            data = orjson.dumps(body)
+        except orjson.JSONEncodeError:  # a lone surrogate (not UTF-8): json escapes it as \udXXX
+            data = json.dumps(body).encode("utf-8")
+        # The URL is the configured SendGrid host (https; the stand-in in tests), never user input.
+        request = urllib.request.Request(endpoint._build_url(None), data=data, headers=headers, method="POST")  # noqa: S310
+        return Response(endpoint._make_request(urllib.request.build_opener(), request, timeout=self.timeout_s))
+
     def _post(self, base: Mapping[str, Any], chunk: Sequence[_Item]) -> _Answer:
         from python_http_client.exceptions import HTTPError
 
@@ -440,7 +462,7 @@ class SendGridTransport:
         body["personalizations"] = [i.body for i in chunk]
         started = time.monotonic()
         try:
-            response = self._client.client.mail.send.post(request_body=body, timeout=self.timeout_s)
+            response = self._request(body)
             self.timings["http_s"] += time.monotonic() - started
         except HTTPError as exc:
             status = int(exc.status_code)

@@ -358,3 +358,15 @@ def test_packed_digests_over_the_size_limit_are_split_exactly(
     assert outcomes(results) == {"sent": 40}
     assert len(standin.requests) > 1
     assert all(len(json.dumps(r.body)) <= limit for r in standin.requests)
+
+
+def test_a_body_orjson_cannot_encode_is_sent_as_json_escapes(
+    sendgrid: SendGridTransport, standin: SendGridStandIn
+) -> None:
+    # Request bodies are encoded by orjson (UTF-8); text that is not valid Unicode (a lone surrogate)
+    # falls back to json's \uXXXX escapes, as the official client would send it.
+    odd = recipient(1)
+    odd = Recipient(odd.delivery_id, odd.email, odd.values, odd.message_id, subject="Digest \ud800")
+    results = sendgrid.send(make_batch(recipients=[odd, recipient(2)]))
+    assert outcomes(results) == {"sent": 2}
+    assert standin.personalizations[0].subject == "Digest \ud800"
