@@ -370,3 +370,14 @@ def test_a_body_orjson_cannot_encode_is_sent_as_json_escapes(
     results = sendgrid.send(make_batch(recipients=[odd, recipient(2)]))
     assert outcomes(results) == {"sent": 2}
     assert standin.personalizations[0].subject == "Digest \ud800"
+
+
+def test_substitution_bytes_counts_what_json_encoding_writes() -> None:
+    # The whole object in one measure (orjson).
+    from alerts.transports.sendgrid import substitution_bytes
+
+    values = ["", "plain", "é → x", "a\x01b\x1f", 'tab\tquote"back\\', "é\r\n", "\x7f", "\u2028", "😀" * 10]
+    substitutions = {f"%%v{i}%%": value for i, value in enumerate(values)}
+    encoded = json.dumps(substitutions, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert substitution_bytes(substitutions) == len(encoded)
+    assert substitution_bytes({}) == 2
