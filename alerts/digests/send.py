@@ -363,22 +363,31 @@ def _fill(text: str, values: Mapping[str, str], escape: bool) -> str:
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~:/?#@!$()*+,;=%-]*")
 
 
-def _fits_unmeasured(ctx: Context, assembled: Assembled, p: _Prepared, values: Mapping[str, str]) -> bool:
-    """Whether a digest planned within its budget fits without measuring its filled parts: true when its
-    links are no longer than the budget assumed (ASCII, as signed tokens are). Measuring each digest's
-    10 KB of parts cost more than assembling it."""
-    if not assembled.budgeted or ctx.pack_limit_bytes < MAX_SUBSTITUTION_BYTES:
-        return False
+def _link_limits(ctx: Context) -> tuple[dict[str, int], int]:
+    """The longest each link may be for a budgeted digest to fit unmeasured (``_fits_unmeasured``): by name,
+    and for the stop links. Worked out once per batch."""
     prefixes = {
         "unsubscribe_url": ctx.links.digest_unsubscribe(""),
         "manage_url": ctx.links.manage(""),
         "digest_url": ctx.links.digest_view(""),
     }
-    stop = len(ctx.links.unsubscribe("")) + TOKEN_BYTES
+    return {name: len(prefix) + TOKEN_BYTES for name, prefix in prefixes.items()}, len(
+        ctx.links.unsubscribe("")
+    ) + TOKEN_BYTES
+
+
+def _fits_unmeasured(
+    ctx: Context, assembled: Assembled, values: Mapping[str, str], limits: tuple[dict[str, int], int]
+) -> bool:
+    """Whether a digest planned within its budget fits without measuring its filled parts: true when its
+    links are no longer than the budget assumed (ASCII, as signed tokens are). Measuring each digest's
+    10 KB of parts cost more than assembling it."""
+    if not assembled.budgeted or ctx.pack_limit_bytes < MAX_SUBSTITUTION_BYTES:
+        return False
+    allowed_for, stop = limits
     for name, value in values.items():
-        allowed = len(prefixes[name]) + TOKEN_BYTES if name in prefixes else stop
         # Plain URL characters only: as many JSON bytes as characters, and nothing for HTML to escape.
-        if len(value) > allowed or not _PLAIN_URL.fullmatch(value):
+        if len(value) > allowed_for.get(name, stop) or not _PLAIN_URL.fullmatch(value):
             return False
     return True
 
@@ -397,6 +406,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
         by_key[p.assembled.key].append(p)
     out: list[Batch] = []
     packed: list[Recipient] = []
+    limits = _link_limits(ctx)
 
     def batch(content: Content, recipients: list[Recipient]) -> Batch:
         return Batch(
@@ -434,7 +444,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
             }
             links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
             message_id = f"{message_head}{p.digest_id}{message_tail}"
-            if _fits_unmeasured(ctx, first, p, values) or _measured_fits(ctx, parts, links):
+            if _fits_unmeasured(ctx, first, values, limits) or _measured_fits(ctx, parts, links):
                 packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
                 report.packed += 1
             else:
