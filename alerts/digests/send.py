@@ -97,7 +97,8 @@ RECORD_EVERY = 50
 # Identical digests share one rendering (their own request) from this many on; fewer are packed with the
 # rest. Random digests have pairs and triples of one-entry digests: as requests of their own they were 506
 # of the random benchmark's 606 requests, each an HTTP round trip and a transaction to record it, to save
-# a few kilobytes each (measured: benchmarks/README.md, branch d15c).
+# a few kilobytes each (benchmarks/README.md, branch d15c). 10 is a judgement, not a tuned figure: a
+# request's fixed cost against the few kilobytes of entries each packed copy repeats.
 SHARE_MIN = 10
 
 
