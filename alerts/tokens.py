@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import enum
 import functools
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous import Signer as ItsdangerousSigner
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_encode, want_bytes
 
 
 class Purpose(enum.StrEnum):
@@ -66,6 +67,14 @@ def _id_signer(key: str, salt: str) -> ItsdangerousSigner:
     return ItsdangerousSigner(key, salt=salt)
 
 
+@functools.lru_cache(maxsize=32)
+def _id_key(key: str, salt: str) -> tuple[bytes, bytes, str]:
+    """What that signer signs with: its derived key (derived per call by itsdangerous, an HMAC in Python
+    each time), its separator and its digest's name, for ``hmac.digest``'s one-shot OpenSSL path."""
+    signer = _id_signer(key, salt)
+    return signer.derive_key(), want_bytes(signer.sep), signer.digest_method().name
+
+
 # Integer payloads below this are signed by the short path in Signer.sign.
 _FAST_BELOW = 10**9
 
@@ -99,8 +108,11 @@ class Signer:
             # a compression attempt): ~7 instead of ~21 us, and a digest send signs one per recipient.
             # JSON of up to 9 digits never compresses (zlib adds 6 bytes of frame), so the serializer
             # would not compress either; larger ids take the serializer.
+            # The signature is itsdangerous's (HMAC of the value with the signer's derived key), made with
+            # the key derived once: ~2 instead of ~7 us, a digest batch signs 1,000.
             value = base64_encode(str(payload).encode("ascii"))
-            return _id_signer(self.secret_key, self._salt(purpose)).sign(value).decode("ascii")
+            derived, sep, digest = _id_key(self.secret_key, self._salt(purpose))
+            return (value + sep + base64_encode(hmac.digest(derived, value, digest))).decode("ascii")
         # The serializer is built once per key set and purpose: building it per token cost more than
         # signing.
         serializer = _serializer(tuple(self._keys()), self._salt(purpose), purpose is Purpose.CONFIRM)

@@ -62,6 +62,14 @@ class Fragment:
     text: str
     html: str
     size: int = 0  # bytes of text and html as SendGrid counts them (JSON), for the budget
+    # Worked out once per fragment, not per digest that shows it (a batch plans 1,000 digests from a few
+    # hundred fragments): its place among entries, and whether it carries a stop link.
+    order: tuple[int, str] = field(init=False, repr=False, compare=False)
+    has_stop: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "order", (-self.importance, self.title.casefold()))
+        object.__setattr__(self, "has_stop", STOP in self.html or STOP in self.text)
 
 
 @dataclass
@@ -191,15 +199,20 @@ def plan(
     counted in the note. ``found``: ``entries(shapes)`` when the caller has them already.
     """
     change_entries, groups = found if found is not None else entries(shapes)
+
+    def order(e: Entry) -> tuple[int, str]:
+        return fragments[e.key].order
+
     shown_changes = [e for e in change_entries if e.key in fragments and fragments[e.key].html]
-    shown_changes.sort(key=lambda e: (-fragments[e.key].importance, fragments[e.key].title.casefold()))
+    shown_changes.sort(key=order)
     shown_groups: list[tuple[str, list[Entry]]] = []
     for label, group in groups.items():
         kept = [e for e in group if e.key in fragments and fragments[e.key].html]
         if kept and group_key(label) in fragments:
-            kept.sort(key=lambda e: (-fragments[e.key].importance, fragments[e.key].title.casefold()))
+            kept.sort(key=order)
             shown_groups.append((label, kept))
-    shown_groups.sort(key=lambda g: (-max(fragments[e.key].importance for e in g[1]), g[0].casefold()))
+    # A group's most important entry is its first (sorted above).
+    shown_groups.sort(key=lambda g: (-fragments[g[1][0].key].importance, g[0].casefold()))
     count_new = sum(len(g) for _, g in shown_groups)
     total = len(shown_changes) + count_new
     if not total:
@@ -238,7 +251,7 @@ def plan(
     def add(fragment_key: str, index: int | None) -> None:
         fragment = fragments[fragment_key]
         part_html, part_text = fragment.html, fragment.text
-        if index is not None and (STOP in part_html or STOP in part_text):
+        if index is not None and fragment.has_stop:
             name = f"stop_{len(stops) + 1}"
             stops.append((name, index))
             part_html = part_html.replace(STOP, f"%%{name}%%")

@@ -11,9 +11,10 @@ Section tags, the one feature that shared fragments between recipients with diff
 removed by SendGrid ("due to low usage, this setting has been deprecated and has been removed") and are
 absent from the official OpenAPI description the stand-in validates against. So, per batch of digests:
 
-1. Subscribers whose digests have the same entries in the same order (``Assembled.key``) share one
-   rendering: one transport batch whose content is the assembled digest, links per recipient as
-   substitutions, as immediate alerts are sent. Nothing is repeated; 1,000 such digests are one request.
+1. Subscribers whose digests have the same entries in the same order (``Assembled.key``), at least
+   ``SHARE_MIN`` of them in the batch, share one rendering: one transport batch whose content is the
+   assembled digest, links per recipient as substitutions, as immediate alerts are sent. Nothing is
+   repeated; 1,000 such digests are one request. Smaller groups are packed (2.) with the rest.
 2. Every other digest is packed: the batch's content is the digest shell (layout, CSS, footer) sent once
    per request, and each recipient's entries go in its own substitutions (``Recipient.parts``), 1,000
    digests per request. The entries repeat across recipients, which SendGrid leaves no way to avoid.
@@ -93,6 +94,12 @@ MORE_NOTE_BYTES = 120  # "<p><strong>19 more changes</strong> did not fit in thi
 CATEGORY = "digest"
 # Single-digest batches recorded together (see send_range).
 RECORD_EVERY = 50
+# Identical digests share one rendering (their own request) from this many on; fewer are packed with the
+# rest. Random digests have pairs and triples of one-entry digests: as requests of their own they were 506
+# of the random benchmark's 606 requests, each an HTTP round trip and a transaction to record it, to save
+# a few kilobytes each (benchmarks/README.md, branch d15c). 10 is a judgement, not a tuned figure: a
+# request's fixed cost against the few kilobytes of entries each packed copy repeats.
+SHARE_MIN = 10
 
 
 @dataclass
@@ -357,22 +364,31 @@ def _fill(text: str, values: Mapping[str, str], escape: bool) -> str:
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~:/?#@!$()*+,;=%-]*")
 
 
-def _fits_unmeasured(ctx: Context, assembled: Assembled, p: _Prepared, values: Mapping[str, str]) -> bool:
-    """Whether a digest planned within its budget fits without measuring its filled parts: true when its
-    links are no longer than the budget assumed (ASCII, as signed tokens are). Measuring each digest's
-    10 KB of parts cost more than assembling it."""
-    if not assembled.budgeted or ctx.pack_limit_bytes < MAX_SUBSTITUTION_BYTES:
-        return False
+def _link_limits(ctx: Context) -> tuple[dict[str, int], int]:
+    """The longest each link may be for a budgeted digest to fit unmeasured (``_fits_unmeasured``): by name,
+    and for the stop links. Worked out once per batch."""
     prefixes = {
         "unsubscribe_url": ctx.links.digest_unsubscribe(""),
         "manage_url": ctx.links.manage(""),
         "digest_url": ctx.links.digest_view(""),
     }
-    stop = len(ctx.links.unsubscribe("")) + TOKEN_BYTES
+    return {name: len(prefix) + TOKEN_BYTES for name, prefix in prefixes.items()}, len(
+        ctx.links.unsubscribe("")
+    ) + TOKEN_BYTES
+
+
+def _fits_unmeasured(
+    ctx: Context, assembled: Assembled, values: Mapping[str, str], limits: tuple[dict[str, int], int]
+) -> bool:
+    """Whether a digest planned within its budget fits without measuring its filled parts: true when its
+    links are no longer than the budget assumed (ASCII, as signed tokens are). Measuring each digest's
+    10 KB of parts cost more than assembling it."""
+    if not assembled.budgeted or ctx.pack_limit_bytes < MAX_SUBSTITUTION_BYTES:
+        return False
+    allowed_for, stop = limits
     for name, value in values.items():
-        allowed = len(prefixes[name]) + TOKEN_BYTES if name in prefixes else stop
         # Plain URL characters only: as many JSON bytes as characters, and nothing for HTML to escape.
-        if len(value) > allowed or not _PLAIN_URL.fullmatch(value):
+        if len(value) > allowed_for.get(name, stop) or not _PLAIN_URL.fullmatch(value):
             return False
     return True
 
@@ -391,6 +407,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
         by_key[p.assembled.key].append(p)
     out: list[Batch] = []
     packed: list[Recipient] = []
+    limits = _link_limits(ctx)
 
     def batch(content: Content, recipients: list[Recipient]) -> Batch:
         return Batch(
@@ -411,7 +428,7 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
 
     for group in by_key.values():
         first = group[0].assembled
-        if len(group) > 1:
+        if len(group) >= SHARE_MIN:
             recipients = [
                 Recipient(p.digest_id, p.email, _urls(ctx, p), f"{message_head}{p.digest_id}{message_tail}")
                 for p in group
@@ -419,23 +436,25 @@ def batches(ctx: Context, prepared: Sequence[_Prepared], report: DigestReport) -
             out.append(batch(whole(first), recipients))
             report.shared_batches += 1
             continue
-        p = group[0]
-        values = _urls(ctx, p)
-        parts = {
-            "subject": first.subject,
-            "html": _fill(first.html, values, escape=True),
-            "text": _fill(first.text, values, escape=False),
-        }
-        links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
-        message_id = f"{message_head}{p.digest_id}{message_tail}"
-        if _fits_unmeasured(ctx, first, p, values) or _measured_fits(ctx, parts, links):
-            packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
-            report.packed += 1
-        else:
-            content = whole(first)
-            content = Content(content.subject, _fill(content.text, values, False), _fill(content.html, values, True))
-            out.append(batch(content, [Recipient(p.digest_id, p.email, links, message_id)]))
-            report.alone += 1
+        for p in group:
+            values = _urls(ctx, p)
+            parts = {
+                "subject": first.subject,
+                "html": _fill(first.html, values, escape=True),
+                "text": _fill(first.text, values, escape=False),
+            }
+            links = {"unsubscribe_url": values["unsubscribe_url"], "manage_url": values["manage_url"]}
+            message_id = f"{message_head}{p.digest_id}{message_tail}"
+            if _fits_unmeasured(ctx, first, values, limits) or _measured_fits(ctx, parts, links):
+                packed.append(Recipient(p.digest_id, p.email, links, message_id, parts=parts))
+                report.packed += 1
+            else:
+                content = whole(first)
+                content = Content(
+                    content.subject, _fill(content.text, values, False), _fill(content.html, values, True)
+                )
+                out.append(batch(content, [Recipient(p.digest_id, p.email, links, message_id)]))
+                report.alone += 1
     if packed:
         out.append(batch(base, packed))
     return out

@@ -27,12 +27,14 @@ import logging
 import re
 import time
 import urllib.error
+import urllib.request
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import orjson
 import structlog
 
 from alerts.logs import redact
@@ -108,10 +110,15 @@ def json_bytes(value: str) -> int:
 
 
 def substitution_bytes(substitutions: Mapping[str, str]) -> int:
-    """Compact JSON size of a personalization's substitutions object."""
+    """Compact JSON size of a personalization's substitutions object: orjson writes exactly that (compact,
+    UTF-8, the same escapes), in one C call for the whole object, 4-5x faster than measuring each key and
+    value (a packed digest's parts are checked per recipient)."""
     if not substitutions:
         return 2
-    return 1 + sum(json_bytes(k) + json_bytes(v) + 6 for k, v in substitutions.items())
+    try:
+        return len(orjson.dumps(substitutions if isinstance(substitutions, dict) else dict(substitutions)))
+    except orjson.JSONEncodeError:  # a lone surrogate: json_bytes raises for it, as it always did
+        return 1 + sum(json_bytes(k) + json_bytes(v) + 6 for k, v in substitutions.items())
 
 
 def _json_bound(chars: int) -> int:
@@ -204,14 +211,30 @@ def prepare(batch: Batch) -> tuple[list[_Item], list[Result]]:
         args = {"delivery_id": str(r.delivery_id)} if alert else {"ref": ref_prefix + str(r.delivery_id)}
         email = r.email
         body = {"to": [{"email": email}], "substitutions": substitutions, "headers": headers, "custom_args": args}
-        chars = len(email) + sub_bytes + 2 * (joined_chars + fragment_bytes) + len(message_id)
+        if parts:
+            # A digest's parts (kilobytes each) are bounded from their exact SendGrid measure (sub_bytes:
+            # compact UTF-8 JSON) instead of 12 * chars: with that, 1,000 packed digests always looked
+            # "maybe over 30 MB" and ``plan`` encoded every personalization once more to measure it. The
+            # request's JSON (ensure_ascii, ", " and ": " separators) writes ASCII text in the same bytes
+            # plus one per separator; a non-ASCII character as \uXXXX (6 bytes for 2-3 UTF-8 bytes) or a
+            # surrogate pair (12 for 4): at most 4 bytes more per UTF-8 byte beyond its first.
+            exact = sub_bytes + 2 * len(substitutions)
+            for k, v in substitutions.items():
+                if not v.isascii():
+                    exact += 4 * (len(v.encode("utf-8")) - len(v))
+                if not k.isascii():
+                    exact += 4 * (len(k.encode("utf-8")) - len(k))
+            chars = len(email) + 2 * (joined_chars + fragment_bytes) + len(message_id)
+        else:
+            exact = 0
+            chars = len(email) + sub_bytes + 2 * (joined_chars + fragment_bytes) + len(message_id)
         if r.subject is not None:
             if _CONTROL.search(r.subject):
                 failed.append(_fail(r, "the subject would contain a control character"))
                 continue
             body["subject"] = r.subject  # SendGrid: a personalization's subject overrides the message's
             chars += len(r.subject)
-        items.append(_Item(r, body, email.lower(), 12 * chars + fixed_bound))
+        items.append(_Item(r, body, email.lower(), exact + 12 * chars + fixed_bound))
     return items, failed
 
 
@@ -417,6 +440,26 @@ class SendGridTransport:
             return []
         return self._results(chunk, answer)
 
+    def _request(self, body: Mapping[str, Any]) -> Any:
+        """POST /v3/mail/send with the official client's URL, headers (key, user agent), request and error
+        mapping (its HTTPError subclasses), but not its ``http_request`` wrapper: that one formats the whole
+        payload into a DEBUG message whether or not DEBUG is on (``'PAYLOAD: {data}'.format(...)``), which
+        for a packed digest request (8-10 MB) cost about as much CPU as encoding it as JSON.
+
+        The body is encoded by orjson (3x faster than json on a packed request): compact UTF-8, never
+        longer than ``json.dumps``'s ASCII-escaped output that ``prepare`` and ``plan`` bound the size by."""
+        from python_http_client.client import Response
+
+        endpoint = self._client.client.mail.send
+        headers = {**endpoint.request_headers, "Content-Type": "application/json"}
+        try:
+            data = orjson.dumps(body)
+        except orjson.JSONEncodeError:  # a lone surrogate (not UTF-8): json escapes it as \udXXX
+            data = json.dumps(body).encode("utf-8")
+        # The URL is the configured SendGrid host (https; the stand-in in tests), never user input.
+        request = urllib.request.Request(endpoint._build_url(None), data=data, headers=headers, method="POST")  # noqa: S310
+        return Response(endpoint._make_request(urllib.request.build_opener(), request, timeout=self.timeout_s))
+
     def _post(self, base: Mapping[str, Any], chunk: Sequence[_Item]) -> _Answer:
         from python_http_client.exceptions import HTTPError
 
@@ -424,7 +467,7 @@ class SendGridTransport:
         body["personalizations"] = [i.body for i in chunk]
         started = time.monotonic()
         try:
-            response = self._client.client.mail.send.post(request_body=body, timeout=self.timeout_s)
+            response = self._request(body)
             self.timings["http_s"] += time.monotonic() - started
         except HTTPError as exc:
             status = int(exc.status_code)

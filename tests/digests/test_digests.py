@@ -445,3 +445,25 @@ def test_a_second_tick_while_one_runs_leaves_the_windows_to_it(
         running.execute(text(lock.format("advisory_unlock")), {"key": schedule.TICK_LOCK})
     assert digest_tick(runtime, inline.send_digests, now=close_after()).digests == 1
     assert per_recipient(memory) == {"pat@example.org": 1}
+
+
+def test_identical_digests_share_a_rendering_from_share_min_on_and_fewer_are_packed(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport
+) -> None:
+    """SHARE_MIN readers with the same digest get one batch whose content is that digest (links per
+    recipient); a few more holding something else as well are packed, each with its own parts."""
+    from alerts.digests.send import SHARE_MIN
+
+    addresses = readers_holding_a_change(runtime, inline, SHARE_MIN + 2)
+    publish(runtime, inline, changed_event(study(OTHER)))
+    for address in addresses[:2]:
+        follow(runtime, address, trial=OTHER, frequency="daily")
+    publish(runtime, inline, changed_event(open_recruitment(study(OTHER)), occurred_at="2026-12-01T10:00:00Z"))
+    digest_tick(runtime, inline.send_digests, now=close_after())
+    assert per_recipient(memory) == dict.fromkeys(addresses, 1)
+    by_size = sorted(memory.batches, key=lambda b: len(b.recipients))
+    assert [len(b.recipients) for b in by_size] == [2, SHARE_MIN]
+    packed, shared = by_size
+    assert all(r.parts for r in packed.recipients), "two identical digests: packed, their entries as parts"
+    assert not any(r.parts for r in shared.recipients), "SHARE_MIN identical digests: one shared rendering"
+    assert "%%part_html%%" not in shared.content.html

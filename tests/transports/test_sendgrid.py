@@ -16,8 +16,8 @@ from email.utils import format_datetime
 import pytest
 
 from alerts.transports import sendgrid as sendgrid_module
-from alerts.transports.base import Outcome, Result
-from alerts.transports.sendgrid import SendGridTransport, base_body, parse_retry_after, prepare
+from alerts.transports.base import Outcome, Recipient, Result
+from alerts.transports.sendgrid import SendGridTransport, base_body, parse_retry_after, plan, prepare
 from tests.support.sendgrid_standin import MailSendValidator, SendGridStandIn
 from tests.transports.conftest import API_KEY, make_batch, recipient
 
@@ -313,3 +313,71 @@ def test_json_bytes_counts_what_json_encoding_writes() -> None:
     ]:
         encoded = json_module.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         assert json_bytes(value) == len(encoded) - 2, repr(value)
+
+
+def _with_parts(i: int, html: str, text: str) -> Recipient:
+    """A packed digest's recipient: its own entries as parts (alerts.digests.send)."""
+    r = recipient(i)
+    return Recipient(
+        r.delivery_id, r.email, r.values, r.message_id, parts={"subject": "Digest", "html": html, "text": text}
+    )
+
+
+def test_the_size_bound_of_digest_parts_is_tight_and_never_short() -> None:
+    # Parts are bounded from their exact SendGrid measure (quotes, backslashes, newlines and a control
+    # character escaped in JSON; non-ASCII characters written as \uXXXX or a surrogate pair by the request's
+    # ensure_ascii JSON), so 1,000 packed digests of ~9 KB are known to fit 30 MB without encoding them
+    # again. The bound is never below the bytes the request will carry.
+    ascii_html = '<p class="x">A \\ "quoted" entry\x01</p>\n' * 120
+    ascii_text = 'An entry: "quoted"\t\\ line\n' * 100
+    mostly_ascii = "<p>Recruiting → not yet recruiting — 120 participants</p>\n" * 70
+    dense = "Étude « recrutement » → 😀\n" * 100
+    recipients = [_with_parts(1, ascii_html, ascii_text), _with_parts(2, mostly_ascii, mostly_ascii)]
+    items, failed = prepare(make_batch(recipients=[*recipients, _with_parts(3, dense, dense)]))
+    assert not failed
+    for item in items:
+        assert len(json.dumps(item.body)) + 2 <= item.size
+    for item in items[:2]:
+        assert item.size < 2 * len(json.dumps(item.body)), "parts are counted from their exact size"
+    # So 1,000 digests of nearly SendGrid's 10,000 bytes each are one request, planned without measuring
+    # (plan replaces a bound by the measured size only when the bounds add up to more than 30 MB).
+    batch = make_batch(recipients=[_with_parts(i, mostly_ascii, mostly_ascii[:2000]) for i in range(1, 1001)])
+    items, failed = prepare(batch)
+    bounds = [item.size for item in items]
+    chunks = plan(items, len(json.dumps(base_body(batch))))
+    assert not failed and len(chunks) == 1 and [item.size for item in items] == bounds
+
+
+def test_packed_digests_over_the_size_limit_are_split_exactly(
+    sendgrid: SendGridTransport, standin: SendGridStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = 60_000
+    monkeypatch.setattr(sendgrid_module, "MAX_REQUEST_BYTES", limit)
+    html = '<p>An entry with "quotes"</p>\n' * 150
+    results = sendgrid.send(make_batch(recipients=[_with_parts(i, html, "An entry\n" * 100) for i in range(1, 41)]))
+    assert outcomes(results) == {"sent": 40}
+    assert len(standin.requests) > 1
+    assert all(len(json.dumps(r.body)) <= limit for r in standin.requests)
+
+
+def test_a_body_orjson_cannot_encode_is_sent_as_json_escapes(
+    sendgrid: SendGridTransport, standin: SendGridStandIn
+) -> None:
+    # Request bodies are encoded by orjson (UTF-8); text that is not valid Unicode (a lone surrogate)
+    # falls back to json's \uXXXX escapes, as the official client would send it.
+    odd = recipient(1)
+    odd = Recipient(odd.delivery_id, odd.email, odd.values, odd.message_id, subject="Digest \ud800")
+    results = sendgrid.send(make_batch(recipients=[odd, recipient(2)]))
+    assert outcomes(results) == {"sent": 2}
+    assert standin.personalizations[0].subject == "Digest \ud800"
+
+
+def test_substitution_bytes_counts_what_json_encoding_writes() -> None:
+    # The whole object in one measure (orjson).
+    from alerts.transports.sendgrid import substitution_bytes
+
+    values = ["", "plain", "é → x", "a\x01b\x1f", 'tab\tquote"back\\', "é\r\n", "\x7f", "\u2028", "😀" * 10]
+    substitutions = {f"%%v{i}%%": value for i, value in enumerate(values)}
+    encoded = json.dumps(substitutions, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert substitution_bytes(substitutions) == len(encoded)
+    assert substitution_bytes({}) == 2
