@@ -296,20 +296,23 @@ def web(
     """Serve the subscriber pages and the JSON API with uvicorn."""
     import uvicorn
 
+    from alerts.web.server import GatheringHttpToolsProtocol
+
     _runtime()
     # log_config=None: uvicorn keeps the JSON logging configured above instead of installing its own.
     # No access log: request paths carry link tokens (unsubscribe, manage), which are credentials.
     # proxy_headers=False: uvicorn would trust X-Forwarded-For from loopback by default; the app trusts
     # exactly ALERTS_TRUSTED_PROXIES instead (alerts.web.app).
     # uvloop and httptools (dependencies on Linux): uvicorn's fastest event loop and HTTP parser, for the burst
-    # of link fetches mail scanners make after a send (benchmarks/README.md).
+    # of link fetches mail scanners make after a send (benchmarks/README.md); its httptools protocol sends each
+    # response's headers and body in one write (alerts.web.server).
     uvicorn.run(
         "alerts.web.main:app",
         host=host,
         port=port,
         workers=workers,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools",
+        http=GatheringHttpToolsProtocol,
         proxy_headers=False,
         log_config=None,
         access_log=False,

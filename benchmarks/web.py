@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import redis
 
 from alerts.sending import Links
 from alerts.tokens import Purpose, Signer
@@ -54,8 +55,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(url: str, port: int, signup_per_ip: str, workers: int) -> subprocess.Popen[bytes]:
-    prefix = f"bench-web-{uuid.uuid4().hex[:6]}"
+def start_server(url: str, port: int, signup_per_ip: str, workers: int, prefix: str) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "ALERTS_ENV": "test",
         "ALERTS_DATABASE_URL": url,
@@ -277,7 +277,8 @@ def main() -> None:
         bulk_subscribers(url, args.subscribers, "trial", "NCT00124774", "NCT00124774")
         files = link_files(url, tmp)
         port = free_port()
-        server = start_server(url, port, args.signup_per_ip, args.workers)
+        prefix = f"bench-web-{uuid.uuid4().hex[:6]}"
+        server = start_server(url, port, args.signup_per_ip, args.workers, prefix)
         try:
             base = f"http://127.0.0.1:{port}"
             if args.scenario == "scanner":
@@ -299,6 +300,12 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=20)
+            # The run's queued sign-up tasks and rate-limit lists (no worker runs here to take them).
+            for db in (0, 1):
+                client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+                for key in client.scan_iter(f"{prefix}*"):
+                    client.delete(key)
+                client.close()
     print(
         f"{args.scenario}: {args.workers} uvicorn processes, {args.subscribers:,} subscribers, "
         f"{args.clients} connections, {args.duration:g} s"

@@ -14,10 +14,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from alerts import __version__
 from alerts import places as gazetteer_places
 from alerts.runtime import Runtime, get_runtime
-from alerts.web import api_events, conditions, digests, health, links, ops, pages, places, signup, webhooks
+from alerts.web import api_events, conditions, digests, health, links, ops, pages, places, signup, signupqueue, webhooks
 from alerts.web.linkstore import LinkStore, conninfo
 from alerts.web.ratelimit import RateLimiter
 from alerts.web.security import BodyLimit, StrictTransport, body_limits
+from alerts.web.signupqueue import SignupQueue
 from alerts.web.validation import request_validation_error
 
 
@@ -37,11 +38,21 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
             await store.open()
             # The sign-up's rate limits on the same loop (one Lua script per sign-up, alerts.web.ratelimit).
             app.state.limiter.open_async(settings.redis_url)
+            # And its task message: one LPUSH on the loop instead of Celery's publish in a thread
+            # (alerts.web.signupqueue); only for the real Celery enqueue on a Redis broker.
+            from alerts.tasks.enqueue import CeleryEnqueue
+
+            enqueue = app.state.enqueue
+            if isinstance(enqueue, CeleryEnqueue) and signupqueue.usable(enqueue.app):
+                app.state.signup_queue = SignupQueue(enqueue.app)
         app.state.linkstore = store
         try:
             yield
         finally:
             app.state.linkstore = None
+            queue, app.state.signup_queue = app.state.signup_queue, None
+            if queue is not None:
+                await queue.close()
             if store is not None:
                 await app.state.limiter.close_async()
                 await store.close()
@@ -60,6 +71,7 @@ def create_app(runtime: Runtime | None = None, enqueue: Any | None = None) -> Fa
     )
     app.state.runtime = runtime
     app.state.linkstore = None
+    app.state.signup_queue = None
     if enqueue is None:
         from alerts.tasks.enqueue import CeleryEnqueue
 

@@ -46,40 +46,56 @@ async def _configure(connection: AsyncConnection[Any]) -> None:
     await connection.execute("SET plan_cache_mode = force_generic_plan")
 
 
+# People's requests (one-click unsubscribes, sign-ups) get a pool of their own, as large as the pages' but
+# keeping only one connection open: during a scanner burst every process has a queue of scanner GETs waiting
+# for the pages' pool, and a person's one statement would wait behind all of them (benchmarks/README.md,
+# --scenario scanner). With 2 connections, a burst of one-clicks queued for them instead (+20% CPU each).
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+def _pool(conninfo: str, size: int, name: str, kept: int = 2) -> Pool:
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=min(kept, size),
+        max_size=size,
+        open=False,
+        configure=_configure,
+        # Named per process in pg_stat_activity (which web process holds which connection).
+        kwargs={"application_name": application_name()},
+        # A connection broken while idle (PostgreSQL restarted) is noticed when it is returned, not by a ping
+        # before every page: a ping is a round trip per request.
+        check=None,
+        name=name,
+    )
+
+
 class LinkStore:
     def __init__(self, conninfo: str, size: int) -> None:
-        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            conninfo,
-            min_size=min(2, size),
-            max_size=size,
-            open=False,
-            configure=_configure,
-            # Named per process in pg_stat_activity (which web process holds which connection).
-            kwargs={"application_name": application_name()},
-            # A connection broken while idle (PostgreSQL restarted) is noticed when it is returned, not by a ping
-            # before every page: a ping is a round trip per request.
-            check=None,
-            name="link-pages",
-        )
+        self.pool = _pool(conninfo, size, "link-pages")
+        self.people_pool = _pool(conninfo, size, "people", kept=1)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
+        await self.people_pool.open(wait=False)
 
     async def close(self) -> None:
+        await self.people_pool.close()
         await self.pool.close()
 
-    async def _rows(self, statement: Statement, **values: Any) -> list[tuple[Any, ...]]:
+    async def _rows(self, statement: Statement, pool: Pool | None = None, **values: Any) -> list[tuple[Any, ...]]:
+        pool = pool or self.pool
         try:
-            return await self._run(statement, values)
+            return await self._run(pool, statement, values)
         except OperationalError:
             # Connections that broke while idle (PostgreSQL restarted): this one is dropped when it comes back,
             # the pool's other idle ones are checked (one round trip each, only now), and the statement runs
             # once more. The reads and the unsubscribe are safe to run twice.
-            await self.pool.check()
-            return await self._run(statement, values)
+            await pool.check()
+            return await self._run(pool, statement, values)
 
-    async def _run(self, statement: Statement, values: dict[str, Any]) -> list[tuple[Any, ...]]:
-        async with self.pool.connection() as connection:
+    async def _run(self, pool: Pool, statement: Statement, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with pool.connection() as connection:
             cursor = await connection.execute(statement.sql, statement.params(**values), prepare=True)
             return await cursor.fetchall()
 
@@ -97,11 +113,11 @@ class LinkStore:
     async def record_signup(self, params: dict[str, Any]) -> int:
         """One ``signup_requests`` row (``alerts.signups.INSERT_PG``): one statement, autocommit."""
         try:
-            rows = await self._run(signups.INSERT_PG, params)
+            rows = await self._run(self.people_pool, signups.INSERT_PG, params)
         except OperationalError:
             # Not retried (a connection lost after the INSERT committed would record the sign-up twice): this
             # request fails (500), the pool's other idle connections are checked for the next ones.
-            await self.pool.check()
+            await self.people_pool.check()
             raise
         return int(rows[0][0])
 
@@ -109,5 +125,5 @@ class LinkStore:
         """End one subscription (or all of its subscriber's), drop what they hold, and read what the answer names:
         one statement, so one round trip and atomic without BEGIN/COMMIT (``alerts.linkreads``)."""
         statement = linkreads.UNSUBSCRIBE_ALL_SQL if everything else linkreads.UNSUBSCRIBE_ONE_SQL
-        rows = await self._rows(statement, id=subscription_id, now=utcnow())
+        rows = await self._rows(statement, self.people_pool, id=subscription_id, now=utcnow())
         return linkreads.unsubscribe_view(rows[0] if rows else None)

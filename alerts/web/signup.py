@@ -39,6 +39,7 @@ from alerts.web.deps import RuntimeDep
 from alerts.web.linkstore import LinkStore
 from alerts.web.places import PreferencesBody
 from alerts.web.ratelimit import CONFIRM_PER_ADDRESS, SIGNUP_PER_IP, RateLimited, RateLimiter
+from alerts.web.signupqueue import SignupQueue
 from alerts.web.validation import FieldIssue, ValidationProblem
 
 log = structlog.get_logger("alerts.web.signup")
@@ -326,8 +327,9 @@ async def _perform_signup_async(
     digest: DigestChoice,
 ) -> None:
     """``perform_signup`` on PostgreSQL, on the event loop: the rate limits (one Redis script), the INSERT (the
-    link store's pool: no connection churn, no BEGIN/COMMIT) and the publish (Celery's client is blocking: a
-    worker thread). The same work, in the same order, for every address."""
+    link store's pool: no connection churn, no BEGIN/COMMIT) and the task message (one LPUSH on the loop,
+    ``alerts.web.signupqueue``; other brokers: Celery's blocking client in a worker thread). The same work, in
+    the same order, for every address."""
     settings = runtime.settings
     await _limiter(request).hit_all_async(
         [
@@ -336,7 +338,11 @@ async def _perform_signup_async(
         ]
     )
     request_id = await store.record_signup(signups.insert_params(address, [target], chosen=chosen, digest=digest))
-    await run_in_threadpool(request.app.state.enqueue.process_signup, request_id)
+    queue: SignupQueue | None = request.app.state.signup_queue
+    if queue is not None:
+        await queue.push(request_id)
+    else:
+        await run_in_threadpool(request.app.state.enqueue.process_signup, request_id)
     log.info("signup.recorded", request_id=request_id, targets=1)
 
 

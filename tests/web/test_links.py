@@ -430,3 +430,26 @@ def test_link_pages_survive_their_connections_being_cut(client: TestClient, runt
     assert cut >= 1
     assert client.get(f"/unsubscribe/{token}").status_code == 200
     assert client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+
+def test_people_do_not_wait_behind_a_burst_of_page_reads(client: TestClient, runtime: Runtime) -> None:
+    """Every connection of the pages' pool busy (a scanner burst): one-click unsubscribes and sign-ups still go
+    through at once, on the people's own pool."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("the async store exists on PostgreSQL only")
+    store = getattr(client.app, "state").linkstore  # noqa: B009
+    portal = client.portal
+    assert portal is not None
+    subscription_id = follow(runtime, "busy@example.org", trial=TRIAL)
+    token = runtime.signer.sign(Purpose.UNSUBSCRIBE, subscription_id)
+    held = [portal.call(store.pool.getconn) for _ in range(store.pool.max_size)]
+    try:
+        started = time.monotonic()
+        assert client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        signup = client.post("/api/subscriptions", json={"email": "during@example.org", "trial": TRIAL})
+        assert signup.status_code == 202
+        assert time.monotonic() - started < 10  # the pages' pool would have made them wait its 30 s timeout
+    finally:
+        for connection in held:
+            portal.call(store.pool.putconn, connection)
+    assert client.get(f"/unsubscribe/{token}").status_code == 200
