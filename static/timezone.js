@@ -10,10 +10,13 @@
   } catch (e) {
     return;
   }
+  if (!zone) return;
   for (var i = 0; i < select.options.length; i++) {
     if (select.options[i].value === zone) {
       select.selectedIndex = i;
       return;
     }
   }
+  // An old name for a place (Chrome reports Asia/Calcutta): not in the menu, still a zone the form accepts.
+  select.add(new Option(zone, zone, true, true), 0);
 })();

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from importlib.resources import files
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -37,8 +38,24 @@ class InvalidPreference(ValueError):
 
 @lru_cache(maxsize=1)
 def time_zones() -> tuple[str, ...]:
-    """Every IANA zone name this installation knows (the tzdata package on systems without a zone database)."""
+    """Every IANA zone name this installation knows (the tzdata package on systems without a zone database):
+    what a form may send (a browser may report an old name, such as Asia/Calcutta)."""
     return tuple(sorted(available_timezones()))
+
+
+@lru_cache(maxsize=1)
+def menu_time_zones() -> tuple[str, ...]:
+    """The zones a person chooses from: UTC and the IANA's list of one zone per country region (zone.tab, ~420),
+    so every country has its own city to pick (zone1970.tab would show Amsterdam's clock as Brussels).
+
+    Not every name the database knows (~600): the rest are old names for the same places (US/Eastern,
+    Asia/Calcutta) and POSIX-style entries whose sign reads backwards (Etc/GMT+5 is five hours *behind*),
+    which only confuse. It also makes the largest part of the manage page a third smaller.
+    """
+    listed = files("tzdata").joinpath("zoneinfo", "zone.tab").read_text(encoding="utf-8")
+    names = {line.split("\t")[2] for line in listed.splitlines() if line and not line.startswith("#")}
+    known = set(time_zones())
+    return (DEFAULT_TIME_ZONE, *sorted((names & known) - {DEFAULT_TIME_ZONE}))
 
 
 def parse_frequency(value: str | None) -> str:
@@ -241,8 +258,10 @@ def form_context(
             "hour": DEFAULT_HOUR if hour is None else hour,
             "weekdays": list(enumerate(WEEKDAYS)),
             "weekday": DEFAULT_WEEKDAY if weekday is None else weekday,
-            "time_zones": time_zones(),
+            "time_zones": menu_time_zones(),
             "time_zone": time_zone or DEFAULT_TIME_ZONE,
+            # A valid zone not in the menu (an old name a browser reported): offered first, so it stays chosen.
+            "time_zone_other": time_zone if time_zone and time_zone not in menu_time_zones() else None,
         }
     }
 

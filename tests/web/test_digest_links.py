@@ -100,6 +100,25 @@ def test_manage_page_changes_frequency_and_time(
     assert [s.frequency for s in subscriptions_of(runtime, "sam@example.org")] == ["immediately"]
 
 
+def test_the_zone_menu_lists_places_and_an_old_name_stays_chosen(client: TestClient, runtime: Runtime) -> None:
+    follow(runtime, "pat@example.org", trial=TRIAL)
+    with transaction(runtime.engine) as session:
+        token = session.scalar(select(Subscriber.manage_token))
+    page = client.get(f"/manage/{token}").text
+    # One zone per country region, UTC first; no duplicate old names, no backwards-signed Etc/GMT+5.
+    for zone in ("Europe/Amsterdam", "Asia/Kolkata"):
+        assert f"<option>{zone}</option>" in page
+    assert "<option selected>UTC</option>" in page
+    for old in (">US/Eastern<", ">Asia/Calcutta<", ">Etc/GMT+5<", ">EST5EDT<"):
+        assert old not in page
+    # A browser may report an old name (Chrome: Asia/Calcutta); the form accepts it and keeps it chosen.
+    answer = client.post(f"/manage/{token}/digest", data={"time_zone": "Asia/Calcutta"})
+    assert answer.status_code == 200
+    page = client.get(f"/manage/{token}").text
+    assert page.count(" selected>") >= 1 and "<option selected>Asia/Calcutta</option>" in page
+    assert "<option selected>UTC</option>" not in page
+
+
 def test_api_sign_up_with_a_daily_digest_in_a_time_zone(
     client: TestClient, runtime: Runtime, memory: MemoryTransport
 ) -> None:
