@@ -3,9 +3,10 @@
 ``POST /api/subscriptions`` records one ``signup_requests`` row and queues its id for a worker
 (``alerts.signups``). Celery's ``send_task`` did that in a worker thread: the thread hand-off, kombu's
 producer and connection checks and a blocking Redis client were the largest part of a sign-up's CPU
-(benchmarks/README.md). Here the message is the one ``send_task`` would push (protocol 2, kombu's Redis
-envelope: ``tests/web/test_signup_queue.py`` compares the two field by field), built from parts made once
-per process, and pushed onto the task's queue with an asyncio Redis client: one round trip, no thread.
+(benchmarks/README.md). Here the message is the one ``send_task`` would push: Celery builds it
+(``amqp.create_task_message``, protocol 2) and kombu's Redis envelope goes around it
+(``tests/web/test_signup_queue.py`` compares the two field by field); it is pushed onto the task's queue
+with an asyncio Redis client: one round trip, no thread.
 
 Only for a Redis broker; with any other (the embedded filesystem broker) the web keeps ``send_task``.
 A push that fails leaves the recorded row waiting: the request fails (500), and maintenance queues rows
@@ -25,8 +26,6 @@ from celery.utils.nodenames import anon_nodename
 
 TASK = "alerts.subscriptions.process_signup"
 REDIS_SCHEMES = ("redis://", "rediss://")
-# The fourth part of a protocol-2 body: no callbacks, errbacks, chain or chord.
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def usable(celery: Celery) -> bool:
@@ -46,44 +45,27 @@ class SignupQueue:
         # What send_task fills in from the process, the same for every message of this process.
         self._origin = anon_nodename()
         self._reply_to = str(celery.thread_oid)
+        self._amqp = celery.amqp
         self._client: Any = redis.asyncio.Redis.from_url(
             str(celery.conf.broker_url), socket_timeout=10, socket_connect_timeout=10
         )
 
     def message(self, request_id: int) -> bytes:
-        """The Redis list entry of one task message (kombu's envelope around Celery's protocol 2)."""
+        """The Redis list entry of one task message: Celery's protocol-2 message as ``send_task`` builds it,
+        in kombu's Redis envelope (JSON body, base64, delivery info)."""
         task_id = str(uuid.uuid4())
-        args = [request_id]
-        body = json.dumps([args, {}, _EMBED]).encode()
-        headers = {
-            "lang": "py",
-            "task": TASK,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": repr(args),
-            "kwargsrepr": "{}",
-            "origin": self._origin,
-            "ignore_result": None,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
+        # As send_task calls it (celery.app.base.Celery.send_task): ignore_result unset (None), this thread's
+        # reply_to; the origin node name made once per process.
+        task = self._amqp.create_task_message(
+            task_id, TASK, args=[request_id], reply_to=self._reply_to, ignore_result=None, origin=self._origin
+        )
         envelope = {
-            "body": base64.b64encode(body).decode("ascii"),
+            "body": base64.b64encode(json.dumps(task.body).encode()).decode("ascii"),
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": headers,
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": self._reply_to,
+            "headers": task.headers,
+            "properties": task.properties
+            | {
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": self._routing_key},
                 "priority": 0,
