@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from alerts import jsontext
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -43,12 +43,8 @@ def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
 
 def json_dumps(value: Any) -> str:
     """JSON columns are written by orjson (a stored snapshot is a ~10 KB record: several times faster than
-    json.dumps); json.dumps writes what orjson refuses (integers beyond 64 bits, lone surrogates, keys
-    that are not strings). Nothing hashes this text: it is parsed again wherever it is read."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # orjson.JSONEncodeError
-        return json.dumps(value)
+    json.dumps), json.dumps for what orjson refuses (``alerts.jsontext``)."""
+    return jsontext.dumps(value).decode("utf-8")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import structlog
 
+from alerts import jsontext
 from alerts.logs import redact
 from alerts.transports.base import PART_TAGS, TIMEOUT, UNREACHABLE, Batch, Outcome, Recipient, Result, fill
 
@@ -452,10 +453,7 @@ class SendGridTransport:
 
         endpoint = self._client.client.mail.send
         headers = {**endpoint.request_headers, "Content-Type": "application/json"}
-        try:
-            data = orjson.dumps(body)
-        except orjson.JSONEncodeError:  # a lone surrogate (not UTF-8): json escapes it as \udXXX
-            data = json.dumps(body).encode("utf-8")
+        data = jsontext.dumps(body)  # a lone surrogate (not UTF-8): json.dumps escapes it as \udXXX
         # The URL is the configured SendGrid host (https; the stand-in in tests), never user input.
         request = urllib.request.Request(endpoint._build_url(None), data=data, headers=headers, method="POST")  # noqa: S310
         return Response(endpoint._make_request(urllib.request.build_opener(), request, timeout=self.timeout_s))
