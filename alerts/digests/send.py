@@ -241,19 +241,24 @@ class _Carried:
 
 
 @functools.cache
-def _items_sql() -> Statement:
-    """``items_query`` of one claim, compiled once for PostgreSQL (see ``_items``)."""
-    return compiled(
-        items_query(
-            Digest.id > bindparam("after_id", type_=BigInteger()),
-            Digest.id <= bindparam("upto_id", type_=BigInteger()),
-            Digest.status == bindparam("sending", type_=String()),
-            Digest.lease_until == bindparam("lease", type_=UTCDateTime()),
-        )
+def _items_statement() -> Any:
+    """``items_query`` of one claim: after_id < id <= upto_id, still sending under exactly this lease."""
+    return items_query(
+        Digest.id > bindparam("after_id", type_=BigInteger()),
+        Digest.id <= bindparam("upto_id", type_=BigInteger()),
+        Digest.status == bindparam("sending", type_=String()),
+        Digest.lease_until == bindparam("lease", type_=UTCDateTime()),
     )
 
 
+@functools.cache
+def _items_sql() -> Statement:
+    """``_items_statement`` compiled once for PostgreSQL (see ``_item_rows``)."""
+    return compiled(_items_statement())
+
+
 def _item_rows(session: Session, after_id: int, upto_id: int, lease: datetime) -> Sequence[Sequence[Any]]:
+    values = {"after_id": after_id, "upto_id": upto_id, "sending": DigestStatus.SENDING.value, "lease": lease}
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         # The driver's own cursor on this transaction's connection: its rows are already the plain tuples the
@@ -263,25 +268,12 @@ def _item_rows(session: Session, after_id: int, upto_id: int, lease: datetime) -
         statement = _items_sql()
         cursor = connection.connection.cursor()
         try:
-            cursor.execute(
-                statement.sql,
-                statement.params(after_id=after_id, upto_id=upto_id, sending=DigestStatus.SENDING.value, lease=lease),
-            )
+            cursor.execute(statement.sql, statement.params(**values))
             return cast(Sequence[Sequence[Any]], cursor.fetchall())
         finally:
             cursor.close()
-    return (
-        connection.execute(
-            items_query(
-                Digest.id > after_id,
-                Digest.id <= upto_id,
-                Digest.status == DigestStatus.SENDING.value,
-                Digest.lease_until == lease,
-            )
-        )
-        .tuples()
-        .all()  # one fetch of the driver's rows, not a fetch per row
-    )
+    # One fetch of the driver's rows, not a fetch per row.
+    return connection.execute(_items_statement(), values).tuples().all()
 
 
 def _items(session: Session, after_id: int, upto_id: int, lease: datetime) -> dict[int, _Carried]:
