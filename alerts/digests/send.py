@@ -399,9 +399,8 @@ def _link_limits(ctx: Context) -> tuple[dict[str, int], int]:
         "manage_url": ctx.links.manage(""),
         "digest_url": ctx.links.digest_view(""),
     }
-    return {name: len(prefix) + TOKEN_BYTES for name, prefix in prefixes.items()}, len(
-        ctx.links.unsubscribe("")
-    ) + TOKEN_BYTES
+    by_name = {name: len(prefix) + TOKEN_BYTES for name, prefix in prefixes.items()}
+    return by_name, len(ctx.links.unsubscribe("")) + TOKEN_BYTES
 
 
 def _fits_unmeasured(
