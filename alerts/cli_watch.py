@@ -37,7 +37,7 @@ def watch(
 ) -> None:
     """One pass over ClinicalTrials.gov: what changed becomes events (see docs/operations.md)."""
     from alerts.cli import _runtime
-    from alerts.tasks.enqueue import CeleryEnqueue
+    from alerts.tasks.enqueue import CeleryEnqueue, celery_enqueue
     from alerts.watch.passes import run_pass
 
     start = _since(since)
@@ -45,7 +45,15 @@ def watch(
         console.print("[red]give --bootstrap or --since, not both[/red]")
         raise typer.Exit(2)
     runtime = _runtime()
-    report = run_pass(runtime, CeleryEnqueue(), bootstrap=bootstrap, since=start, dry_run=dry_run)
+    report = run_pass(
+        runtime,
+        CeleryEnqueue(),
+        bootstrap=bootstrap,
+        since=start,
+        dry_run=dry_run,
+        lanes=runtime.settings.watch_lanes,
+        lane_enqueue=celery_enqueue,
+    )
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

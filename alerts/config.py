@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     watch_bootstrap_records: int = Field(default=0, ge=0)
     # A pass holds the watcher's lock this long past its last sign of life (each page, each retry).
     watch_lock_s: int = Field(default=900, gt=0)
+    # Processes applying a pass's chunks side by side (PostgreSQL; alerts.watch.lanes): about 2 ms of CPU per
+    # record each. 1 applies them in the pass's own process. Each lane holds one database connection.
+    watch_lanes: int = Field(default=2, ge=1, le=32)
 
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

@@ -109,10 +109,12 @@ def learn_ahead(session: Session, events: Sequence[TrialEvent]) -> None:
             pre.gained[change.key] = pre.gained.get(change.key, frozenset()) | change.gained
 
 
-def _learned(session: Session, event: TrialEvent) -> vocabulary.Learned:
+def _learned(session: Session, event: TrialEvent) -> tuple[vocabulary.Learned, bool]:
+    """What the event's trial teaches, and whether the caller's batch learned it already (``learn_ahead``):
+    learning it again would change nothing, at the cost of reading the trial's vocabulary row back."""
     pre = _prefetched(session)
     found = pre.learned.pop(event.idempotency_key, None) if pre is not None else None
-    return found if found is not None else vocabulary.extract(event.trial)
+    return (found, True) if found is not None else (vocabulary.extract(event.trial), False)
 
 
 def _prefetched(session: Session) -> Prefetched | None:
@@ -172,8 +174,9 @@ def store_baseline(session: Session, event: TrialEvent) -> None:
     snapshot and vocabulary a first-seen ``trial.changed`` would leave, without an event or deliveries.
     """
     snapshot = _snapshot(session, event.nct_id)
-    if _is_newest(snapshot, event):
-        vocabulary.learn(session, event.nct_id, _learned(session, event))
+    learned, ahead = _learned(session, event)
+    if _is_newest(snapshot, event) and not ahead:
+        vocabulary.learn(session, event.nct_id, learned)
     _store_version(session, snapshot, event)
 
 
@@ -241,14 +244,14 @@ def accept(
     )
     if pre is not None and pre.event_ids:
         row.id = pre.event_ids.pop(0)
-    learned = _learned(session, event)
+    learned, ahead = _learned(session, event)
     caught_up: list[CaughtUp] = []
     gained: dict[str, frozenset[str]] = {}
-    if _is_newest(snapshot, event):
+    if _is_newest(snapshot, event) and not ahead:
         # What NLM's indexing of this version teaches about condition phrases: every subscription following
         # a phrase whose meaning changed follows the new meaning in the matching below, and catches up on
-        # the recent new trials it missed while the phrase meant less. (Learned already when the caller
-        # learned its batch ahead: nothing changes here then.)
+        # the recent new trials it missed while the phrase meant less. (Not when the caller learned its
+        # batch ahead: its catch-ups come with pre.gained below.)
         meanings = vocabulary.learn_changes(session, event.nct_id, learned)
         gained = {change.key: change.gained for change in meanings}
     if pre is not None and pre.gained:

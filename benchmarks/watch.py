@@ -44,7 +44,7 @@ from alerts.ctgov.standin import PIECES, RegistryStandIn, project
 from alerts.db import make_engine, transaction
 from alerts.tokens import Purpose, Signer
 from alerts.watch.records import RegistryRecord
-from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, pg_schema, rss_kib, settle
+from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, descendants, pg_schema, rss_kib, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
@@ -176,7 +176,12 @@ def seed(url: str, day0: list[dict[str, Any]], subscribers: int) -> dict[str, in
 
 
 def settings_for(
-    url: str, registry: RegistryStandIn, prefix: str, page_size: int = 1000, rate_per_s: float = 1.0
+    url: str,
+    registry: RegistryStandIn,
+    prefix: str,
+    page_size: int = 1000,
+    rate_per_s: float = 1.0,
+    lanes: int | None = None,
 ) -> Settings:
     return load_settings(
         env="test",
@@ -190,6 +195,7 @@ def settings_for(
         ctgov_contact="benchmark@example.org",
         watch_page_size=page_size,
         ctgov_rate_per_s=rate_per_s,  # the registry's pace by default
+        **({"watch_lanes": lanes} if lanes else {}),  # the service's default unless asked
         log_format="json",
     )
 
@@ -229,15 +235,17 @@ def _backends(conn: psycopg.Connection[Any], pid: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> tuple[float, int, bool, float, float]:
-    """``alerts watch`` in its own process: (wall seconds, its peak RSS in KiB, killed, its CPU seconds, the CPU
-    seconds of its PostgreSQL backends).
+def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> dict[str, Any]:
+    """``alerts watch`` in its own process: its wall seconds, the peak RSS (KiB) of the pass and of each of
+    its lanes, whether it was killed, the CPU seconds of the pass with its lanes, and of the PostgreSQL
+    backends serving them.
 
-    The peak is the child's VmHWM read from /proc while it runs (not the rusage of wait4: across the
+    Each peak is the process's VmHWM read from /proc while it runs (not the rusage of wait4: across the
     fork + exec that starts it, that carries this process's own size, the stand-in's 10,000 records).
-    Its backends are found by the client ports of its sockets and read from /proc like it (last reading
-    at most one poll before they exit). With ``kill_at``: SIGKILL once the pass has committed that many
-    records (read from its state row).
+    The lanes (``alerts.watch.lanes``) are found as the pass's descendants, the backends by the client
+    ports of all their sockets, and read from /proc like them (last reading at most one poll before they
+    exit). With ``kill_at``: SIGKILL to the pass once it has committed that many records (read from its
+    state row); its lanes die with it.
     """
     alerts = Path(sys.executable).parent / "alerts"
     env = os.environ | environment(settings)
@@ -245,16 +253,22 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
     started = time.perf_counter()
     with log_path.open("ab") as log:
         child = subprocess.Popen([str(alerts), "watch"], env=env, stdout=log, stderr=log, cwd=ROOT)
-    killed, peak, cpu = False, 0, 0.0
+    killed = False
+    peaks: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     backend_cpu: dict[int, float] = {}
     polls = 0
     with psycopg.connect(plain, autocommit=True) as conn:
         while child.poll() is None:
-            # Both read from the kernel while it runs (the last reading is at most one poll before it exits).
-            peak, cpu = max(peak, rss_kib(child.pid)), max(cpu, cpu_seconds(child.pid))
+            # All read from the kernel while they run (the last reading is at most one poll before they exit).
+            family = [child.pid, *descendants(child.pid)]
+            for pid in family:
+                peaks[pid] = max(peaks.get(pid, 0), rss_kib(pid))
+                cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
             if polls % 10 == 0:
-                for backend in _backends(conn, child.pid):
-                    backend_cpu.setdefault(backend, 0.0)
+                for pid in family:
+                    for backend in _backends(conn, pid):
+                        backend_cpu.setdefault(backend, 0.0)
             for backend in backend_cpu:
                 backend_cpu[backend] = max(backend_cpu[backend], cpu_seconds(backend))
             polls += 1
@@ -266,7 +280,15 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
                     killed = True
                     break
             time.sleep(0.05)
-    return time.perf_counter() - started, peak, killed, cpu, sum(backend_cpu.values())
+    lanes = [pid for pid in peaks if pid != child.pid and peaks[pid] > 0]
+    return {
+        "wall_s": time.perf_counter() - started,
+        "peak_kib": peaks.get(child.pid, 0),
+        "lane_peaks_kib": [peaks[pid] for pid in lanes],
+        "killed": killed,
+        "cpu_s": sum(cpu.values()),
+        "postgres_cpu_s": sum(backend_cpu.values()),
+    }
 
 
 def totals(url: str) -> dict[str, Any]:
@@ -304,7 +326,13 @@ def broker_prefix() -> Iterator[str]:
 
 
 def one_run(
-    n: int, subscribers: int, kill: bool, log_dir: Path, page_size: int = 1000, rate_per_s: float = 1.0
+    n: int,
+    subscribers: int,
+    kill: bool,
+    log_dir: Path,
+    page_size: int = 1000,
+    rate_per_s: float = 1.0,
+    lanes: int | None = None,
 ) -> dict[str, Any]:
     day0, edited, new = the_day(n)
     with pg_schema() as url, broker_prefix() as prefix, RegistryStandIn(day0, data_timestamp=DAY0) as registry:
@@ -313,7 +341,7 @@ def one_run(
         settle(url)
         setup_s = time.perf_counter() - started
         registry.advance_day(edited, new)
-        settings = settings_for(url, registry, prefix, page_size, rate_per_s)
+        settings = settings_for(url, registry, prefix, page_size, rate_per_s, lanes)
         log_path = log_dir / f"watch-{'kill' if kill else 'once'}-{uuid.uuid4().hex[:6]}.log"
         runs = []
         if kill:
@@ -324,17 +352,22 @@ def one_run(
             "records": n,
             "subscribers": followed,
             "setup_s": round(setup_s, 1),
-            "wall_s": round(sum(r[0] for r in runs), 2),
-            "records_per_s": round(n / sum(r[0] for r in runs)),
-            "peak_rss_mib": [round(r[1] / 1024) for r in runs],
-            "killed": [r[2] for r in runs],
-            # CPU the pass itself used (user + system): what the wall time would shrink towards on an idle
-            # machine, PostgreSQL's share aside.
-            "pass_cpu_s": [round(r[3], 1) for r in runs],
-            "pass_cpu_ms_per_record": round(1000 * sum(r[3] for r in runs) / n, 2),
-            # CPU of the PostgreSQL backends serving the pass (the pass waits on them).
-            "postgres_cpu_s": [round(r[4], 1) for r in runs],
-            "postgres_cpu_ms_per_record": round(1000 * sum(r[4] for r in runs) / n, 2),
+            "lanes": settings.watch_lanes,
+            "wall_s": round(sum(r["wall_s"] for r in runs), 2),
+            "records_per_s": round(n / sum(r["wall_s"] for r in runs)),
+            # The pass's own process, then each of its processes (the pass, its lanes, multiprocessing's
+            # resource tracker), and their sum: what the pass took of the machine at most.
+            "peak_rss_mib": [round(r["peak_kib"] / 1024) for r in runs],
+            "lane_peak_rss_mib": [[round(k / 1024) for k in r["lane_peaks_kib"]] for r in runs],
+            "peak_rss_sum_mib": [round((r["peak_kib"] + sum(r["lane_peaks_kib"])) / 1024) for r in runs],
+            "killed": [r["killed"] for r in runs],
+            # CPU the pass and its lanes used (user + system): what the wall time would shrink towards with
+            # one core per process on an idle machine, PostgreSQL's share aside.
+            "pass_cpu_s": [round(r["cpu_s"], 1) for r in runs],
+            "pass_cpu_ms_per_record": round(1000 * sum(r["cpu_s"] for r in runs) / n, 2),
+            # CPU of the PostgreSQL backends serving the pass and its lanes (they wait on them).
+            "postgres_cpu_s": [round(r["postgres_cpu_s"], 1) for r in runs],
+            "postgres_cpu_ms_per_record": round(1000 * sum(r["postgres_cpu_s"] for r in runs) / n, 2),
             "requests to the stand-in": len(registry.requests),
             "log": str(log_path),
         }
@@ -346,6 +379,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--kill", action="store_true", help="also run the kill-mid-pass variant and compare")
+    parser.add_argument("--lanes", type=int, default=None, help="ALERTS_WATCH_LANES (default: the service's)")
     parser.add_argument("--log-dir", type=Path, default=ROOT / "var" / "bench")
     args = parser.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -353,10 +387,10 @@ def main() -> None:
         f"{datetime.now(UTC).isoformat(timespec='seconds')} watch benchmark: {args.records} records, "
         f"{args.subscribers} subscribers, {os.cpu_count()} cores"
     )
-    once = one_run(args.records, args.subscribers, False, args.log_dir)
+    once = one_run(args.records, args.subscribers, False, args.log_dir, lanes=args.lanes)
     print(json.dumps(once, indent=2))
     if args.kill:
-        killed = one_run(args.records, args.subscribers, True, args.log_dir)
+        killed = one_run(args.records, args.subscribers, True, args.log_dir, lanes=args.lanes)
         print(json.dumps(killed, indent=2))
         same = [
             k

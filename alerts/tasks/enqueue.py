@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery
 
+from alerts.runtime import Runtime
 from alerts.tasks.app import app as default_app
 
 
@@ -39,3 +40,8 @@ class CeleryEnqueue:
             "trial.new_for_condition": "alerts.events.new_trial_for_condition",
         }[str(payload["type"])]
         self.app.send_task(name, args=[payload])
+
+
+def celery_enqueue(runtime: Runtime) -> CeleryEnqueue:
+    """A watcher lane's queue (``alerts.watch.lanes``): built in the lane, by name, from its runtime."""
+    return CeleryEnqueue()

@@ -6,7 +6,7 @@ from typing import Any
 
 from alerts.runtime import get_runtime
 from alerts.tasks.app import app
-from alerts.tasks.enqueue import CeleryEnqueue
+from alerts.tasks.enqueue import CeleryEnqueue, celery_enqueue
 from alerts.watch.passes import run_pass
 
 
@@ -16,4 +16,5 @@ def run() -> dict[str, Any]:
     if not runtime.settings.watch_enabled:
         return {"outcome": "disabled"}
     # A pass already running (a slow bootstrap, a redelivered message) makes this one return "busy".
-    return run_pass(runtime, CeleryEnqueue()).as_dict()
+    lanes = runtime.settings.watch_lanes
+    return run_pass(runtime, CeleryEnqueue(), lanes=lanes, lane_enqueue=celery_enqueue).as_dict()

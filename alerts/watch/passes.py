@@ -26,69 +26,31 @@ reason recorded (``alerts status``) and the pass's place kept: the next pass res
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-import psycopg
 import structlog
-from psycopg.types.json import set_json_loads
-from sqlalchemy import bindparam, select, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from alerts import intake, pipeline
-from alerts.ctgov.client import Page, RegistryClient, RegistryError, TokenRefused, loads
-from alerts.db import session_factory, transaction
-from alerts.events import (
-    NEW_TRIAL_FOR_CONDITION,
-    TRIAL_CHANGED,
-    FieldError,
-    InvalidEvent,
-    TrialEvent,
-    excerpt,
-    parse_event,
-)
-from alerts.intake import Accepted
-from alerts.models import (
-    Event,
-    RejectedEvent,
-    Subscription,
-    SubscriptionKind,
-    SubscriptionStatus,
-    Trial,
-    TrialVocabulary,
-    UTCDateTime,
-    WatchRecord,
-    WatchState,
-    utcnow,
-)
+from alerts import pipeline
+from alerts.ctgov.client import Page, RegistryClient, RegistryError, TokenRefused
+from alerts.db import transaction
+from alerts.models import WatchState, utcnow
 from alerts.runtime import Runtime
 from alerts.watch import lock
-from alerts.watch.records import SOURCE, RegistryRecord
+from alerts.watch.chunks import PageWork, apply_chunk, merge, queue_accepted, state
+from alerts.watch.lanes import Done, Job, Lanes
+from alerts.watch.records import first_posted
 
 log = structlog.get_logger("alerts.watch")
 
-_UPSERT_RECORD = text(
-    "INSERT INTO watch_records (nct_id, content_hash, last_update, seen_at) "
-    "VALUES (:nct_id, :content_hash, :last_update, :seen_at) "
-    "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
-    "last_update = excluded.last_update, seen_at = excluded.seen_at"
-).bindparams(bindparam("seen_at", type_=UTCDateTime()))
-_KINDS = ((TRIAL_CHANGED, "changed"), (NEW_TRIAL_FOR_CONDITION, "new"))
 BOOTSTRAP_SORT = "LastUpdatePostDate:desc"  # a limited bootstrap keeps the most recently active trials
-
-
-@dataclass
-class PageWork:
-    """What one page did (inside its transaction) and the events to queue once it commits."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    max_seen: date | None = None
-    accepted: list[tuple[TrialEvent, Accepted]] = field(default_factory=list)
+# Pages read and not all committed yet, with lanes. A page's records are held until a lane takes them, so
+# this bounds the pass's memory; it also lets the lanes go on while a page's new trials take their turns.
+_PAGES_IN_HAND = 6
 
 
 @dataclass
@@ -112,11 +74,6 @@ class PassReport:
         return dict(self.__dict__)
 
 
-class _DryRun(Exception):
-    def __init__(self, work: PageWork) -> None:
-        self.work = work
-
-
 def _seen_at(data_timestamp: str | None) -> str:
     """The registry's data timestamp (UTC, no offset written) as the events' occurred_at."""
     if data_timestamp:
@@ -129,162 +86,84 @@ def _seen_at(data_timestamp: str | None) -> str:
     return utcnow().isoformat()
 
 
-def _reject(session: Session, payload: dict[str, Any], errors: Sequence[FieldError]) -> bool:
-    """Record a bad record as a rejected event, once per version (a re-read is not a new rejection)."""
-    event_id = str(payload.get("event_id"))
-    already = session.scalar(
-        select(RejectedEvent.id).where(RejectedEvent.source == SOURCE, RejectedEvent.producer_event_id == event_id)
-    )
-    if already is not None:
-        return False
-    session.add(
-        RejectedEvent(
-            source=SOURCE,
-            event_type=str(payload.get("type")),
-            producer_event_id=event_id[:200],
-            errors=[e.as_dict() for e in errors],
-            payload_excerpt=excerpt(payload),
-        )
-    )
-    log.warning("watch.record_rejected", event_id=event_id[:200], errors=[e.as_dict() for e in errors])
-    return True
+@dataclass(frozen=True)
+class _Place:
+    """What every chunk of a pass shares."""
+
+    window: date | None
+    seen_at: str
+    mark: datetime
+    owner: str
+    step: int
 
 
-def apply_page(
-    session: Session,
-    studies: Sequence[Any],
-    runtime: Runtime,
-    *,
-    window: date | None,
-    bootstrap: bool,
-    seen_at: str,
-) -> PageWork:
-    """One page's records, in the caller's transaction. Pure database work: nothing is queued here."""
-    work = PageWork()
-    records = [RegistryRecord.of(s) for s in studies]
-    ncts = sorted({r.nct_id for r in records if r.nct_id})
-    hashes: dict[str, str] = {}
-    snapshots: dict[str, Trial | None] = dict.fromkeys(ncts)
-    vocabularies: Sequence[TrialVocabulary] = ()
-    if ncts:
-        hashes = {
-            str(n): str(h)
-            for n, h in session.execute(
-                select(WatchRecord.nct_id, WatchRecord.content_hash).where(WatchRecord.nct_id.in_(ncts))
-            )
-        }
-        # Only records that differ from the version last read become events (the others are skipped below).
-        changed = [r for r in records if r.nct_id is None or hashes.get(r.nct_id) != r.content_hash]
-        ncts = sorted({r.nct_id for r in changed if r.nct_id})
-        snapshots = dict.fromkeys(ncts)
-    if ncts:
-        # What the intake reads per event, read once for the chunk (alerts.intake.Prefetched): the snapshots,
-        # locked in NCT order; the trials' vocabulary rows (into the session's identity map); which event
-        # ids exist; which trials anyone follows.
-        locked = select(Trial).where(Trial.nct_id.in_(ncts)).order_by(Trial.nct_id).with_for_update()
-        for trial in session.scalars(locked):
-            snapshots[trial.nct_id] = trial
-        # Held until the page is done: the identity map keeps only weak references.
-        vocabularies = session.scalars(select(TrialVocabulary).where(TrialVocabulary.nct_id.in_(ncts))).all()
-        keys = {f"{kind}:id:{r.event_id(short)}" for r in changed for kind, short in _KINDS}
-        present = set(session.scalars(select(Event.idempotency_key).where(Event.idempotency_key.in_(keys))))
-        followed = (
-            select(Subscription.target)
-            .distinct()
-            .where(
-                Subscription.kind == SubscriptionKind.TRIAL.value,
-                Subscription.status == SubscriptionStatus.ACTIVE.value,
-                Subscription.target.in_(ncts),
-            )
-        )
-        audience = set(session.scalars(followed))
-        # At most one event per changed record.
-        ids = intake.reserve_event_ids(session, 0 if bootstrap else len(changed))
-        session.info[intake.PREFETCHED] = intake.Prefetched(
-            snapshots=dict(snapshots),
-            absent_keys=keys - present,
-            trial_audience=audience,
-            event_ids=ids,
-        )
-    stored = {nct for nct, trial in snapshots.items() if trial is not None}
-    rows: dict[str, dict[str, Any]] = {}
-    now = utcnow()
-    settings = runtime.settings
-    # Each record's event (or why it is invalid), then what they all teach the vocabulary at once
-    # (intake.learn_ahead), then each one through the intake in page order.
-    parsed: list[tuple[RegistryRecord, bool, dict[str, Any] | None, TrialEvent | InvalidEvent | None]] = []
-    for record in records:
-        if record.nct_id is not None and hashes.get(record.nct_id) == record.content_hash:
-            parsed.append((record, False, None, None))  # the version we already read (overlap, a re-run)
-            continue
-        known = record.nct_id in stored
-        condition = None
-        if not bootstrap and not known and window is not None and record.first_posted is not None:
-            condition = record.condition() if record.first_posted >= window else None
-        payload = record.new_trial_event(seen_at, condition) if condition else record.changed_event(seen_at)
-        publish = not bootstrap and (known or condition is not None)
-        try:
-            event = parse_event(payload)
-        except InvalidEvent as exc:
-            parsed.append((record, publish, payload, exc))
-        else:
-            parsed.append((record, publish, payload, event))
-            stored.add(event.nct_id)
-        if record.nct_id is not None:
-            hashes[record.nct_id] = record.content_hash
-    intake.learn_ahead(session, [e for _, _, _, e in parsed if isinstance(e, TrialEvent)])
-    for record, publish, body, parsed_event in parsed:
-        work.counts["read"] += 1
-        if record.last_update_day is not None and (work.max_seen is None or record.last_update_day > work.max_seen):
-            work.max_seen = record.last_update_day
-        if body is None:
-            work.counts["unchanged"] += 1
-            continue
-        if isinstance(parsed_event, InvalidEvent):
-            work.counts["rejected"] += _reject(session, body, parsed_event.errors)
-        elif parsed_event is not None:
-            event = parsed_event
-            if not publish:
-                intake.store_baseline(session, event)
-                work.counts["stored"] += 1
-            else:
-                outcome = intake.accept(session, event, runtime.renderer, runtime.site, settings.fanout_first_chunk)
-                work.accepted.append((event, outcome))
-                work.counts[f"published:{event.type}"] += 1
-                work.counts[str(outcome.status)] += 1
-                work.counts["recipients"] += outcome.recipients
-        if record.nct_id is not None:
-            rows[record.nct_id] = {
-                "nct_id": record.nct_id,
-                "content_hash": record.content_hash,
-                "last_update": (record.last_update or "")[:10] or None,
-                "seen_at": now,
-            }
-    session.info.pop(intake.PREFETCHED, None)
-    del vocabularies
-    if rows:
-        session.execute(_UPSERT_RECORD, list(rows.values()))
-    return work
+def _pages(
+    fetch: Callable[[str | None], Page], token: str | None, offset: int, wanted: Callable[[Page], bool]
+) -> Generator[tuple[Page, str | None, int]]:
+    """The pass's pages in order, as (page, the token that asked for it, the offset to start at).
+
+    The next page is asked for while the caller applies this one: the registry serves it (and it travels)
+    meanwhile, instead of the pass waiting for it after every page. Still one request at a time (the
+    client paces them). Closing the iterator abandons the request under way: its answer is not needed.
+    """
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-next-page")
+    pending: Future[Page] | None = None
+    retried_token = False
+    try:
+        while True:
+            try:
+                page = pending.result() if pending is not None else fetch(token)
+            except TokenRefused:
+                if retried_token:
+                    raise
+                # Expired token of a resumed pass: walk the window from its start (re-reads are absorbed).
+                retried_token, token, offset, pending = True, None, 0, None
+                continue
+            pending = None
+            if page.next_token and wanted(page):
+                pending = ahead.submit(fetch, page.next_token)
+            yield page, token, offset
+            token, offset = page.next_token, 0
+            if not token:
+                return
+    finally:
+        ahead.shutdown(wait=False, cancel_futures=True)
 
 
-def _fast_json(session: Session) -> None:
-    """Read JSON columns (a chunk's snapshots, 200 records of ~10 KB) with ``client.loads`` on this
-    PostgreSQL connection: the same values as psycopg's default json.loads, in a third of the time."""
-    dbapi = session.connection().connection.dbapi_connection
-    if isinstance(dbapi, psycopg.Connection):
-        set_json_loads(loads, dbapi)
+@dataclass(frozen=True)
+class _Part:
+    """A chunk for a lane: its page, its records' places in the page, and whether it holds new trials."""
+
+    page: int
+    span: str
+    fresh: bool
+    studies: list[Any]
 
 
-def _state(session: Session) -> WatchState:
-    state = session.get(WatchState, lock.STATE, with_for_update=True)
-    assert state is not None, "lock.ensure_state creates it"
-    return state
+def _parts(page: int, studies: Sequence[Any], window: date | None, step: int, offset: int) -> Iterator[_Part]:
+    """A page's records (from ``offset``) as lanes' chunks of at most ``step``.
+
+    Records first posted inside the window (new trials: matched by what the vocabulary means, so their
+    chunks take turns on it) go in chunks of their own; the rest (changes to trials we know) in others,
+    which lanes apply side by side. Each group keeps the page's order.
+    """
+    fresh: list[tuple[int, Any]] = []
+    known: list[tuple[int, Any]] = []
+    for i, study in enumerate(studies, start=offset):
+        posted = first_posted(study)
+        (fresh if window is not None and posted is not None and posted >= window else known).append((i, study))
+    for group, is_fresh in ((fresh, True), (known, False)):
+        for start in range(0, len(group), step):
+            part = group[start : start + step]
+            yield _Part(page, f"{part[0][0]}-{part[-1][0] + 1}", is_fresh, [study for _, study in part])
 
 
-def _merge(counts: dict[str, Any], more: Counter[str]) -> dict[str, int]:
-    merged = Counter({k: int(v) for k, v in counts.items()})
-    merged.update(more)
-    return dict(sorted(merged.items()))
+def _later(a: date | None, b: date | None) -> date | None:
+    return b if a is None or (b is not None and b > a) else a
+
+
+def _logged(page: int, records: str, work: PageWork) -> None:
+    log.info("watch.chunk", page=page, records=records, **{k.replace(":", "_"): v for k, v in work.counts.items()})
 
 
 class Watcher:
@@ -295,10 +174,16 @@ class Watcher:
         runtime: Runtime,
         enqueue: pipeline.Enqueue,
         client_factory: Callable[[Callable[[], None] | None], RegistryClient] | None = None,
+        *,
+        lanes: int = 1,
+        lane_enqueue: Callable[[Runtime], pipeline.Enqueue] | None = None,
     ) -> None:
         self.runtime = runtime
         self.enqueue = enqueue
         self.client_factory = client_factory or self._client
+        # Lanes (alerts.watch.lanes) need PostgreSQL and a queue each lane can build for itself.
+        self.lanes = lanes if lane_enqueue is not None and runtime.engine.dialect.name == "postgresql" else 1
+        self.lane_enqueue = lane_enqueue
 
     def _client(self, alive: Callable[[], None] | None) -> RegistryClient:
         s = self.runtime.settings
@@ -353,10 +238,10 @@ class Watcher:
         report.finished_at, report.seconds = utcnow().isoformat(), round(time.perf_counter() - clock, 3)
         if not dry_run:
             with transaction(self.runtime.engine) as session:
-                state = _state(session)
+                current = state(session)
                 if report.outcome == "failed":
-                    state.last_error, state.last_error_at = report.reason, utcnow()
-                state.last_pass = report.as_dict()
+                    current.last_error, current.last_error_at = report.reason, utcnow()
+                current.last_pass = report.as_dict()
         event = "watch.failed" if report.outcome == "failed" else "watch.pass"
         (log.warning if report.outcome == "failed" else log.info)(event, **report.as_dict())
 
@@ -374,30 +259,33 @@ class Watcher:
         version = client.version()
         report.data_timestamp = version.data_timestamp
         with transaction(engine) as session:
-            state = _state(session)
-            resuming = state.pass_started_at is not None and not bootstrap and since is None
+            current = state(session)
+            resuming = current.pass_started_at is not None and not bootstrap and since is None
             if resuming:
-                window, bootstrap = state.pass_window, state.pass_bootstrap
+                window, bootstrap = current.pass_window, current.pass_bootstrap
                 # A page token belongs to one state of the data: after a refresh, walk the window again.
-                same_data = state.pass_data_timestamp == version.data_timestamp
-                token = state.pass_page_token if same_data else None
-                offset = state.pass_page_offset if same_data else 0
-                counts, max_seen = dict(state.pass_counts or {}), state.pass_max_seen
+                same_data = current.pass_data_timestamp == version.data_timestamp
+                token = current.pass_page_token if same_data else None
+                offset = current.pass_page_offset if same_data else 0
+                counts, max_seen = dict(current.pass_counts or {}), current.pass_max_seen
+                mark = current.pass_started_at or utcnow()
             else:
-                if since is None and not bootstrap and state.cursor is None:
+                if since is None and not bootstrap and current.cursor is None:
                     bootstrap = True  # first pass ever: learn the registry, tell nobody
-                if not bootstrap and since is None and version.data_timestamp == state.data_timestamp:
+                if not bootstrap and since is None and version.data_timestamp == current.data_timestamp:
                     report.outcome = "up_to_date"
                     report.reason = f"registry data unchanged since the last pass ({version.data_timestamp})"
-                    report.cursor = state.cursor.isoformat() if state.cursor else None
+                    report.cursor = current.cursor.isoformat() if current.cursor else None
                     return
-                window = None if bootstrap else (since or state.cursor)
+                window = None if bootstrap else (since or current.cursor)
                 token, offset, counts, max_seen = None, 0, {}, None
+                # The pass's mark: every record it commits carries it (done markers, alerts.watch.chunks).
+                mark = utcnow()
                 if not dry_run:
-                    state.pass_window, state.pass_bootstrap = window, bootstrap
-                    state.pass_data_timestamp, state.pass_page_token = version.data_timestamp, None
-                    state.pass_page_offset = 0
-                    state.pass_started_at, state.pass_max_seen, state.pass_counts = utcnow(), None, {}
+                    current.pass_window, current.pass_bootstrap = window, bootstrap
+                    current.pass_data_timestamp, current.pass_page_token = version.data_timestamp, None
+                    current.pass_page_offset = 0
+                    current.pass_started_at, current.pass_max_seen, current.pass_counts = mark, None, {}
         report.bootstrap, report.resumed = bootstrap, resuming
         report.window = window.isoformat() if window else None
         seen_at = _seen_at(version.data_timestamp)
@@ -415,66 +303,25 @@ class Watcher:
                 count_total=not page_token,
             )
 
-        # The next page is asked for while this one is applied: the registry serves it (and it travels)
-        # meanwhile, instead of the pass waiting for it after every page. Still one request at a time (the
-        # client paces them), and a page is applied only after every chunk before it committed.
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-next-page")
-        pending: Future[Page] | None = None
-        retried_token = False
+        def wanted(page: Page) -> bool:
+            """Is the page after this one needed? (A limited bootstrap may stop within this one.)"""
+            return not (limit and counts.get("read", 0) + len(page.studies) >= limit)
+
+        pages = _pages(fetch, token, offset, wanted)
+        place = _Place(window=window, seen_at=seen_at, mark=mark, owner=owner, step=max(1, settings.watch_commit_every))
         try:
-            while True:
-                try:
-                    page = pending.result() if pending is not None else fetch(token)
-                except TokenRefused:
-                    if retried_token:
-                        raise
-                    # Expired token of a resumed pass: walk the window from its start (re-reads are absorbed).
-                    retried_token, token, offset, pending = True, None, 0, None
-                    continue
-                pending = None
-                report.pages += 1
-                if page.next_token and not (limit and counts.get("read", 0) + len(page.studies) >= limit):
-                    pending = ahead.submit(fetch, page.next_token)
-                # The page in chunks, each committed with where the next one starts (this page's token and an
-                # offset into it, or the next page's token): a transaction (and its row locks, or SQLite's
-                # write lock) lasts a chunk, however large the page.
-                studies, step = page.studies, max(1, settings.watch_commit_every)
-                starts = range(min(offset, len(studies)), len(studies), step) if studies else range(0, 1)
-                for start in starts:
-                    end = min(start + step, len(studies))
-                    if limit:  # a limited bootstrap stops at exactly its limit
-                        end = min(end, start + max(0, limit - counts.get("read", 0)))
-                    last = end >= len(studies)
-                    work = self._apply(
-                        studies[start:end],
-                        owner,
-                        window=window,
-                        bootstrap=bootstrap,
-                        seen_at=seen_at,
-                        resume_at=(page.next_token, 0) if last else (token, end),
-                        dry_run=dry_run,
-                    )
-                    counts = report.counts = _merge(counts, work.counts)  # so far, even if the pass fails later
-                    if work.max_seen is not None and (max_seen is None or work.max_seen > max_seen):
-                        max_seen = work.max_seen
-                    for event, outcome in work.accepted:
-                        # A no-op's catch-ups (its page taught a phrase more meaning) are queued as well.
-                        if outcome.status != "no_op" or outcome.caught_up:
-                            pipeline.after_commit(self.runtime, event, outcome, self.enqueue)
-                    log.info(
-                        "watch.chunk",
-                        page=report.pages,
-                        records=f"{start}-{end}",
-                        **{k.replace(":", "_"): v for k, v in work.counts.items()},
+            if self.lanes > 1 and not bootstrap and not dry_run:
+                counts, max_seen = self._in_lanes(pages, place, report, counts, max_seen)
+            else:
+                for page, token, offset in pages:
+                    report.pages += 1
+                    counts, max_seen = self._in_process(
+                        page, token, offset, place, report, counts, max_seen, limit, bootstrap, dry_run
                     )
                     if limit and counts.get("read", 0) >= limit:
                         break
-                token, offset = page.next_token, 0
-                if not token or (limit and counts.get("read", 0) >= limit):
-                    break
         finally:
-            # A pass that failed or stopped leaves at most one request under way; its answer is not needed.
-            ahead.shutdown(wait=False, cancel_futures=True)
+            pages.close()
         report.counts = counts
         # Bootstrap read the registry as of its data timestamp; otherwise re-read the last day seen next time.
         cursor: date | None = datetime.fromisoformat(seen_at).date()
@@ -485,52 +332,130 @@ class Watcher:
             return
         with transaction(engine) as session:
             lock.renew(session, owner, settings.watch_lock_s)
-            state = _state(session)
-            state.cursor, state.data_timestamp = cursor, version.data_timestamp
-            state.pass_window, state.pass_bootstrap, state.pass_data_timestamp = None, False, None
-            state.pass_page_token, state.pass_started_at, state.pass_max_seen, state.pass_counts = None, None, None, {}
-            state.pass_page_offset = 0
-            state.last_success_at = utcnow()
+            current = state(session)
+            current.cursor, current.data_timestamp = cursor, version.data_timestamp
+            current.pass_window, current.pass_bootstrap, current.pass_data_timestamp = None, False, None
+            current.pass_page_token, current.pass_started_at = None, None
+            current.pass_max_seen, current.pass_counts = None, {}
+            current.pass_page_offset = 0
+            current.last_success_at = utcnow()
 
-    def _apply(
+    def _in_process(
         self,
-        studies: list[Any],
-        owner: str,
-        *,
-        window: date | None,
+        page: Page,
+        token: str | None,
+        offset: int,
+        place: _Place,
+        report: PassReport,
+        counts: dict[str, int],
+        max_seen: date | None,
+        limit: int,
         bootstrap: bool,
-        seen_at: str,
-        resume_at: tuple[str | None, int],
         dry_run: bool,
-    ) -> PageWork:
-        """Apply records with the pass's place and figures in one transaction (retried on a lost race)."""
-        settings = self.runtime.settings
-        for attempt in range(3):
-            try:
-                with session_factory(self.runtime.engine)() as session, session.begin():
-                    _fast_json(session)
-                    if not dry_run:
-                        lock.renew(session, owner, settings.watch_lock_s)
-                    work = apply_page(
-                        session, studies, self.runtime, window=window, bootstrap=bootstrap, seen_at=seen_at
-                    )
-                    if dry_run:
-                        raise _DryRun(work)  # rolls the page back
-                    state = _state(session)
-                    state.pass_page_token, state.pass_page_offset = resume_at
-                    state.pass_counts = _merge(state.pass_counts or {}, work.counts)
-                    if work.max_seen is not None and (
-                        state.pass_max_seen is None or work.max_seen > state.pass_max_seen
-                    ):
-                        state.pass_max_seen = work.max_seen
-                return work
-            except _DryRun as dry:
-                return dry.work
-            except IntegrityError:
-                # Another producer stored the same trial or event at the same moment: the page again finds it.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+    ) -> tuple[dict[str, int], date | None]:
+        """A page in chunks, one after the other in this process, each committed with where the next one
+        starts (this page's token and an offset into it, or the next page's token): a transaction (and its
+        row locks, or SQLite's write lock) lasts a chunk, however large the page."""
+        studies = page.studies
+        starts = range(min(offset, len(studies)), len(studies), place.step) if studies else range(0, 1)
+        for start in starts:
+            end = min(start + place.step, len(studies))
+            if limit:  # a limited bootstrap stops at exactly its limit
+                end = min(end, start + max(0, limit - counts.get("read", 0)))
+            last = end >= len(studies)
+            work = apply_chunk(
+                self.runtime,
+                studies[start:end],
+                place.owner,
+                window=place.window,
+                bootstrap=bootstrap,
+                seen_at=place.seen_at,
+                pass_mark=place.mark,
+                resume_at=(page.next_token, 0) if last else (token, end),
+                dry_run=dry_run,
+            )
+            counts = report.counts = merge(counts, work.counts)  # so far, even if the pass fails later
+            max_seen = _later(max_seen, work.max_seen)
+            queue_accepted(self.runtime, self.enqueue, work)
+            _logged(report.pages, f"{start}-{end}", work)
+            if limit and counts.get("read", 0) >= limit:
+                break
+        return counts, max_seen
+
+    def _in_lanes(
+        self,
+        pages: Iterator[tuple[Page, str | None, int]],
+        place: _Place,
+        report: PassReport,
+        counts: dict[str, int],
+        max_seen: date | None,
+    ) -> tuple[dict[str, int], date | None]:
+        """Every page's chunks handed to the next free lane; the pass's place moves past a page once all its
+        chunks committed (pages are settled in order).
+
+        At most one chunk of new trials runs at a time: such chunks take turns on the vocabulary anyway
+        (``vocabulary.serialize_learning``), and a second one would only hold a lane waiting. The other
+        lanes take the changes to known trials. At most ``_PAGES_IN_HAND`` pages are held: memory stays
+        flat whatever the total, and the next page is read while the lanes work.
+        """
+        engine, settings = self.runtime.engine, self.runtime.settings
+        assert self.lane_enqueue is not None
+        lanes = Lanes(settings, self.lanes, self.lane_enqueue)
+        fresh: deque[_Part] = deque()
+        known: deque[_Part] = deque()
+        running: dict[Future[Done], tuple[int, str, bool]] = {}  # page, span, fresh: the records went to a lane
+        left: dict[int, int] = {}  # page number -> its chunks not committed yet, in page order
+        next_tokens: dict[int, str | None] = {}
+        more = True
+
+        def fresh_running() -> bool:
+            return any(is_fresh for _, _, is_fresh in running.values())
+
+        def ready() -> int:
+            return len(known) + (1 if fresh and not fresh_running() else 0)
+
+        try:
+            while True:
+                while more and len(left) < _PAGES_IN_HAND and len(running) + ready() < self.lanes:
+                    got = next(pages, None)
+                    if got is None:
+                        more = False
+                        break
+                    page, _token, offset = got
+                    report.pages += 1
+                    parts = list(_parts(report.pages, page.studies[offset:], place.window, place.step, offset))
+                    for part in parts:
+                        (fresh if part.fresh else known).append(part)
+                    left[report.pages], next_tokens[report.pages] = len(parts), page.next_token
+                # Pages whose every chunk committed, in order: the pass goes on after them if killed now.
+                while left and left[next(iter(left))] == 0:
+                    number = next(iter(left))
+                    del left[number]
+                    token = next_tokens.pop(number)
+                    if token is not None:
+                        with transaction(engine) as session:
+                            lock.renew(session, place.owner, settings.watch_lock_s)
+                            current = state(session)
+                            current.pass_page_token, current.pass_page_offset = token, 0
+                while len(running) < self.lanes and ready():
+                    part = fresh.popleft() if fresh and not fresh_running() else known.popleft()
+                    job = Job(part.studies, place.owner, place.window, place.seen_at, place.mark)
+                    running[lanes.submit(job)] = (part.page, part.span, part.fresh)
+                if not running:
+                    if not more and not left:
+                        break
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    number, span, _ = running.pop(future)
+                    done = future.result()  # a lane's failure fails the pass here, its place kept
+                    counts = report.counts = merge(counts, done.counts)
+                    max_seen = _later(max_seen, done.max_seen)
+                    left[number] -= 1
+                    _logged(number, span, PageWork(counts=done.counts))
+        finally:
+            lanes.close()
+        return counts, max_seen
 
 
 def run_pass(
@@ -541,6 +466,13 @@ def run_pass(
     since: date | None = None,
     dry_run: bool = False,
     client_factory: Callable[[Callable[[], None] | None], RegistryClient] | None = None,
+    lanes: int = 1,
+    lane_enqueue: Callable[[Runtime], pipeline.Enqueue] | None = None,
 ) -> PassReport:
-    """One pass (see the module docstring); what the CLI, the beat task, the demo and the benchmark call."""
-    return Watcher(runtime, enqueue, client_factory).run(bootstrap=bootstrap, since=since, dry_run=dry_run)
+    """One pass (see the module docstring); what the CLI, the beat task, the demo and the benchmark call.
+
+    With ``lanes`` > 1 and ``lane_enqueue`` (PostgreSQL), a pass's chunks are applied by that many processes
+    side by side (``alerts.watch.lanes``); a bootstrap and a dry run stay in this process.
+    """
+    watcher = Watcher(runtime, enqueue, client_factory, lanes=lanes, lane_enqueue=lane_enqueue)
+    return watcher.run(bootstrap=bootstrap, since=since, dry_run=dry_run)

@@ -39,6 +39,11 @@ def _date(value: Any) -> date | None:
         return None
 
 
+def first_posted(record: Any) -> date | None:
+    """The day the registry first posted the record (StudyFirstPostDate), or None when it does not say."""
+    return _date(_get(record, "protocolSection", "statusModule", "studyFirstPostDateStruct", "date"))
+
+
 @dataclass(frozen=True)
 class RegistryRecord:
     record: Any  # as received: usually a dict, but a broken registry can send anything
