@@ -6,9 +6,12 @@ A pass, in order:
 2. ``GET /version``: when ``dataTimestamp`` is the one the last finished pass read, stop (nothing new);
 3. walk ``GET /studies`` with ``filter.advanced=AREA[LastUpdatePostDate]RANGE[<cursor>,MAX]`` page by page.
    Each page is applied in chunks of ``ALERTS_WATCH_COMMIT_EVERY`` records, each chunk in ONE transaction
-   with where the pass goes on (a page token and an offset into that page) and the running figures
-   (``apply_page``), then its events are queued for sending (``pipeline.after_commit``): memory stays one
-   page whatever the total, and a pass killed anywhere resumes at the first record not committed;
+   with the running figures (``alerts.watch.chunks``), then its events are queued for sending
+   (``pipeline.after_commit``): memory stays a few pages whatever the total. In this process, a chunk
+   also commits where the pass goes on (a page token and an offset into that page). With lanes
+   (``ALERTS_WATCH_LANES`` > 1, PostgreSQL; ``alerts.watch.lanes``), processes apply chunks side by side
+   and the pass moves its place past a page once all its chunks committed. Either way a pass killed
+   anywhere resumes before the first record not committed, and skips what it committed by its marks;
 4. at the end, move the cursor to the last LastUpdatePostDate seen (the next pass re-reads that day: dates
    have no time, and the deterministic event ids absorb the overlap) and remember the data timestamp.
 
