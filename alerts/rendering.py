@@ -144,6 +144,12 @@ def _inline(raw_html: str) -> str:
     return inlined
 
 
+def load_inliner() -> None:
+    """Import premailer now (a process about to render many emails: the watcher's lanes), not on the first
+    email it renders."""
+    _inliner()
+
+
 @cache
 def _inliner() -> type[Any]:
     """premailer's Premailer, turning each stylesheet into inlinable rules once per process.

@@ -32,6 +32,7 @@ from typing import Any
 
 from alerts import pipeline
 from alerts.config import Settings
+from alerts.rendering import load_inliner
 from alerts.runtime import Runtime, get_runtime, set_runtime
 from alerts.watch import chunks
 
@@ -80,10 +81,10 @@ def _start(parent: int, settings: Settings, enqueue: Callable[[Runtime], pipelin
     set_runtime(runtime)
     configure_logging(settings)
     _enqueue = enqueue(runtime)
-    # Connected and with its templates loaded before the first chunk arrives (the pass is still reading
-    # the registry's first page meanwhile).
+    # Connected, and with the CSS inliner imported, before the first chunk arrives: the pass is still reading
+    # the registry's first page meanwhile.
     runtime.engine.connect().close()
-    runtime.renderer  # noqa: B018 - built now, not on the first chunk
+    load_inliner()
 
 
 def _ready() -> None:
