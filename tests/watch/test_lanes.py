@@ -143,3 +143,54 @@ def test_lanes_are_for_postgresql_only(runtime: Runtime) -> None:
     watcher = Watcher(runtime, InlineEnqueue(runtime), lanes=4, lane_enqueue=inline_lane)
     assert watcher.lanes == (4 if runtime.engine.dialect.name == "postgresql" else 1)
     assert Watcher(runtime, InlineEnqueue(runtime), lanes=4).lanes == 1  # no queue a lane could build
+
+
+_HOLDS_LANES = """
+import sys, time
+from alerts.config import load_settings
+from alerts.watch.lanes import Lanes
+from tests.watch.test_lanes import inline_lane
+
+settings = load_settings(env="test", database_url=sys.argv[1], secret_key="x" * 40, email_backend="memory")
+lanes = Lanes(settings, 2, inline_lane)
+while len(lanes.pids()) < 2:
+    time.sleep(0.05)
+print(*lanes.pids(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_lanes_end_with_a_killed_pass(pg_schema_url: str) -> None:
+    """A pass killed with SIGKILL (a worker's OOM kill, ``kill -9``) leaves no lane behind to commit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDS_LANES, pg_schema_url], stdout=subprocess.PIPE, text=True, cwd=root
+    )
+    try:
+        assert holder.stdout is not None
+        pids = [int(p) for p in holder.stdout.readline().split()]
+        assert len(pids) == 2
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 5
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [p for p in pids if _running(p)]
+        assert alive == []
+    finally:
+        holder.kill()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a lane's parent is the fork server, which reaps it when it exits too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
