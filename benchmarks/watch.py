@@ -44,7 +44,7 @@ from alerts.ctgov.standin import PIECES, RegistryStandIn, project
 from alerts.db import make_engine, transaction
 from alerts.tokens import Purpose, Signer
 from alerts.watch.records import RegistryRecord
-from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, descendants, pg_schema, rss_kib, settle
+from benchmarks.support import REDIS_URL, SECRET, cpu_seconds, descendants, pg_schema, pss_kib, rss_kib, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "tests" / "fixtures" / "ctgov" / "studies"
@@ -255,6 +255,7 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
         child = subprocess.Popen([str(alerts), "watch"], env=env, stdout=log, stderr=log, cwd=ROOT)
     killed = False
     peaks: dict[int, int] = {}
+    pss_peak = 0
     cpu: dict[int, float] = {}
     backend_cpu: dict[int, float] = {}
     polls = 0
@@ -265,6 +266,8 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
             for pid in family:
                 peaks[pid] = max(peaks.get(pid, 0), rss_kib(pid))
                 cpu[pid] = max(cpu.get(pid, 0.0), cpu_seconds(pid))
+            if polls % 4 == 0:
+                pss_peak = max(pss_peak, sum(pss_kib(pid) for pid in family))
             if polls % 10 == 0:
                 for pid in family:
                     for backend in _backends(conn, pid):
@@ -285,6 +288,7 @@ def run_pass(settings: Settings, log_path: Path, kill_at: int | None = None) -> 
         "wall_s": time.perf_counter() - started,
         "peak_kib": peaks.get(child.pid, 0),
         "lane_peaks_kib": [peaks[pid] for pid in lanes],
+        "pss_peak_kib": pss_peak,
         "killed": killed,
         "cpu_s": sum(cpu.values()),
         "postgres_cpu_s": sum(backend_cpu.values()),
@@ -360,6 +364,9 @@ def one_run(
             "peak_rss_mib": [round(r["peak_kib"] / 1024) for r in runs],
             "lane_peak_rss_mib": [[round(k / 1024) for k in r["lane_peaks_kib"]] for r in runs],
             "peak_rss_sum_mib": [round((r["peak_kib"] + sum(r["lane_peaks_kib"])) / 1024) for r in runs],
+            # The same processes' memory with shared pages counted once (PSS, sampled every 0.2 s): the
+            # lanes are forked from one server and share its modules, which each RSS above counts again.
+            "peak_pss_sum_mib": [round(r["pss_peak_kib"] / 1024) for r in runs],
             "killed": [r["killed"] for r in runs],
             # CPU the pass and its lanes used (user + system): what the wall time would shrink towards with
             # one core per process on an idle machine, PostgreSQL's share aside.
