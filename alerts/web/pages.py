@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alerts.rendering import TEMPLATES_DIR
+from alerts.web.skeleton import Slot
 
 log = structlog.get_logger("alerts.web")
 
@@ -89,6 +90,8 @@ def _options_menu(values: tuple[str, ...]) -> _Menu:
 def options(values: tuple[str, ...], selected: str) -> Markup:
     """``<option>``s of ``values`` with ``selected`` marked: a long list (every IANA time zone, ~600) is escaped
     and joined once per process instead of on every manage page and sign-up form (it was most of their render)."""
+    if isinstance(selected, Slot):  # a skeleton's render (alerts.web.skeleton): marked when filled
+        return Markup(selected.then(functools.partial(options, values)))  # noqa: S704 (a marker)
     return _options_menu(values).marking(selected)
 
 
@@ -103,6 +106,8 @@ def _choices_menu(pairs: tuple[tuple[object, str], ...]) -> _Menu:
 def choices(pairs: Iterable[tuple[object, str]], selected: object) -> Markup:
     """``<option value=…>label</option>`` for (value, label) pairs, ``selected`` marked: what a template loop writes,
     joined once per process (the digest hour and weekday menus were half of a manage page's template work)."""
+    if isinstance(selected, Slot):  # a skeleton's render (alerts.web.skeleton): marked when filled
+        return Markup(selected.then(functools.partial(choices, tuple(pairs))))  # noqa: S704 (a marker)
     return _choices_menu(tuple(pairs)).marking(selected)
 
 
@@ -158,6 +163,13 @@ def render(
     # Rendered straight from the compiled template (Starlette's TemplateResponse adds nothing our pages use, at
     # a cost a scanner burst multiplies).
     body = templates.env.get_template(name).render(site_context(request) | dict(context or {}))
+    return respond(request, body, status_code, headers)
+
+
+def respond(
+    request: Request, body: str | bytes, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
+    """A page already rendered (``alerts.web.skeleton`` gives bytes), with every page's headers."""
     return HTMLResponse(body, status_code=status_code, headers=headers_for(request) | dict(headers or {}))
 
 
