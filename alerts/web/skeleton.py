@@ -69,7 +69,11 @@ class Slot(str):
     def _refuse(self, *_: object) -> NoReturn:
         raise TypeError(f"slot {self.key!r} used where the page's structure depends on it: make it a real value")
 
-    __len__ = __getitem__ = __lt__ = __le__ = __gt__ = __ge__ = _refuse
+    # What filters and tests do to a string: each would work on the marker instead of the value.
+    __len__ = __getitem__ = __iter__ = __contains__ = __lt__ = __le__ = __gt__ = __ge__ = __mod__ = __mul__ = _refuse
+    lower = upper = capitalize = title = casefold = swapcase = _refuse  # type: ignore[assignment]
+    replace = strip = lstrip = rstrip = split = rsplit = splitlines = _refuse  # type: ignore[assignment]
+    center = ljust = rjust = zfill = format = startswith = endswith = _refuse  # type: ignore[assignment]
 
     def __bool__(self) -> bool:
         if self.truth is None:
