@@ -165,12 +165,21 @@ def _page_headers(embed_origins: tuple[str, ...]) -> dict[str, str]:
 
 def headers_for(request: Request) -> dict[str, str]:
     """The page headers for this request's path: the sign-up pages may be embedded by the configured sites."""
-    origins: Sequence[str] = ()
+    return page_headers(_framing(request))
+
+
+def _framing(request: Request) -> tuple[str, ...]:
+    """The sites that may frame this page (ALERTS_EMBED_ORIGINS for the sign-up pages, else none)."""
     # The scope's path, not request.url.path: building the URL (host header, urlsplit) cost more than the rest of
     # a page's headers, and it only differs by percent-encoding ?, # and \, which the prefix test never looks at.
     if is_signup_page(request.scope["path"]):
-        origins = request.app.state.runtime.settings.embed_origins
-    return page_headers(origins)
+        return tuple(request.app.state.runtime.settings.embed_origins)
+    return ()
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_page_headers(embed_origins: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _page_headers(embed_origins).items())
 
 
 def site_context(request: Request) -> dict[str, Any]:
@@ -195,7 +204,13 @@ def respond(
     request: Request, body: str | bytes, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> HTMLResponse:
     """A page already rendered (``alerts.web.skeleton`` gives bytes), with every page's headers."""
-    return HTMLResponse(body, status_code=status_code, headers=headers_for(request) | dict(headers or {}))
+    if headers:
+        return HTMLResponse(body, status_code=status_code, headers=headers_for(request) | dict(headers))
+    response = HTMLResponse(body, status_code=status_code)
+    # The page headers as Starlette encodes them, encoded once per process, in front of the length and type it
+    # adds (the order they have always had).
+    response.raw_headers[:0] = _raw_page_headers(_framing(request))
+    return response
 
 
 def problem(
