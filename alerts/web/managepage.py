@@ -121,7 +121,8 @@ def _slotted(page: Shape, slots: list[Slot]) -> dict[str, Any]:
     for n, item in enumerate(page.items):
         detail = slot(f"item{n}.detail", present=True) if item.has_detail else None
         ids = slot(f"item{n}.id")
-        items.append(_SlotItem(ids, slot(f"item{n}.name"), slot(f"item{n}.in_sentence"), detail, *_labels(item)))
+        name, in_sentence = slot(f"item{n}.name"), slot(f"item{n}.in_sentence")
+        items.append(_SlotItem(ids, name, in_sentence, detail, item.status, item.status_label))
         frequencies[ids] = slot(f"item{n}.frequency")
     frequency_menu, hour_menu, weekday_menu, zone_menu = page.menus
     return {
@@ -157,10 +158,6 @@ def _slotted(page: Shape, slots: list[Slot]) -> dict[str, Any]:
             "sex": page.sex,
         },
     }
-
-
-def _labels(item: _ItemShape) -> tuple[str, str]:
-    return item.status, item.status_label
 
 
 @functools.lru_cache(maxsize=256)

@@ -81,8 +81,8 @@ class Slot(str):
         return self.truth
 
     def __eq__(self, other: object) -> bool:
-        if other is self:
-            return True
+        if isinstance(other, Slot):  # a dict of slots (the page's frequencies by item id): their markers differ
+            return other is self
         self._refuse()
 
     def __ne__(self, other: object) -> bool:
