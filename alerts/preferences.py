@@ -154,17 +154,36 @@ def _sex(sex: Any) -> str | None:
 
 
 def of(subscriber: Subscriber) -> Preferences:
-    unit: places.Unit = "mi" if subscriber.distance_unit == "mi" else "km"
+    return stored(
+        subscriber.city_id,
+        subscriber.distance_km,
+        subscriber.distance_unit,
+        subscriber.recruiting_sites_only,
+        subscriber.age,
+        subscriber.sex,
+    )
+
+
+def stored(
+    city_id: int | None,
+    distance_km: float | None,
+    distance_unit: str | None,
+    recruiting_sites_only: bool,
+    age: int | None,
+    sex: str | None,
+) -> Preferences:
+    """``of`` from a subscriber's columns as read (``alerts.linkreads``: one row, no ORM object to build)."""
+    unit: places.Unit = "mi" if distance_unit == "mi" else "km"
     distance = None
-    if subscriber.distance_km is not None:
-        distance = min(places.DISTANCES, key=lambda d: abs(places.to_km(d, unit) - (subscriber.distance_km or 0)))
+    if distance_km is not None:
+        distance = min(places.DISTANCES, key=lambda d: abs(places.to_km(d, unit) - distance_km))
     return Preferences(
-        city_id=subscriber.city_id,
+        city_id=city_id,
         distance=distance,
         unit=unit,
-        recruiting_sites_only=subscriber.recruiting_sites_only,
-        age=subscriber.age,
-        sex=subscriber.sex,
+        recruiting_sites_only=recruiting_sites_only,
+        age=age,
+        sex=sex,
     )
 
 

@@ -187,16 +187,27 @@ def link_files(url: str, tmp: Path) -> dict[str, Path]:
 Load = Callable[..., dict[str, Any]]
 
 
-def endpoints(load: Load, files: dict[str, Path], threads: int) -> dict[str, dict[str, Any]]:
+ENDPOINTS = ("confirm", "unsubscribe", "manage", "one-click", "signup")
+
+
+def endpoints(
+    load: Load, files: dict[str, Path], threads: int, only: tuple[str, ...] = ENDPOINTS
+) -> dict[str, dict[str, Any]]:
+    """``/healthz`` (always: the ratios are to it), then each endpoint of ``only`` in the usual order."""
     health = write_lines(files["ids"].with_name("healthz.txt"), ["/healthz"] * threads)
-    return {
-        "GET /healthz": load("get_paths", [str(health), str(threads)]),
-        "GET /confirm/{token}": load("get_paths", [str(files["confirm"]), str(threads)]),
-        "GET /unsubscribe/{token}": load("get_paths", [str(files["unsubscribe"]), str(threads)]),
-        "GET /manage/{token}": load("get_paths", [str(files["manage"]), str(threads)]),
-        "one-click POST /unsubscribe": load("one_click", [str(files["tokens"]), str(threads)]),
-        "POST /api/subscriptions": load("signup", [uuid.uuid4().hex[:8]]),
+    runs: dict[str, tuple[str, str, Callable[[], list[str]]]] = {
+        "confirm": ("GET /confirm/{token}", "get_paths", lambda: [str(files["confirm"]), str(threads)]),
+        "unsubscribe": ("GET /unsubscribe/{token}", "get_paths", lambda: [str(files["unsubscribe"]), str(threads)]),
+        "manage": ("GET /manage/{token}", "get_paths", lambda: [str(files["manage"]), str(threads)]),
+        "one-click": ("one-click POST /unsubscribe", "one_click", lambda: [str(files["tokens"]), str(threads)]),
+        "signup": ("POST /api/subscriptions", "signup", lambda: [uuid.uuid4().hex[:8]]),
     }
+    results = {"GET /healthz": load("get_paths", [str(health), str(threads)])}
+    for key in ENDPOINTS:
+        if key in only:
+            name, script, args = runs[key]
+            results[name] = load(script, args())
+    return results
 
 
 def scanner(base: str, files: dict[str, Path], args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
@@ -265,11 +276,19 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=10, help="scanner: connections of real people")
     parser.add_argument("--pause-ms", type=int, default=100, help="scanner: each person's pause between requests")
     parser.add_argument(
+        "--only",
+        default=",".join(ENDPOINTS),
+        help="endpoints scenario: which of " + ", ".join(ENDPOINTS) + " to measure (comma-separated; /healthz always)",
+    )
+    parser.add_argument(
         "--signup-per-ip",
         default="100000/minute",
         help="per-IP limit during the run (all clients share 127.0.0.1); e.g. 20/hour to see 429s",
     )
     args = parser.parse_args()
+    only = tuple(name.strip() for name in args.only.split(","))
+    if set(only) - set(ENDPOINTS):
+        raise SystemExit(f"--only: unknown endpoints {sorted(set(only) - set(ENDPOINTS))}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (Debian package 'wrk'): make bench installs it")
     tmp = Path(tempfile.mkdtemp(prefix="alerts-web-bench-"))
@@ -296,7 +315,7 @@ def main() -> None:
                     tmp=tmp,
                     meter=meter,
                 )
-                results = endpoints(load, files, args.threads)
+                results = endpoints(load, files, args.threads, only)
         finally:
             server.terminate()
             server.wait(timeout=20)

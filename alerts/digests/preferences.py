@@ -30,6 +30,10 @@ DEFAULT_TIME_ZONE: Final = "UTC"
 DEFAULT_HOUR: Final = 8
 DEFAULT_WEEKDAY: Final = 0  # Monday
 WEEKDAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+# The forms' menus as (value, label) pairs: built once, not on every page that offers them.
+FREQUENCY_CHOICES: Final = tuple((value, FREQUENCY_LABELS[value]) for value in FREQUENCIES)
+HOUR_CHOICES: Final = tuple((h, f"{h:02d}:00") for h in range(24))
+WEEKDAY_CHOICES: Final = tuple(enumerate(WEEKDAYS))
 
 
 class InvalidPreference(ValueError):
@@ -56,6 +60,11 @@ def menu_time_zones() -> tuple[str, ...]:
     names = {line.split("\t")[2] for line in listed.splitlines() if line and not line.startswith("#")}
     known = set(time_zones())
     return (DEFAULT_TIME_ZONE, *sorted((names & known) - {DEFAULT_TIME_ZONE}))
+
+
+@lru_cache(maxsize=1)
+def _in_menu() -> frozenset[str]:
+    return frozenset(menu_time_zones())
 
 
 def parse_frequency(value: str | None) -> str:
@@ -252,16 +261,16 @@ def form_context(
     """What the sign-up form and the manage page need to offer the choices (templates/web/_digest_fields.html)."""
     return {
         "digest": {
-            "frequencies": [(value, FREQUENCY_LABELS[value]) for value in FREQUENCIES],
+            "frequencies": FREQUENCY_CHOICES,
             "frequency": frequency or IMMEDIATELY,
-            "hours": [(h, f"{h:02d}:00") for h in range(24)],
+            "hours": HOUR_CHOICES,
             "hour": DEFAULT_HOUR if hour is None else hour,
-            "weekdays": list(enumerate(WEEKDAYS)),
+            "weekdays": WEEKDAY_CHOICES,
             "weekday": DEFAULT_WEEKDAY if weekday is None else weekday,
             "time_zones": menu_time_zones(),
             "time_zone": time_zone or DEFAULT_TIME_ZONE,
             # A valid zone not in the menu (an old name a browser reported): offered first, so it stays chosen.
-            "time_zone_other": time_zone if time_zone and time_zone not in menu_time_zones() else None,
+            "time_zone_other": time_zone if time_zone and time_zone not in _in_menu() else None,
         }
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -27,7 +28,7 @@ from alerts.models import Subscriber, Subscription, SubscriptionKind, Subscripti
 from alerts.preferences import InvalidPreference
 from alerts.runtime import Runtime
 from alerts.tokens import Purpose, TokenError
-from alerts.web import linktokens, pages
+from alerts.web import linktokens, managepage, pages
 from alerts.web import places as place_form
 from alerts.web.deps import RuntimeDep
 from alerts.web.digests import digest_context
@@ -346,6 +347,11 @@ class Item:
     status: str
     status_label: str
 
+    @property
+    def in_sentence(self) -> str:
+        """The name inside a sentence ("Unsubscribe from changes to study …"): its first letter lowered."""
+        return self.name[:1].lower() + self.name[1:]
+
 
 def _items(view: ManageView) -> list[Item]:
     items = []
@@ -387,11 +393,29 @@ def _manage_answer(
 ) -> HTMLResponse:
     if view is None:
         return pages.gone_link(request)
+    context = _manage_context(request, token, view, notice, erase_error, errors, form, digest_error)
+    if notice is None and erase_error is None and digest_error is None and not errors and form is None:
+        # The page as a link shows it (what scanners fetch): filled into a skeleton of the same template.
+        return pages.respond(request, managepage.body(pages.site_context(request) | context), status_code)
+    return pages.render(request, "manage.html", context, status_code=status_code)
+
+
+def _manage_context(
+    request: Request,
+    token: str,
+    view: ManageView,
+    notice: str | None = None,
+    erase_error: str | None = None,
+    errors: dict[str, str] | None = None,
+    form: FormData | None = None,
+    digest_error: str | None = None,
+) -> dict[str, Any]:
+    """What ``manage.html`` is rendered with (besides ``pages.site_context``)."""
     items = _items(view)
     # Each alert's frequency and when digests arrive (alerts.web.digests).
     frequencies = {sub.id: sub.frequency for sub in view.subscriptions}
     digests = digest_context(view.time_zone, view.digest_hour, view.digest_weekday, frequencies)
-    context = {
+    return {
         "items": items,
         "active_count": sum(1 for i in items if i.status != SubscriptionStatus.UNSUBSCRIBED),
         "base_action": f"/manage/{token}",
@@ -402,7 +426,6 @@ def _manage_answer(
         "digest_error": digest_error,
         **digests,
     } | place_form.form_context(request, view.chosen, form)
-    return pages.render(request, "manage.html", context, status_code=status_code)
 
 
 def _manage_page(

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alerts.rendering import TEMPLATES_DIR
+from alerts.web.skeleton import Slot
 
 log = structlog.get_logger("alerts.web")
 
@@ -55,10 +56,13 @@ templates.env.filters["capitalize_first"] = capitalize_first
 
 @dataclass(frozen=True)
 class _Menu:
-    """A menu's ``<option>``s joined once, and where each value's opening tag ends."""
+    """A menu's ``<option>``s joined once, and where each value's opening tag ends (in the text and in its UTF-8
+    bytes, which a skeleton's fill uses: ``alerts.web.skeleton``)."""
 
     html: str
     tag_ends: dict[str, int]
+    encoded: bytes
+    byte_ends: dict[str, int]
 
     def marking(self, selected: object) -> Markup:
         """The menu with ``selected``'s option marked (a copy cut around that tag: no search of the whole menu,
@@ -68,16 +72,30 @@ class _Menu:
             return Markup(self.html)  # noqa: S704 (escaped when built)
         return Markup(f"{self.html[: end - 1]} selected{self.html[end - 1 :]}")  # noqa: S704 (escaped when built)
 
+    def marked_bytes(self, selected: object) -> bytes:
+        """``marking``'s text as UTF-8, cut from the bytes encoded once (the time zone menu is 15 KB)."""
+        end = self.byte_ends.get(str(selected))
+        if end is None:
+            return self.encoded
+        whole = memoryview(self.encoded)
+        return b"".join((whole[: end - 1], b" selected", whole[end - 1 :]))
+
 
 def _menu(options: Iterable[tuple[str, str]]) -> _Menu:
     parts: list[str] = []
     tag_ends: dict[str, int] = {}
-    at = 0
+    byte_ends: dict[str, int] = {}
+    at = at_byte = 0
     for key, option in options:
-        tag_ends.setdefault(key, at + option.index(">") + 1)  # the first, as str.replace(..., 1) marked it
+        tag = option[: option.index(">") + 1]
+        # The first, as str.replace(..., 1) marked it.
+        tag_ends.setdefault(key, at + len(tag))
+        byte_ends.setdefault(key, at_byte + len(tag.encode()))
         parts.append(option)
         at += len(option)
-    return _Menu("".join(parts), tag_ends)
+        at_byte += len(option.encode())
+    html = "".join(parts)
+    return _Menu(html, tag_ends, html.encode(), byte_ends)
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,6 +107,8 @@ def _options_menu(values: tuple[str, ...]) -> _Menu:
 def options(values: tuple[str, ...], selected: str) -> Markup:
     """``<option>``s of ``values`` with ``selected`` marked: a long list (every IANA time zone, ~600) is escaped
     and joined once per process instead of on every manage page and sign-up form (it was most of their render)."""
+    if isinstance(selected, Slot):  # a skeleton's render (alerts.web.skeleton): marked when filled
+        return Markup(selected.then(_options_menu(values).marked_bytes))  # noqa: S704 (a marker)
     return _options_menu(values).marking(selected)
 
 
@@ -103,6 +123,8 @@ def _choices_menu(pairs: tuple[tuple[object, str], ...]) -> _Menu:
 def choices(pairs: Iterable[tuple[object, str]], selected: object) -> Markup:
     """``<option value=…>label</option>`` for (value, label) pairs, ``selected`` marked: what a template loop writes,
     joined once per process (the digest hour and weekday menus were half of a manage page's template work)."""
+    if isinstance(selected, Slot):  # a skeleton's render (alerts.web.skeleton): marked when filled
+        return Markup(selected.then(_choices_menu(tuple(pairs)).marked_bytes))  # noqa: S704 (a marker)
     return _choices_menu(tuple(pairs)).marking(selected)
 
 
@@ -122,6 +144,12 @@ def is_signup_page(path: str) -> bool:
 
 def page_headers(embed_origins: Sequence[str] = ()) -> dict[str, str]:
     """Headers for every HTML page: framed only by ``embed_origins`` (ALERTS_EMBED_ORIGINS), else by nobody."""
+    return dict(_page_headers(tuple(embed_origins)))
+
+
+@functools.lru_cache(maxsize=8)
+def _page_headers(embed_origins: tuple[str, ...]) -> dict[str, str]:
+    # Built once per set of origins (callers get a copy): the same few headers for every page.
     headers = {
         "Content-Security-Policy": _CSP.format(" ".join(embed_origins) if embed_origins else "'none'"),
         # Page URLs carry tokens: never send them to another site, never keep them in a shared cache.
@@ -137,10 +165,21 @@ def page_headers(embed_origins: Sequence[str] = ()) -> dict[str, str]:
 
 def headers_for(request: Request) -> dict[str, str]:
     """The page headers for this request's path: the sign-up pages may be embedded by the configured sites."""
-    origins: Sequence[str] = ()
-    if is_signup_page(request.url.path):
-        origins = request.app.state.runtime.settings.embed_origins
-    return page_headers(origins)
+    return page_headers(_framing(request))
+
+
+def _framing(request: Request) -> tuple[str, ...]:
+    """The sites that may frame this page (ALERTS_EMBED_ORIGINS for the sign-up pages, else none)."""
+    # The scope's path, not request.url.path: building the URL (host header, urlsplit) cost more than the rest of
+    # a page's headers, and it only differs by percent-encoding ?, # and \, which the prefix test never looks at.
+    if is_signup_page(request.scope["path"]):
+        return tuple(request.app.state.runtime.settings.embed_origins)
+    return ()
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_page_headers(embed_origins: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _page_headers(embed_origins).items())
 
 
 def site_context(request: Request) -> dict[str, Any]:
@@ -158,7 +197,20 @@ def render(
     # Rendered straight from the compiled template (Starlette's TemplateResponse adds nothing our pages use, at
     # a cost a scanner burst multiplies).
     body = templates.env.get_template(name).render(site_context(request) | dict(context or {}))
-    return HTMLResponse(body, status_code=status_code, headers=headers_for(request) | dict(headers or {}))
+    return respond(request, body, status_code, headers)
+
+
+def respond(
+    request: Request, body: str | bytes, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
+    """A page already rendered (``alerts.web.skeleton`` gives bytes), with every page's headers."""
+    if headers:
+        return HTMLResponse(body, status_code=status_code, headers=headers_for(request) | dict(headers))
+    response = HTMLResponse(body, status_code=status_code)
+    # The page headers as Starlette encodes them, encoded once per process, in front of the length and type it
+    # adds (the order they have always had).
+    response.raw_headers[:0] = _raw_page_headers(_framing(request))
+    return response
 
 
 def problem(
