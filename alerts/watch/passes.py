@@ -220,8 +220,15 @@ class Watcher:
                 lock.heartbeat(engine, owner, settings.watch_lock_s)
 
         client = self.client_factory(alive)
+        # Lanes start (a fork server importing what they need: about a second and a half) while the registry
+        # answers /version and the first page. A pass that turns out not to need them closes them unused.
+        starting: Future[Lanes] | None = None
+        if self.lanes > 1 and self.lane_enqueue is not None and not (bootstrap or dry_run):
+            starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-lanes")
+            starting = starter.submit(Lanes, settings, self.lanes, self.lane_enqueue)
+            starter.shutdown(wait=False)
         try:
-            self._run(client, report, owner, bootstrap=bootstrap, since=since, dry_run=dry_run)
+            self._run(client, report, owner, bootstrap=bootstrap, since=since, dry_run=dry_run, lanes=starting)
         except (RegistryError, lock.LockLost) as exc:
             reason = exc.reason if isinstance(exc, RegistryError) else str(exc)
             report.outcome, report.reason = "failed", reason
@@ -231,6 +238,8 @@ class Watcher:
             raise
         finally:
             client.close()
+            if starting is not None:
+                starting.result().close()
             if not dry_run:
                 lock.release(engine, owner)
         self._ended(report, client, clock, dry_run)
@@ -257,6 +266,7 @@ class Watcher:
         bootstrap: bool,
         since: date | None,
         dry_run: bool,
+        lanes: Future[Lanes] | None = None,
     ) -> None:
         engine, settings = self.runtime.engine, self.runtime.settings
         version = client.version()
@@ -313,8 +323,8 @@ class Watcher:
         pages = _pages(fetch, token, offset, wanted)
         place = _Place(window=window, seen_at=seen_at, mark=mark, owner=owner, step=max(1, settings.watch_commit_every))
         try:
-            if self.lanes > 1 and not bootstrap and not dry_run:
-                counts, max_seen = self._in_lanes(pages, place, report, counts, max_seen)
+            if lanes is not None and not bootstrap:
+                counts, max_seen = self._in_lanes(lanes.result(), pages, place, report, counts, max_seen)
             else:
                 for page, token, offset in pages:
                     report.pages += 1
@@ -387,6 +397,7 @@ class Watcher:
 
     def _in_lanes(
         self,
+        lanes: Lanes,
         pages: Iterator[tuple[Page, str | None, int]],
         place: _Place,
         report: PassReport,
@@ -402,8 +413,6 @@ class Watcher:
         flat whatever the total, and the next page is read while the lanes work.
         """
         engine, settings = self.runtime.engine, self.runtime.settings
-        assert self.lane_enqueue is not None
-        lanes = Lanes(settings, self.lanes, self.lane_enqueue)
         fresh: deque[_Part] = deque()
         known: deque[_Part] = deque()
         running: dict[Future[Done], tuple[int, str, bool]] = {}  # page, span, fresh: the records went to a lane
