@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from alerts import jsontext
 from alerts import text as text_module
 
 TRIAL_CHANGED: Final = "trial.changed"
@@ -172,7 +173,7 @@ def _strings_clean(value: Any, path: str, out: list[FieldError]) -> None:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return jsontext.canonical(value)
 
 
 def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:

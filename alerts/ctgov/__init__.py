@@ -24,6 +24,8 @@ from datetime import date
 from functools import lru_cache
 from typing import Any, Final
 
+from alerts import jsontext
+
 # Ranking of change kinds (higher = more important). A patient cares first whether they can still join,
 # then where, then what the trial has found, then the fine print.
 IMPORTANCE_STATUS: Final = 100
@@ -577,7 +579,7 @@ def material_view(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def fingerprint(record: Mapping[str, Any]) -> str:
-    canonical = json.dumps(material_view(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = jsontext.canonical(material_view(record))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
