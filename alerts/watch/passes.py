@@ -239,7 +239,11 @@ class Watcher:
         finally:
             client.close()
             if starting is not None:
-                starting.result().close()
+                failed = starting.exception()  # lanes that could not start failed the pass if it needed them
+                if failed is None:
+                    starting.result().close()
+                else:
+                    log.warning("watch.lanes_failed", error=f"{type(failed).__name__}: {failed}"[:500])
             if not dry_run:
                 lock.release(engine, owner)
         self._ended(report, client, clock, dry_run)

@@ -194,3 +194,27 @@ def _running(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def broken_lane(runtime: Runtime) -> InlineEnqueue:
+    """A lane that cannot start (its broker is unreachable, say)."""
+    raise RuntimeError("no broker")
+
+
+def test_lanes_that_cannot_start_fail_the_pass_and_lose_nothing(pg: Runtime, registry: RegistryStandIn) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    _followers(pg)
+    run_pass(pg, InlineEnqueue(pg), client_factory=fast_client(registry))
+    _a_day_of_edits(registry)
+    with pytest.raises(BrokenProcessPool):
+        run_pass(pg, InlineEnqueue(pg), client_factory=fast_client(registry), lanes=2, lane_enqueue=broken_lane)
+    with transaction(pg.engine) as session:
+        state = session.get(WatchState, "ctgov")
+        assert state is not None and state.pass_started_at is not None  # the pass is to be resumed
+        assert state.last_pass is not None and state.last_pass["outcome"] == "failed"
+        assert "BrokenProcessPool" in str(state.last_error)
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+    resumed = run_pass(pg, InlineEnqueue(pg), client_factory=fast_client(registry), lanes=2, lane_enqueue=inline_lane)
+    assert resumed.resumed and resumed.counts["read"] == 3
+    assert _sent(pg) == {"changes@example.org": 1, "nash@example.org": 1, "fatty@example.org": 1}
