@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from alerts import jsontext
@@ -17,6 +17,21 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# Transaction-scoped advisory locks, keyed by a number and the schema: deployments (and test runs) sharing one
+# database in different schemas never wait on each other.
+_XACT_LOCK: Final = "SELECT pg_advisory_xact_lock{mode}(hashtext(current_schema()), :key)"
+_XACT_LOCKS: Final = {shared: text(_XACT_LOCK.format(mode="_shared" if shared else "")) for shared in (False, True)}
+
+
+def xact_lock(session: Session, key: int, *, shared: bool = False) -> bool:
+    """Wait for the advisory lock ``key`` (shared or exclusive) until this transaction ends, on PostgreSQL:
+    True. Taken again by the same transaction, it returns at once. Elsewhere nothing is taken (False):
+    SQLite serializes writers with its database lock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    session.execute(_XACT_LOCKS[shared], {"key": key})
+    return True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

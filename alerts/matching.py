@@ -47,12 +47,12 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    text,
 )
 from sqlalchemy.orm import Session, aliased
 
 from alerts import ctgov, places
 from alerts.conditions import condition_key
+from alerts.db import xact_lock
 from alerts.eligibility import Eligibility
 from alerts.models import (
     Delivery,
@@ -582,17 +582,14 @@ def create_deliveries(
     return int(session.scalar(select(func.count()).where(Delivery.event_id == event_id)) or 0)
 
 
-# pg_advisory lock shared by holding (shared) and the digest schedule tick (exclusive), keyed by this and
-# the schema: deployments (and test runs) sharing one database in different schemas never wait on each other.
+# The advisory lock (db.xact_lock) shared by holding and taken exclusively by the digest schedule tick.
 HOLD_LOCK: Final = 0x64696765
-HOLD_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock{mode}(hashtext(current_schema()), :key)"
 
 
 def hold_lock(session: Session) -> None:
     """Shared with other transactions that hold items; exclusive to the schedule tick. SQLite serializes
     writers anyway."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(HOLD_LOCK_SQL.format(mode="_shared")), {"key": HOLD_LOCK})
+    xact_lock(session, HOLD_LOCK, shared=True)
 
 
 @functools.cache

@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session, aliased
 
 from alerts import ctgov
 from alerts.conditions import MAX_CONDITION_LENGTH, condition_key
+from alerts.db import xact_lock
 from alerts.models import (
     ConditionAncestry,
     ConditionConcept,
@@ -293,19 +294,17 @@ def learn_changes(session: Session, nct_id: str, learned: Learned) -> list[Chang
     return learn_many(session, {nct_id: learned})
 
 
-# A transaction-scoped advisory lock, keyed by this and the schema (as the digests' locks): whoever changes
-# the vocabulary's counts, or matches new trials by what phrases mean while others may change it (the
-# watcher's chunks side by side), holds it until commit. Learners queue instead of deadlocking on the
+# A transaction-scoped advisory lock (db.xact_lock): whoever changes the vocabulary's counts, or matches new
+# trials by what phrases mean while others may change it (the watcher's chunks side by side), holds it until
+# commit. Learners queue instead of deadlocking on the
 # counters' rows, and a catch-up never misses a new trial matched, uncommitted, by the meaning it replaces.
 LEARNING_LOCK: Final = 0x766F6361
-_LEARNING_LOCK_SQL: Final = text("SELECT pg_advisory_xact_lock(hashtext(current_schema()), :key)")
 
 
 def serialize_learning(session: Session) -> None:
     """Wait for the vocabulary until this transaction ends (PostgreSQL; SQLite serializes writers anyway).
     Taken again by the same transaction, it returns at once."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_LEARNING_LOCK_SQL, {"key": LEARNING_LOCK})
+    xact_lock(session, LEARNING_LOCK)
 
 
 def learn_many(session: Session, versions: Mapping[str, Learned]) -> list[Change]:

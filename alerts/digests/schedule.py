@@ -51,10 +51,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from alerts.db import transaction
+from alerts.db import transaction, xact_lock
 from alerts.digests.preferences import zone
 from alerts.digests.windows import DAILY, latest_close, local_weekday, next_close
-from alerts.matching import HOLD_LOCK, HOLD_LOCK_SQL
+from alerts.matching import HOLD_LOCK
 from alerts.models import Digest, DigestStatus, HeldItem, Subscriber, UTCDateTime, utcnow
 
 
@@ -70,10 +70,8 @@ class TickReport:
 
 
 def _lock(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        # Exclusive: waits for every transaction holding items to commit, and keeps new ones out.
-        session.execute(text(HOLD_LOCK_SQL.format(mode="")), {"key": HOLD_LOCK})
-    else:
+    # Exclusive: waits for every transaction holding items to commit, and keeps new ones out.
+    if not xact_lock(session, HOLD_LOCK):
         # A write takes SQLite's database lock at once (its driver begins a transaction only at the first
         # write): no other writer (holding items, another tick) runs until this one commits.
         session.execute(update(Subscriber).where(Subscriber.id == -1).values(digest_due_at=None))
