@@ -204,8 +204,7 @@ def apply_page(
     intake.learn_ahead(session, [e for _, _, _, e in parsed if isinstance(e, TrialEvent)])
     for record, publish, body, parsed_event in parsed:
         work.counts["read"] += 1
-        if record.last_update_day is not None and (work.max_seen is None or record.last_update_day > work.max_seen):
-            work.max_seen = record.last_update_day
+        work.max_seen = later(work.max_seen, record.last_update_day)
         if body is None:
             work.counts["unchanged"] += 1
             continue
@@ -257,6 +256,11 @@ def merge(counts: dict[str, Any], more: Counter[str]) -> dict[str, int]:
     return dict(sorted(merged.items()))
 
 
+def later(a: date | None, b: date | None) -> date | None:
+    """The later of two days, either of which may be unknown."""
+    return b if a is None or (b is not None and b > a) else a
+
+
 def apply_chunk(
     runtime: Runtime,
     studies: Sequence[Any],
@@ -291,10 +295,7 @@ def apply_chunk(
                 if resume_at is not None:
                     current.pass_page_token, current.pass_page_offset = resume_at
                 current.pass_counts = merge(current.pass_counts or {}, work.counts)
-                if work.max_seen is not None and (
-                    current.pass_max_seen is None or work.max_seen > current.pass_max_seen
-                ):
-                    current.pass_max_seen = work.max_seen
+                current.pass_max_seen = later(current.pass_max_seen, work.max_seen)
             return work
         except _DryRun as dry:
             return dry.work

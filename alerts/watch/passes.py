@@ -44,7 +44,7 @@ from alerts.db import transaction
 from alerts.models import WatchState, utcnow
 from alerts.runtime import Runtime
 from alerts.watch import lock
-from alerts.watch.chunks import PageWork, apply_chunk, merge, queue_accepted, state
+from alerts.watch.chunks import PageWork, apply_chunk, later, merge, queue_accepted, state
 from alerts.watch.lanes import Done, Job, Lanes
 from alerts.watch.records import first_posted
 
@@ -159,10 +159,6 @@ def _parts(page: int, studies: Sequence[Any], window: date | None, step: int, of
         for start in range(0, len(group), step):
             part = group[start : start + step]
             yield _Part(page, f"{part[0][0]}-{part[-1][0] + 1}", is_fresh, [study for _, study in part])
-
-
-def _later(a: date | None, b: date | None) -> date | None:
-    return b if a is None or (b is not None and b > a) else a
 
 
 def _logged(page: int, records: str, work: PageWork) -> None:
@@ -392,7 +388,7 @@ class Watcher:
                 dry_run=dry_run,
             )
             counts = report.counts = merge(counts, work.counts)  # so far, even if the pass fails later
-            max_seen = _later(max_seen, work.max_seen)
+            max_seen = later(max_seen, work.max_seen)
             queue_accepted(self.runtime, self.enqueue, work)
             _logged(report.pages, f"{start}-{end}", work)
             if limit and counts.get("read", 0) >= limit:
@@ -466,7 +462,7 @@ class Watcher:
                     number, span, _ = running.pop(future)
                     done = future.result()  # a lane's failure fails the pass here, its place kept
                     counts = report.counts = merge(counts, done.counts)
-                    max_seen = _later(max_seen, done.max_seen)
+                    max_seen = later(max_seen, done.max_seen)
                     left[number] -= 1
                     _logged(number, span, PageWork(counts=done.counts))
         finally:

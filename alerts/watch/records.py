@@ -57,7 +57,6 @@ class RegistryRecord:
     def of(cls, record: Any) -> RegistryRecord:
         nct = _get(record, "protocolSection", "identificationModule", "nctId")
         last = _get(record, "protocolSection", "statusModule", "lastUpdatePostDateStruct", "date")
-        first = _get(record, "protocolSection", "statusModule", "studyFirstPostDateStruct", "date")
         try:
             content = canonical_json(record)
         except (TypeError, ValueError):
@@ -68,7 +67,7 @@ class RegistryRecord:
             content_hash=hashlib.sha256(content.encode("utf-8", "replace")).hexdigest(),
             last_update=last if isinstance(last, str) else None,
             last_update_day=_date(last),
-            first_posted=_date(first),
+            first_posted=first_posted(record),
         )
 
     def event_id(self, kind: str) -> str:
