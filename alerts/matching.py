@@ -54,6 +54,7 @@ from alerts import ctgov, places
 from alerts.conditions import condition_key
 from alerts.db import xact_lock
 from alerts.eligibility import Eligibility
+from alerts.listparam import one_of
 from alerts.models import (
     Delivery,
     DeliveryStatus,
@@ -211,7 +212,7 @@ def _passes(kind: str, values: bool) -> ColumnElement[bool]:
         exists().where(
             accepted.subscription_id == Subscription.id,
             accepted.kind == kind,
-            accepted.value.in_(bindparam(f"{kind}_values", expanding=True)),
+            one_of(accepted.value, f"{kind}_values"),
         ),
     )
 
@@ -245,7 +246,7 @@ def _digest_audience(kind: SubscriptionKind) -> Select[tuple[int]]:
     digest = aliased(Subscription)
     return select(digest.subscriber_id).where(
         digest.kind == kind.value,
-        digest.target.in_(bindparam("targets", expanding=True)),
+        one_of(digest.target, "targets"),
         digest.frequency != literal_column(f"'{IMMEDIATELY}'"),
         digest.status == literal_column(f"'{SubscriptionStatus.ACTIVE.value}'"),
     )
@@ -277,7 +278,7 @@ def _candidates(
     """
     where: list[ColumnElement[bool]] = [
         Subscription.kind == kind.value,
-        Subscription.target.in_(bindparam("targets", expanding=True)),
+        one_of(Subscription.target, "targets"),
         Subscription.status == SubscriptionStatus.ACTIVE.value,
     ]
     if chunked:
@@ -288,9 +289,7 @@ def _candidates(
     if confirmed_before:
         where.append(Subscription.confirmed_at <= bindparam("confirmed_before", type_=Subscription.confirmed_at.type))
     if broader:
-        where.append(
-            or_(Subscription.target.in_(bindparam("direct", expanding=True)), Subscription.include_narrower.is_(True))
-        )
+        where.append(or_(one_of(Subscription.target, "direct"), Subscription.include_narrower.is_(True)))
     if plain_variant:
         # Held items: only subscribers with a digest subscription among the targets can get one. Without
         # this, holding ranked every follower of the event (100,000 for a common condition) to find the
@@ -639,8 +638,6 @@ def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, af
     event's row lock (``alerts.fanout``): chunks of one event never run side by side, so the rows after
     this event's highest delivery id are exactly this chunk's.
     """
-    newest = select(func.max(Delivery.id)).where(Delivery.event_id == event_id)
-    before = int(session.scalar(newest) or 0)
     statement, params = _statement(
         event_id,
         plan.kind,
@@ -653,36 +650,68 @@ def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, af
         near=plan.near,
     )
     if statement is None:
-        return Chunk(0, after, before, before, True)
+        return Chunk(0, after, 0, 0, True)
     # The chunk is the next ``chunk`` candidate subscriptions (right target, active) after ``after``:
     # their last subscriber bounds the range, read in order from the matching index. The filters may
     # leave fewer deliveries than that; the fan-out is complete when fewer candidates than that are left.
-    direct_and_broader = list(params["targets"])
-    bound = session.scalar(
+    bounds = {"targets": params["targets"], "after": after, "offset": chunk - 1}
+    found = session.execute(_chunk_bound(plan.kind), bounds).scalar()
+    complete = found is None
+    upto = int(found) if found is not None else 2**62
+    keyset = {"after": after, "chunk": chunk, "upto": upto}
+    created, last, first_id, newest_id = _inserted(session, statement, params | keyset)
+    cursor = upto if not complete else (last if last is not None else after)
+    # Chunks of one event run one after another (the caller holds its lock), so its earlier rows all have
+    # lower ids: the chunk's rows are the event's rows in (first_id - 1, newest_id].
+    return Chunk(created, cursor, first_id - 1 if created else 0, newest_id if created else 0, complete)
+
+
+@functools.cache
+def _chunk_bound(kind: SubscriptionKind) -> Executable:
+    """The subscriber ``:offset`` places after ``:after`` among the active followers of ``:targets``."""
+    return (
         select(Subscription.subscriber_id)
         .where(
-            Subscription.kind == plan.kind.value,
-            Subscription.target.in_(direct_and_broader),
+            Subscription.kind == kind.value,
+            one_of(Subscription.target, "targets"),
             Subscription.status == SubscriptionStatus.ACTIVE.value,
-            Subscription.subscriber_id > after,
+            Subscription.subscriber_id > bindparam("after", type_=BigInteger()),
         )
         .order_by(Subscription.subscriber_id)
-        .offset(chunk - 1)
+        .offset(bindparam("offset", type_=Integer()))
         .limit(1)
     )
-    complete = bound is None
-    upto = int(bound) if bound is not None else 2**62
-    session.connection().execute(statement, params | {"after": after, "chunk": chunk, "upto": upto})
-    # rowcount of INSERT ... SELECT is not reported by every driver; the (event_id, id) index reads the
-    # chunk's rows back cheaply.
-    created, last, newest_id = session.execute(
-        select(func.count(), func.max(Delivery.subscriber_id), func.max(Delivery.id)).where(
-            Delivery.event_id == event_id, Delivery.id > before
-        )
-    ).one()
-    created = int(created or 0)
-    cursor = upto if not complete else (int(last) if last is not None else after)
-    return Chunk(created, cursor, before, int(newest_id or before), complete)
+
+
+@functools.cache
+def _returning(statement: Executable) -> Executable:
+    """The deliveries INSERT returning each row's id and subscriber (built once per statement shape)."""
+    return statement.returning(Delivery.id, Delivery.subscriber_id)  # type: ignore[attr-defined,no-any-return]
+
+
+@functools.cache
+def _summarized(statement: Executable) -> Executable:
+    """The deliveries INSERT as a data-modifying CTE, and its rows' count, last subscriber, first and last ids."""
+    rows = _returning(statement).cte("made")  # type: ignore[attr-defined]
+    return select(func.count(), func.max(rows.c.subscriber_id), func.min(rows.c.id), func.max(rows.c.id))
+
+
+def _inserted(session: Session, statement: Executable, params: dict[str, Any]) -> tuple[int, int | None, int, int]:
+    """Run a deliveries INSERT ... SELECT: how many rows, the last subscriber, the first and last ids.
+
+    Told by the INSERT itself (RETURNING), not read back afterwards: ``max(id) WHERE event_id = ?`` on a
+    new event was planned as a backward walk of the whole primary key. On PostgreSQL the rows are counted
+    where they are made (a data-modifying CTE); SQLite returns them (one chunk's, at most).
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        count, last, first, newest = connection.execute(_summarized(statement), params).one()
+        return int(count), None if last is None else int(last), int(first or 0), int(newest or 0)
+    pairs = connection.execute(_returning(statement), params).all()
+    if not pairs:
+        return 0, None, 0, 0
+    ids = [int(r[0]) for r in pairs]
+    return len(pairs), max(int(r[1]) for r in pairs), min(ids), max(ids)
 
 
 def batch_ranges(

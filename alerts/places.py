@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import CTE
 
+from alerts.listparam import one_of
 from alerts.models import City, TrialSite
 
 EARTH_RADIUS_KM: Final = 6371.0
@@ -404,7 +405,7 @@ def _nearest(city: Any, recruiting_only: bool, radius_km: float, seqs: str | Non
     if recruiting_only:
         where.append(s.c.recruiting.is_(True))
     if seqs is not None:
-        where.append(s.c.seq.in_(bindparam(seqs, expanding=True)))
+        where.append(one_of(s.c.seq, seqs))
     code = func.floor(distance * 1000 + 0.5) * SEQ_SPAN + s.c.seq
     return select(func.min(code)).where(*where).scalar_subquery()
 

@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session, aliased
 from alerts import ctgov
 from alerts.conditions import MAX_CONDITION_LENGTH, condition_key
 from alerts.db import xact_lock
+from alerts.listparam import one_of
 from alerts.models import (
     ConditionAncestry,
     ConditionConcept,
@@ -717,6 +718,16 @@ def history(session: Session, phrase: str, limit: int = 20) -> list[ConditionRes
     )
 
 
+# Built once, with the concepts as one list parameter (alerts.listparam): one statement text whatever
+# their number, run for every new trial.
+_PHRASES_MEANING: Final = (
+    select(ConditionMeaning.phrase_key)
+    .distinct()
+    .where(one_of(ConditionMeaning.concept_id, "ids"))
+    .order_by(ConditionMeaning.phrase_key)
+)
+
+
 def phrases_meaning(session: Session, concepts: Iterable[str]) -> list[str]:
     """Keys of the phrases whose meaning includes one of ``concepts``: what a trial filed under them matches
     besides its own words (``alerts.intake``). One index lookup by concept.
@@ -729,14 +740,7 @@ def phrases_meaning(session: Session, concepts: Iterable[str]) -> list[str]:
     ids = sorted(set(concepts))
     if not ids:
         return []
-    return list(
-        session.scalars(
-            select(ConditionMeaning.phrase_key)
-            .distinct()
-            .where(ConditionMeaning.concept_id.in_(ids))
-            .order_by(ConditionMeaning.phrase_key)
-        )
-    )
+    return list(session.scalars(_PHRASES_MEANING, {"ids": ids}))
 
 
 def concept_term(session: Session, concept: str) -> str | None:

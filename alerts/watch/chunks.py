@@ -42,6 +42,7 @@ from alerts.events import (
     parse_event,
 )
 from alerts.intake import Accepted
+from alerts.listparam import one_of
 from alerts.models import (
     Event,
     RejectedEvent,
@@ -68,6 +69,25 @@ _UPSERT_RECORD = text(
     "last_update = excluded.last_update, seen_at = excluded.seen_at"
 ).bindparams(bindparam("seen_at", type_=UTCDateTime()))
 _KINDS = ((TRIAL_CHANGED, "changed"), (NEW_TRIAL_FOR_CONDITION, "new"))
+
+# A chunk's reads, built once with its NCT IDs (or event keys) as one list parameter (alerts.listparam):
+# the same statement text for every chunk, whatever its size, so PostgreSQL prepares each once.
+_READ_MARKS = select(WatchRecord.nct_id, WatchRecord.content_hash, WatchRecord.seen_at).where(
+    one_of(WatchRecord.nct_id, "ncts")
+)
+# The snapshots, locked in NCT order (chunks side by side then never wait on each other in a circle).
+_LOCK_SNAPSHOTS = select(Trial).where(one_of(Trial.nct_id, "ncts")).order_by(Trial.nct_id).with_for_update()
+_READ_VOCABULARIES = select(TrialVocabulary).where(one_of(TrialVocabulary.nct_id, "ncts"))
+_PRESENT_KEYS = select(Event.idempotency_key).where(one_of(Event.idempotency_key, "keys"))
+_FOLLOWED = (
+    select(Subscription.target)
+    .distinct()
+    .where(
+        Subscription.kind == SubscriptionKind.TRIAL.value,
+        Subscription.status == SubscriptionStatus.ACTIVE.value,
+        one_of(Subscription.target, "ncts"),
+    )
+)
 
 
 @dataclass
@@ -128,10 +148,7 @@ def apply_page(
     snapshots: dict[str, Trial | None] = dict.fromkeys(ncts)
     vocabularies: Sequence[TrialVocabulary] = ()
     if ncts:
-        read = select(WatchRecord.nct_id, WatchRecord.content_hash, WatchRecord.seen_at).where(
-            WatchRecord.nct_id.in_(ncts)
-        )
-        for nct, content_hash, marked in session.execute(read):
+        for nct, content_hash, marked in session.execute(_READ_MARKS, {"ncts": ncts}):
             hashes[str(nct)] = str(content_hash)
             if pass_mark is not None and marked == pass_mark:
                 done.add(str(nct))
@@ -143,23 +160,13 @@ def apply_page(
         # What the intake reads per event, read once for the chunk (alerts.intake.Prefetched): the snapshots,
         # locked in NCT order; the trials' vocabulary rows (into the session's identity map); which event
         # ids exist; which trials anyone follows.
-        locked = select(Trial).where(Trial.nct_id.in_(ncts)).order_by(Trial.nct_id).with_for_update()
-        for trial in session.scalars(locked):
+        for trial in session.scalars(_LOCK_SNAPSHOTS, {"ncts": ncts}):
             snapshots[trial.nct_id] = trial
         # Held until the page is done: the identity map keeps only weak references.
-        vocabularies = session.scalars(select(TrialVocabulary).where(TrialVocabulary.nct_id.in_(ncts))).all()
+        vocabularies = session.scalars(_READ_VOCABULARIES, {"ncts": ncts}).all()
         keys = {f"{kind}:id:{r.event_id(short)}" for r in changed for kind, short in _KINDS}
-        present = set(session.scalars(select(Event.idempotency_key).where(Event.idempotency_key.in_(keys))))
-        followed = (
-            select(Subscription.target)
-            .distinct()
-            .where(
-                Subscription.kind == SubscriptionKind.TRIAL.value,
-                Subscription.status == SubscriptionStatus.ACTIVE.value,
-                Subscription.target.in_(ncts),
-            )
-        )
-        audience = set(session.scalars(followed))
+        present = set(session.scalars(_PRESENT_KEYS, {"keys": sorted(keys)}))
+        audience = set(session.scalars(_FOLLOWED, {"ncts": ncts}))
         # At most one event per changed record.
         ids = intake.reserve_event_ids(session, 0 if bootstrap else len(changed))
         session.info[intake.PREFETCHED] = intake.Prefetched(
