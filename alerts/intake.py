@@ -42,6 +42,8 @@ class Accepted:
     caught_up: tuple[CaughtUp, ...] = ()
     # Items held for digest subscribers instead of emails (alerts.digests).
     held: int = 0
+    # The ids of the deliveries created with the event, (after, upto]: its first chunk's (alerts.matching.Chunk).
+    rows: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -319,6 +321,7 @@ def accept(
         session.flush([row])
     render: Callable[[str | None], Content] | None = None
     held_count = 0
+    chunk = NO_ONE
     if reason is None:
         rows_started = time.perf_counter()
         if not _is_newest(snapshot, event):
@@ -352,4 +355,14 @@ def accept(
     else:
         row.reason = reason
     timings["match_s"] = time.perf_counter() - started - sum(timings.values())
-    return Accepted(row.id, row.status, row.recipients, row.reason, timings, render, tuple(caught_up), held=held_count)
+    return Accepted(
+        row.id,
+        row.status,
+        row.recipients,
+        row.reason,
+        timings,
+        render,
+        tuple(caught_up),
+        held=held_count,
+        rows=(chunk.after_id, chunk.upto_id),
+    )

@@ -141,7 +141,14 @@ def after_commit(runtime: Runtime, event: TrialEvent, outcome: Accepted, enqueue
         batches = fan_out(runtime, outcome.event_id, enqueue).batches
     if outcome.status in (EventStatus.FANNED_OUT, EventStatus.FANNING_OUT) and outcome.recipients:
         started = time.perf_counter()
-        batches = dispatch(runtime, outcome.event_id, enqueue)
+        after_id, upto_id = outcome.rows
+        if outcome.status == EventStatus.FANNED_OUT and outcome.recipients <= runtime.settings.batch_size and upto_id:
+            # All its deliveries, in one batch: their ids are known (most events, and every one a registry
+            # pass publishes), so no transaction is opened to number them.
+            enqueue.send_batch(outcome.event_id, after_id, upto_id)
+            batches = 1
+        else:
+            batches = dispatch(runtime, outcome.event_id, enqueue)
         timings["dispatch_s"] = time.perf_counter() - started
     if outcome.status == EventStatus.FANNING_OUT:
         # A large audience: the first chunk is on its way; create (and queue) the rest chunk by chunk.

@@ -239,3 +239,26 @@ def test_fan_out_streams_in_batches(runtime: Runtime, inline: InlineEnqueue, mem
     assert len(memory.batches) == 3 and max(len(b.recipients) for b in memory.batches) == 1000
     assert len({r.email for b in memory.batches for r in b.recipients}) == 2345
     assert count(runtime, Delivery, Delivery.status == "sent") == 2345
+
+
+@pytest.mark.parametrize("batch_size", [1000, 2])
+def test_an_events_batches_cover_exactly_its_deliveries(
+    runtime: Runtime, inline: InlineEnqueue, memory: MemoryTransport, batch_size: int
+) -> None:
+    # An audience within one batch is queued from the ids the INSERT reported (no transaction to number
+    # them); a larger one is numbered by batch_ranges. Either way every delivery is in exactly one batch.
+    for n in range(5):
+        follow(runtime, f"p{n}@example.org", condition="Herniated Disc")
+    follow(runtime, "other@example.org", condition="Lumbar Disc Disease")
+    runtime.settings.batch_size = batch_size
+    outcome = ingest(runtime, new_trial_event(study("NCT00124774"), "Herniated Disc"), inline, "test")
+    assert not isinstance(outcome, Rejected) and outcome.recipients >= 5
+    with transaction(runtime.engine) as session:
+        ids = sorted(session.scalars(select(Delivery.id).where(Delivery.event_id == outcome.event_id)))
+    ranges = [(after, upto) for event_id, after, upto in inline.batches if event_id == outcome.event_id]
+    covered = sorted(i for i in ids for after, upto in ranges if after < i <= upto)
+    assert covered == ids
+    assert len(ranges) == (1 if batch_size >= len(ids) else -(-len(ids) // batch_size))
+    if batch_size >= len(ids):
+        assert ranges == [(ids[0] - 1, ids[-1])]
+    assert len(memory.messages) == len(ids)
