@@ -176,13 +176,17 @@ def canonical_json(value: Any) -> str:
     return jsontext.canonical(value)
 
 
-def parse_event(payload: Any, expected_type: str | None = None) -> TrialEvent:
-    """Validate ``payload`` and return the typed event, or raise InvalidEvent naming every bad field."""
+def parse_event(payload: Any, expected_type: str | None = None, *, serialized: str | None = None) -> TrialEvent:
+    """Validate ``payload`` and return the typed event, or raise InvalidEvent naming every bad field.
+
+    ``serialized``: ``canonical_json(payload)``, when the caller already has it (the registry watcher).
+    """
     if not isinstance(payload, dict):
         raise InvalidEvent([FieldError("(event)", f"must be a JSON object, got {type(payload).__name__}")])
     try:
+        if serialized is None:
+            serialized = canonical_json(payload)
         # surrogatepass: a lone surrogate is reported below with its field, not as an encoding error here.
-        serialized = canonical_json(payload)
         size = len(serialized.encode("utf-8", "surrogatepass"))
     except (TypeError, ValueError) as exc:
         raise InvalidEvent([FieldError("(event)", f"is not JSON-serializable: {exc}")]) from None

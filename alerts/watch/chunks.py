@@ -195,7 +195,7 @@ def apply_page(
         payload = record.new_trial_event(seen_at, condition) if condition else record.changed_event(seen_at)
         publish = not bootstrap and (known or condition is not None)
         try:
-            event = parse_event(payload)
+            event = parse_event(payload, serialized=record.canonical_event(payload))
         except InvalidEvent as exc:
             parsed.append((record, publish, payload, exc))
         else:

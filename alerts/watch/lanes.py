@@ -64,7 +64,8 @@ class Done:
 
 
 # What the fork server imports once for every lane it forks (nothing that reads settings on import).
-_PRELOAD = ["alerts.watch.lanes", "premailer"]
+# (kombu's Redis transport: the broker the lanes queue sends on, imported on its first use otherwise.)
+_PRELOAD = ["alerts.watch.lanes", "premailer", "kombu.transport.redis"]
 
 
 def _context() -> BaseContext:
