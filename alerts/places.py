@@ -554,7 +554,12 @@ def split_variant(variant: str | None) -> tuple[str | None, Outcome | None]:
 
 
 def _site_key(site: Site) -> tuple[str, str, str]:
-    return tuple(_fold(p or "") for p in (site.facility, site.city, site.country))  # type: ignore[return-value]
+    return tuple(_site_fold(p or "") for p in (site.facility, site.city, site.country))  # type: ignore[return-value]
+
+
+# A site's words recur in both versions of a record and across records: folded once per process, a few MB
+# at most. (Not for the city index, whose hundreds of thousands of names are each folded once.)
+_site_fold: Final = functools.lru_cache(maxsize=1 << 15)(_fold)
 
 
 def site_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

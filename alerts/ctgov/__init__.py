@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 import difflib
+import functools
 import hashlib
 import html
 import json
@@ -169,8 +170,17 @@ def _module(record: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 def _squash(value: Any) -> str | None:
     """Whitespace-collapsed text, or None for anything that is not a non-blank string."""
-    if not isinstance(value, str):
-        return None
+    return _squashed(value) if isinstance(value, str) else None
+
+
+# The normalizations of a record's strings are remembered (pure functions of an immutable str): a diff
+# normalizes the old and the new version, nearly the same strings, and sites, countries and statuses
+# recur across records. Bounded: a few MB at most per process.
+_STRINGS_REMEMBERED: Final = 1 << 15
+
+
+@functools.lru_cache(maxsize=_STRINGS_REMEMBERED)
+def _squashed(value: str) -> str | None:
     # NFKC folds non-breaking spaces and full-width forms that are invisible to a reader.
     text = " ".join(unicodedata.normalize("NFKC", value).split())
     return text or None
@@ -186,7 +196,11 @@ _NOT_WORD: Final = re.compile(r"[\W_]+")
 
 def _key(value: Any) -> str:
     """Identity key: case, accents, punctuation and spacing do not make a different site or contact."""
-    text = _squash(value) or ""
+    return _keyed(_squash(value) or "")
+
+
+@functools.lru_cache(maxsize=_STRINGS_REMEMBERED)
+def _keyed(text: str) -> str:
     if not text.isascii():  # ASCII has no accents to strip (NFKD leaves it as it is): most names
         text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
     return " ".join(_NOT_WORD.sub(" ", text.casefold()).split())
