@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,10 +106,15 @@ def _surely_valid(event_type: str, payload: Any) -> bool:
         return False
 
 
-# What a control character or a lone surrogate looks like in ``canonical_json``'s text (\u00XX, \b, \f, raw
-# DEL or surrogate). No match: every string and key is clean. A match (maybe an escaped backslash followed
-# by "u00"): the walk below decides and names the field.
-_MAYBE_UNCLEAN: Final = re.compile(r"\\u00[01]|\\[bf]|[\x7f\ud800-\udfff]")
+# What a control character looks like in ``canonical_json``'s text: \u00XX, \b, \f, a raw DEL. (A lone
+# surrogate is found by UTF-8 refusing the text.) None of them: every string and key is clean. One (maybe an
+# escaped backslash followed by "u00"): the walk below decides and names the field. Substring searches,
+# not a regular expression: 50 us instead of 400 on a 17 KB record, which every registry record is.
+_MAYBE_UNCLEAN: Final = ("\\u00", "\\b", "\\f", "\x7f")
+
+
+def _maybe_unclean(text: str) -> bool:
+    return any(sign in text for sign in _MAYBE_UNCLEAN)
 
 
 def _field_of(error: ValidationError) -> str:
@@ -186,8 +190,12 @@ def parse_event(payload: Any, expected_type: str | None = None, *, serialized: s
     try:
         if serialized is None:
             serialized = canonical_json(payload)
-        # surrogatepass: a lone surrogate is reported below with its field, not as an encoding error here.
-        size = len(serialized.encode("utf-8", "surrogatepass"))
+        surrogate = False
+        try:
+            size = len(serialized.encode("utf-8"))
+        except UnicodeEncodeError:
+            # A lone surrogate: reported below with its field, not as an encoding error here.
+            size, surrogate = len(serialized.encode("utf-8", "surrogatepass")), True
     except (TypeError, ValueError) as exc:
         raise InvalidEvent([FieldError("(event)", f"is not JSON-serializable: {exc}")]) from None
     if size > MAX_EVENT_BYTES:
@@ -202,7 +210,7 @@ def parse_event(payload: Any, expected_type: str | None = None, *, serialized: s
     if not _surely_valid(event_type, payload):
         errors = sorted(_validators()[event_type].iter_errors(payload), key=lambda e: list(e.absolute_path))
         found = [FieldError(_field_of(e), _message_of(e)) for e in errors[:10]]
-    if _MAYBE_UNCLEAN.search(serialized):
+    if surrogate or _maybe_unclean(serialized):
         _strings_clean(payload, "", found)
     occurred_at: datetime | None = None
     if isinstance(payload.get("occurred_at"), str):

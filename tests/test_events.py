@@ -1,3 +1,4 @@
+import copy
 from typing import Any
 
 import pytest
@@ -132,3 +133,28 @@ def test_reasons_never_echo_the_rejected_value() -> None:
         parse_event(event)
     assert len(info.value.errors) >= 3
     assert "@" not in str(info.value)
+
+
+def test_every_unacceptable_character_is_found_wherever_it_is() -> None:
+    # parse_event only walks the strings when its quick look at the JSON text finds a sign of trouble:
+    # every character text.problem refuses must show such a sign, in a value or in a key, and a clean
+    # text (including a literal backslash before "u00", "b" or "f") must still be accepted.
+    from alerts import text
+
+    base = study("NCT00124774")
+    refused = [chr(c) for c in [*range(0x00, 0x20), 0x7F, 0xD800, 0xDBFF, 0xDC00, 0xDFFF] if text.problem(chr(c))]
+    assert len(refused) == 32 - 3 + 1 + 4  # C0 but tab, LF, CR; DEL; surrogates
+    for ch in refused:
+        for where in ("value", "key"):
+            event = changed_event(copy.deepcopy(base))
+            module = event["trial"]["protocolSection"]["identificationModule"]
+            if where == "value":
+                module["briefTitle"] = f"a{ch}b"
+            else:
+                module[f"odd{ch}key"] = "x"
+            with pytest.raises(InvalidEvent):
+                parse_event(event)
+    for fine in ("tab\there", "a\\u00b", "c:\\bin\\files", "\u0085 \u2028 é"):
+        event = changed_event(copy.deepcopy(base))
+        event["trial"]["protocolSection"]["identificationModule"]["briefTitle"] = fine
+        assert parse_event(event).trial["protocolSection"]["identificationModule"]["briefTitle"] == fine
