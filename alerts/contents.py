@@ -22,7 +22,7 @@ Sending calls ``prepare`` with the variants of the deliveries it claimed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,17 +78,25 @@ def variant_counts(session: Session, event_id: int, after_id: int = 0) -> list[t
     return [(variant, int(n)) for variant, n in rows]
 
 
-def render_variants(session: Session, event: Event, render: Callable[[str | None], Content], after_id: int = 0) -> int:
+def render_variants(
+    session: Session,
+    event: Event,
+    render: Callable[[str | None], Content],
+    after_id: int = 0,
+    counts: Sequence[tuple[str | None, int]] | None = None,
+) -> int:
     """Render ``event`` once per label and once per outcome of its deliveries, and store each.
 
     ``render(label)`` makes one rendering (None: the event's shared one); ``render(outcome)`` (a string
     starting with "\x1f") makes that outcome's fragments (``pack``). The most common label's rendering
     also becomes ``Event.content``. With ``after_id`` (a later chunk of a fan-out), only what the
-    deliveries after it need and nothing has yet is rendered. Returns the number of renderings.
+    deliveries after it need and nothing has yet is rendered. ``counts``: ``variant_counts`` of those
+    deliveries, when the caller has them (the INSERT that made them reported them: alerts.matching.Chunk).
+    Returns the number of renderings.
     """
     labels: dict[str | None, int] = {}
     outcomes: set[str] = set()
-    for variant, count in variant_counts(session, event.id, after_id):
+    for variant, count in counts if counts is not None else variant_counts(session, event.id, after_id):
         label, outcome = split(variant)
         labels[label] = labels.get(label, 0) + count
         outcomes.add(outcome)

@@ -91,7 +91,7 @@ def run(
             event.recipients += chunk.created
             if chunk.created:
                 if render is not None:
-                    contents.render_variants(session, event, render, after_id=chunk.after_id)
+                    contents.render_variants(session, event, render, after_id=chunk.after_id, counts=chunk.variants)
                 else:
                     contents.fall_back_to_main(session, event.id, chunk.after_id)
             if chunk.complete:

@@ -628,6 +628,8 @@ class Chunk:
     after_id: int  # the new deliveries are after_id < id <= upto_id
     upto_id: int
     complete: bool  # fewer subscribers than asked were left: the fan-out is done
+    # How many of the new deliveries carry each variant (contents.render_variants renders one per kind).
+    variants: tuple[tuple[str | None, int], ...] = ()
 
 
 def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, after: int, chunk: int) -> Chunk:
@@ -659,11 +661,13 @@ def create_deliveries_chunk(session: Session, event_id: int, plan: MatchPlan, af
     complete = found is None
     upto = int(found) if found is not None else 2**62
     keyset = {"after": after, "chunk": chunk, "upto": upto}
-    created, last, first_id, newest_id = _inserted(session, statement, params | keyset)
+    made = _inserted(session, statement, params | keyset)
+    last = made.last_subscriber_id
     cursor = upto if not complete else (last if last is not None else after)
     # Chunks of one event run one after another (the caller holds its lock), so its earlier rows all have
-    # lower ids: the chunk's rows are the event's rows in (first_id - 1, newest_id].
-    return Chunk(created, cursor, first_id - 1 if created else 0, newest_id if created else 0, complete)
+    # lower ids: the chunk's rows are the event's rows in (first_id - 1, last_id].
+    after_id, upto_id = (made.first_id - 1, made.last_id) if made.created else (0, 0)
+    return Chunk(made.created, cursor, after_id, upto_id, complete, made.variants)
 
 
 @functools.cache
@@ -685,19 +689,34 @@ def _chunk_bound(kind: SubscriptionKind) -> Executable:
 
 @functools.cache
 def _returning(statement: Executable) -> Executable:
-    """The deliveries INSERT returning each row's id and subscriber (built once per statement shape)."""
-    return statement.returning(Delivery.id, Delivery.subscriber_id)  # type: ignore[attr-defined,no-any-return]
+    """The deliveries INSERT returning each row's id, subscriber and variant (built once per shape)."""
+    return statement.returning(  # type: ignore[attr-defined,no-any-return]
+        Delivery.id, Delivery.subscriber_id, Delivery.variant
+    )
 
 
 @functools.cache
 def _summarized(statement: Executable) -> Executable:
-    """The deliveries INSERT as a data-modifying CTE, and its rows' count, last subscriber, first and last ids."""
+    """The deliveries INSERT as a data-modifying CTE, summed up per variant: how many rows, the last
+    subscriber, the first and last ids."""
     rows = _returning(statement).cte("made")  # type: ignore[attr-defined]
-    return select(func.count(), func.max(rows.c.subscriber_id), func.min(rows.c.id), func.max(rows.c.id))
+    return select(
+        rows.c.variant, func.count(), func.max(rows.c.subscriber_id), func.min(rows.c.id), func.max(rows.c.id)
+    ).group_by(rows.c.variant)
 
 
-def _inserted(session: Session, statement: Executable, params: dict[str, Any]) -> tuple[int, int | None, int, int]:
-    """Run a deliveries INSERT ... SELECT: how many rows, the last subscriber, the first and last ids.
+@dataclass(frozen=True)
+class _Made:
+    created: int
+    last_subscriber_id: int | None
+    first_id: int
+    last_id: int
+    variants: tuple[tuple[str | None, int], ...]
+
+
+def _inserted(session: Session, statement: Executable, params: dict[str, Any]) -> _Made:
+    """Run a deliveries INSERT ... SELECT: how many rows (per variant), the last subscriber, the first and
+    last ids.
 
     Told by the INSERT itself (RETURNING), not read back afterwards: ``max(id) WHERE event_id = ?`` on a
     new event was planned as a backward walk of the whole primary key. On PostgreSQL the rows are counted
@@ -705,13 +724,24 @@ def _inserted(session: Session, statement: Executable, params: dict[str, Any]) -
     """
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        count, last, first, newest = connection.execute(_summarized(statement), params).one()
-        return int(count), None if last is None else int(last), int(first or 0), int(newest or 0)
-    pairs = connection.execute(_returning(statement), params).all()
-    if not pairs:
-        return 0, None, 0, 0
-    ids = [int(r[0]) for r in pairs]
-    return len(pairs), max(int(r[1]) for r in pairs), min(ids), max(ids)
+        groups = [tuple(row) for row in connection.execute(_summarized(statement), params)]
+    else:
+        by_variant: dict[str | None, list[tuple[int, int]]] = {}
+        for delivery_id, subscriber_id, variant in connection.execute(_returning(statement), params):
+            by_variant.setdefault(variant, []).append((int(delivery_id), int(subscriber_id)))
+        groups = [
+            (variant, len(made), max(s for _, s in made), min(i for i, _ in made), max(i for i, _ in made))
+            for variant, made in by_variant.items()
+        ]
+    if not groups:
+        return _Made(0, None, 0, 0, ())
+    return _Made(
+        created=sum(int(g[1]) for g in groups),
+        last_subscriber_id=max(int(g[2]) for g in groups),
+        first_id=min(int(g[3]) for g in groups),
+        last_id=max(int(g[4]) for g in groups),
+        variants=tuple((g[0], int(g[1])) for g in groups),
+    )
 
 
 def batch_ranges(

@@ -202,3 +202,37 @@ def test_stale_fan_outs_are_touched_when_queued(chunked: Runtime) -> None:
     # Queued once; a pass within the stale period leaves it to the queued run.
     with transaction(chunked.engine) as session:
         assert fanout.stale_fan_outs(session, 60) == []
+
+
+def test_a_chunk_reports_exactly_the_rows_it_made(chunked: Runtime) -> None:
+    # The INSERT tells what it made (count, id range, last subscriber, variants): the same as reading back.
+    from alerts.contents import variant_counts
+    from alerts.matching import MatchPlan, create_deliveries_chunk
+
+    followers(chunked, "disc", "Herniated Disc", 4)
+    followers(chunked, "sciatica", "Sciatica", 5)
+    event_id = accept_only(chunked, "Sciatica")
+    while True:
+        with transaction(chunked.engine) as session:
+            event = session.get(Event, event_id)
+            assert event is not None and event.match is not None
+            if event.status != EventStatus.FANNING_OUT:
+                break
+            chunk = create_deliveries_chunk(
+                session, event_id, MatchPlan.from_json(event.match), event.fanout_cursor or 0, 3
+            )
+            rows = session.execute(
+                select(Delivery.id, Delivery.subscriber_id).where(
+                    Delivery.event_id == event_id, Delivery.id > chunk.after_id
+                )
+            ).all()
+            assert chunk.created == len(rows) > 0
+            assert (chunk.after_id, chunk.upto_id) == (min(r[0] for r in rows) - 1, max(r[0] for r in rows))
+            assert sorted(chunk.variants, key=str) == sorted(variant_counts(session, event_id, chunk.after_id), key=str)
+            event.recipients += chunk.created
+            if chunk.complete:
+                event.status = EventStatus.FANNED_OUT
+            else:
+                event.fanout_cursor = chunk.last_subscriber_id
+    assert set(deliveries_per_subscriber(chunked).values()) == {1}
+    assert sum(deliveries_per_subscriber(chunked).values()) == 9
