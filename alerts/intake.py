@@ -268,7 +268,7 @@ def accept(
     broader: list[str] = []
     facts: TrialFacts | None = None
     new_fingerprint: str | None = None  # computed once: the dedupe key and the stored snapshot share it
-    open_study = TrialFacts.of(event.trial).recruiting
+    open_study = TrialFacts.recruiting_now(event.trial)
     near = NearFacts(event.nct_id, open=open_study)
     old: Mapping[str, Any] | None = None
     changes: list[ctgov.Change] = []

@@ -94,20 +94,26 @@ class TrialFacts:
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> TrialFacts:
-        status: Any = record
-        for key in ("protocolSection", "statusModule", "overallStatus"):
-            status = status.get(key) if isinstance(status, Mapping) else None
-        code = "_".join(status.upper().split()) if isinstance(status, str) else None
         countries = {country_key(loc.country) for loc in ctgov.locations(record) if loc.country}
         accepts = Eligibility.of(record)
         return cls(
-            recruiting=code in OPEN_STATUSES,
+            recruiting=cls.recruiting_now(record),
             countries=tuple(sorted(countries - {""})),
             phases=tuple(ctgov.phase_codes(record)),
             min_age=accepts.minimum.years if accepts.minimum is not None else None,
             max_age=accepts.maximum.years if accepts.maximum is not None else None,
             sex=accepts.sex,
         )
+
+    @staticmethod
+    def recruiting_now(record: Mapping[str, Any]) -> bool:
+        """The trial's overall status is an open one (``recruiting`` alone: what a change's email needs,
+        without reading every site, phase and age limit)."""
+        status: Any = record
+        for key in ("protocolSection", "statusModule", "overallStatus"):
+            status = status.get(key) if isinstance(status, Mapping) else None
+        code = "_".join(status.upper().split()) if isinstance(status, str) else None
+        return code in OPEN_STATUSES
 
     def as_json(self) -> dict[str, Any]:
         return {
