@@ -16,6 +16,9 @@ COPY templates ./templates
 COPY static ./static
 # Flower at the version pinned in pyproject.toml's "flower" extra.
 RUN pip install -e '.[flower]'
+# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE nothing is written later, and an editable install
+# is not compiled by pip, so every process (each watcher pass and its lanes) would compile the package again.
+RUN python -m compileall -q alerts
 
 USER alerts
 EXPOSE 8000
