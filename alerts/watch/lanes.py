@@ -36,7 +36,7 @@ from alerts import pipeline
 from alerts.config import Settings
 from alerts.rendering import load_inliner
 from alerts.runtime import Runtime, get_runtime, set_runtime
-from alerts.watch import chunks
+from alerts.watch import chunks, collector
 
 _WATCH_PASS_S = 0.2  # how often a lane checks that its pass is still there
 
@@ -103,6 +103,7 @@ def _start(pass_pid: int, settings: Settings, enqueue: Callable[[Runtime], pipel
     # the registry's first page meanwhile.
     runtime.engine.connect().close()
     load_inliner()
+    collector.settle_lane()
 
 
 def _ready() -> None:

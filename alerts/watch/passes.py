@@ -43,7 +43,7 @@ from alerts.ctgov.client import Page, RegistryClient, RegistryError, TokenRefuse
 from alerts.db import transaction
 from alerts.models import WatchState, utcnow
 from alerts.runtime import Runtime
-from alerts.watch import lock
+from alerts.watch import collector, lock
 from alerts.watch.chunks import PageWork, apply_chunk, later, merge, queue_accepted, state
 from alerts.watch.lanes import Done, Job, Lanes
 from alerts.watch.records import first_posted
@@ -224,7 +224,8 @@ class Watcher:
             starting = starter.submit(Lanes, settings, self.lanes, self.lane_enqueue)
             starter.shutdown(wait=False)
         try:
-            self._run(client, report, owner, bootstrap=bootstrap, since=since, dry_run=dry_run, lanes=starting)
+            with collector.relaxed():
+                self._run(client, report, owner, bootstrap=bootstrap, since=since, dry_run=dry_run, lanes=starting)
         except (RegistryError, lock.LockLost) as exc:
             reason = exc.reason if isinstance(exc, RegistryError) else str(exc)
             report.outcome, report.reason = "failed", reason
