@@ -84,6 +84,7 @@ def render_variants(
     render: Callable[[str | None], Content],
     after_id: int = 0,
     counts: Sequence[tuple[str | None, int]] | None = None,
+    new_event: bool = False,
 ) -> int:
     """Render ``event`` once per label and once per outcome of its deliveries, and store each.
 
@@ -92,6 +93,7 @@ def render_variants(
     also becomes ``Event.content``. With ``after_id`` (a later chunk of a fan-out), only what the
     deliveries after it need and nothing has yet is rendered. ``counts``: ``variant_counts`` of those
     deliveries, when the caller has them (the INSERT that made them reported them: alerts.matching.Chunk).
+    ``new_event``: the event was created in this transaction (the intake), so it has no rendering yet.
     Returns the number of renderings.
     """
     labels: dict[str | None, int] = {}
@@ -101,7 +103,8 @@ def render_variants(
         labels[label] = labels.get(label, 0) + count
         outcomes.add(outcome)
     ranked = sorted(labels.items(), key=lambda item: (-item[1], item[0] or ""))
-    rendered = set(session.scalars(select(EventContent.variant).where(EventContent.event_id == event.id)))
+    stored = select(EventContent.variant).where(EventContent.event_id == event.id)
+    rendered: set[str | None] = set() if new_event else set(session.scalars(stored))
     made = 0
     for index, (label, _count) in enumerate(ranked):
         if (label is None and event.content is not None) or (label is not None and label in rendered):

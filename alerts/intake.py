@@ -350,7 +350,7 @@ def accept(
             # Rendered (and CSS-inlined) once per variant (followed label) for all its recipients;
             # skipped when nobody is listening.
             render_started = time.perf_counter()
-            contents.render_variants(session, row, render, counts=chunk.variants)
+            contents.render_variants(session, row, render, counts=chunk.variants, new_event=True)
             timings["render_s"] = time.perf_counter() - render_started
     else:
         row.reason = reason

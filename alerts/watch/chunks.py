@@ -68,6 +68,16 @@ _UPSERT_RECORD = text(
     "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
     "last_update = excluded.last_update, seen_at = excluded.seen_at"
 ).bindparams(bindparam("seen_at", type_=UTCDateTime()))
+# The same for a whole chunk in one statement on PostgreSQL (its columns as arrays): 200 rows pipelined one by
+# one cost psycopg and the server a statement each.
+_UPSERT_RECORDS = text(
+    "INSERT INTO watch_records (nct_id, content_hash, last_update, seen_at) "
+    "SELECT r.nct_id, r.content_hash, r.last_update, :seen_at FROM unnest("
+    "CAST(:ncts AS varchar[]), CAST(:hashes AS varchar[]), CAST(:days AS varchar[])"
+    ") AS r(nct_id, content_hash, last_update) "
+    "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
+    "last_update = excluded.last_update, seen_at = excluded.seen_at"
+).bindparams(bindparam("seen_at", type_=UTCDateTime()))
 _KINDS = ((TRIAL_CHANGED, "changed"), (NEW_TRIAL_FOR_CONDITION, "new"))
 
 # A chunk's reads, built once with its NCT IDs (or event keys) as one list parameter (alerts.listparam):
@@ -237,7 +247,12 @@ def apply_page(
             }
     session.info.pop(intake.PREFETCHED, None)
     del vocabularies
-    if rows:
+    if rows and session.get_bind().dialect.name == "postgresql":
+        marks = list(rows.values())
+        columns = {"ncts": "nct_id", "hashes": "content_hash", "days": "last_update"}
+        arrays: dict[str, Any] = {name: [m[column] for m in marks] for name, column in columns.items()}
+        session.execute(_UPSERT_RECORDS, arrays | {"seen_at": pass_mark or now})
+    elif rows:
         session.execute(_UPSERT_RECORD, list(rows.values()))
     return work
 
