@@ -67,7 +67,9 @@ def test_invalid_input_does_not_use_up_the_limit(limited: TestClient) -> None:
     assert limited.post("/api/subscriptions", json={"email": "ok@example.org", "trial": TRIAL}).status_code == 202
 
 
-@pytest.mark.parametrize("app", [{"signup_per_ip": "2/second"}], indirect=True)
+# A window of a few seconds: the three attempts fall inside it even on a slow, busy machine (a one-second
+# window let the first hit expire before the third on one CI run).
+@pytest.mark.parametrize("app", [{"signup_per_ip": "2 per 5 seconds"}], indirect=True)
 def test_the_window_moves_on(limited: TestClient) -> None:
     def attempt() -> int:
         return int(limited.post("/api/subscriptions", json={"email": "w@example.org", "trial": TRIAL}).status_code)
@@ -75,8 +77,9 @@ def test_the_window_moves_on(limited: TestClient) -> None:
     assert [attempt(), attempt()] == [202, 202]
     over = limited.post("/api/subscriptions", json={"email": "w@example.org", "trial": TRIAL})
     assert over.status_code == 429
-    assert over.headers["Retry-After"] == "1"
-    time.sleep(1.1)
+    wait = int(over.headers["Retry-After"])
+    assert 1 <= wait <= 5
+    time.sleep(wait + 0.1)
     assert attempt() == 202
 
 
