@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg.types.json import set_json_loads
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -62,22 +62,24 @@ from alerts.watch.records import SOURCE, RegistryRecord
 
 log = structlog.get_logger("alerts.watch")
 
-_UPSERT_RECORD = text(
-    "INSERT INTO watch_records (nct_id, content_hash, last_update, seen_at) "
-    "VALUES (:nct_id, :content_hash, :last_update, :seen_at) "
-    "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
-    "last_update = excluded.last_update, seen_at = excluded.seen_at"
-).bindparams(bindparam("seen_at", type_=UTCDateTime()))
+
+def _marking(rows: str) -> TextClause:
+    """The upsert of records' done marks, the rows taken from ``rows`` (VALUES or a SELECT)."""
+    return text(
+        f"INSERT INTO watch_records (nct_id, content_hash, last_update, seen_at) {rows} "
+        "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
+        "last_update = excluded.last_update, seen_at = excluded.seen_at"
+    ).bindparams(bindparam("seen_at", type_=UTCDateTime()))
+
+
+_UPSERT_RECORD = _marking("VALUES (:nct_id, :content_hash, :last_update, :seen_at)")
 # The same for a whole chunk in one statement on PostgreSQL (its columns as arrays): 200 rows pipelined one by
 # one cost psycopg and the server a statement each.
-_UPSERT_RECORDS = text(
-    "INSERT INTO watch_records (nct_id, content_hash, last_update, seen_at) "
+_UPSERT_RECORDS = _marking(
     "SELECT r.nct_id, r.content_hash, r.last_update, :seen_at FROM unnest("
     "CAST(:ncts AS varchar[]), CAST(:hashes AS varchar[]), CAST(:days AS varchar[])"
-    ") AS r(nct_id, content_hash, last_update) "
-    "ON CONFLICT (nct_id) DO UPDATE SET content_hash = excluded.content_hash, "
-    "last_update = excluded.last_update, seen_at = excluded.seen_at"
-).bindparams(bindparam("seen_at", type_=UTCDateTime()))
+    ") AS r(nct_id, content_hash, last_update)"
+)
 _KINDS = ((TRIAL_CHANGED, "changed"), (NEW_TRIAL_FOR_CONDITION, "new"))
 
 # A chunk's reads, built once with its NCT IDs (or event keys) as one list parameter (alerts.listparam):
